@@ -1,0 +1,84 @@
+"""Automation: every check CI runs, runnable the same way on a laptop.
+
+Sessions install the project with ``-c constraints.txt`` so torch stays at the CPU
+build pinned there; users of the package keep the ranges in ``pyproject.toml``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+PYTHON = "3.11"
+ROOT = Path(__file__).parent
+CONSTRAINTS = ("-c", "constraints.txt")
+ALL_EXTRAS = ".[worker,prometheus,dns,progress,demo,test]"
+OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _install(session: nox.Session, target: str = ALL_EXTRAS, *extra: str) -> None:
+    session.install(*CONSTRAINTS, "-e", target, *extra)
+
+
+def _system_deps(session: nox.Session) -> None:
+    session.run("python", "tools/system_deps.py")
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The default suite: everything but the `slow` marker; under 10 minutes on 2 cores."""
+    _install(session)
+    _system_deps(session)
+    session.run("pytest", "-m", "not slow", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def slow(session: nox.Session) -> None:
+    """Long suites (scale properties, soak and failure scenarios at full size)."""
+    _install(session)
+    _system_deps(session)
+    session.run("pytest", "-m", "slow", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, mypy --strict on src/, and the import layering of docs/architecture.md."""
+    _install(session, ALL_EXTRAS, "ruff", "mypy", "import-linter", "types-PyYAML")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "tools", "noxfile.py")
+    session.run("ruff", "format", "--check", "src")
+    session.run("mypy")
+    session.run("lint-imports")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build docs/ with warnings as errors and run every code example in them."""
+    _install(session, ALL_EXTRAS, "mkdocs")
+    session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
+    session.run("pytest", "tests/test_docs.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Every benchmark in benchmarks/: prints figures, writes bench-results/*.json|md."""
+    _install(session)
+    _system_deps(session)
+    scripts = sorted(ROOT.glob("benchmarks/bench_*.py"))
+    only = set(session.posargs)
+    for script in scripts:
+        if only and script.stem not in only and script.stem.removeprefix("bench_") not in only:
+            continue
+        session.run("python", str(script), env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def demo(session: nox.Session) -> None:
+    """The main job: 3 real workers on loopback, a corpus balanced over them, a report."""
+    _install(session, ".[worker,prometheus,demo]")
+    session.run("python", "examples/demo.py", *session.posargs, env={**OFFLINE, **os.environ})

@@ -1,0 +1,95 @@
+"""Every error the library raises on purpose derives from :class:`EmbedbalanceError`.
+
+Callers catch one base class; each subclass carries structured detail (which
+backend, why) rather than asking anyone to parse a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+__all__ = [
+    "AllAttemptsFailed",
+    "Attempt",
+    "DimensionMismatch",
+    "EmbedbalanceError",
+    "NoBackendAvailable",
+    "ResponseFormatError",
+    "Unavailability",
+]
+
+
+class EmbedbalanceError(Exception):
+    """Base class of every exception embedbalance raises deliberately."""
+
+
+@attrs.frozen
+class Unavailability:
+    """Why one backend could not be picked: ``reason`` is one of ``"ejected"``,
+    ``"unhealthy"``, ``"overloaded"``, ``"excluded"``, ``"draining"``; ``until`` is the
+    clock time the state ends at, where known."""
+
+    url: str
+    reason: str
+    until: float | None = None
+
+    def __str__(self) -> str:
+        tail = f" until t={self.until:.3f}" if self.until is not None else ""
+        return f"{self.url}: {self.reason}{tail}"
+
+
+class NoBackendAvailable(EmbedbalanceError):
+    """Nothing could be picked: no backend configured, or every one is unusable.
+
+    ``reasons`` names each backend and why; it is empty when none is configured.
+    """
+
+    def __init__(self, reasons: Sequence[Unavailability] = ()) -> None:
+        self.reasons: tuple[Unavailability, ...] = tuple(reasons)
+        if self.reasons:
+            detail = "; ".join(str(r) for r in self.reasons)
+            msg = f"no backend available ({detail})"
+        else:
+            msg = "no backend available: none configured"
+        super().__init__(msg)
+
+
+@attrs.frozen
+class Attempt:
+    """One try of a request: the backend it went to and what went wrong
+    (an exception's text or ``"HTTP 503"``)."""
+
+    url: str
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.error}"
+
+
+class AllAttemptsFailed(EmbedbalanceError):
+    """Every attempt of a request failed (or the retry budget ran out);
+    ``attempts`` lists each, in order. ``__cause__`` is the last error."""
+
+    def __init__(self, attempts: Sequence[Attempt], *, why: str = "all attempts failed") -> None:
+        self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        detail = "; ".join(str(a) for a in self.attempts)
+        super().__init__(f"{why} after {len(self.attempts)} attempt(s): {detail}")
+
+
+class DimensionMismatch(EmbedbalanceError):
+    """Backends returned embeddings of different sizes — a wrong model is
+    deployed somewhere. Names the backend and both dimensions."""
+
+    def __init__(self, url: str, expected: int, got: int) -> None:
+        self.url, self.expected, self.got = url, expected, got
+        super().__init__(
+            f"backend {url} returned {got}-dimensional embeddings, expected {expected}: "
+            "is a different model deployed there?"
+        )
+
+
+class ResponseFormatError(EmbedbalanceError):
+    """A backend's answer did not have the documented shape (wrong JSON, wrong
+    number of rows)."""
