@@ -1,0 +1,323 @@
+"""The user-facing balancers: each one strategy composed with one load metric.
+
+Subclass one and override :meth:`Balancer.score` (lower is better) to make your own;
+``docs/strategies.md`` shows one in a few lines. A balancer instance keeps per-pool
+state (a round-robin counter, per-tier inner balancers), so give each pool its own.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+from . import strategies
+from ._state import BackendState
+from .load import LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
+
+__all__ = [
+    "Balancer",
+    "GpuPriority",
+    "LeastConnections",
+    "LeastOutstandingTokens",
+    "PeakEwma",
+    "PowerOfTwoChoices",
+    "Random",
+    "RoundRobin",
+    "WeightedRoundRobin",
+]
+
+
+class Balancer:
+    """Base class: picks one of the usable backends for a request.
+
+    The pool calls :meth:`pick` under its lock with the usable candidates (never
+    empty) and :meth:`observe` with each success's latency. Subclasses usually only
+    override :meth:`score`; the default pick is a full scan for the lowest score with
+    random tie-breaking.
+    """
+
+    #: The metric :meth:`score` reads; ``None`` for balancers that ignore load.
+    metric: LoadMetric | None = None
+
+    def score(self, state: BackendState, now: float) -> float:
+        """Load of one backend as this balancer sees it; lower is better."""
+        if self.metric is None:
+            return 0.0
+        return self.metric.load(state, now)
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        """Choose among ``candidates``. ``population`` is every live backend (healthy
+        or not), for balancers that reason about capacity, like :class:`GpuPriority`."""
+        if len(candidates) == 1:
+            return candidates[0]
+        loads = [self.score(s, now) for s in candidates]
+        return candidates[strategies.least_loaded(loads, rng)]
+
+    def observe(self, state: BackendState, latency: float, now: float) -> None:
+        """A request to ``state``'s backend succeeded in ``latency`` seconds."""
+        if self.metric is not None:
+            self.metric.observe(state, latency, now)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class _P2C(Balancer):
+    """Power-of-two-choices over :meth:`score`: O(1) per pick at any pool size."""
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        n = len(candidates)
+        if n == 1:
+            return candidates[0]
+        a, b = strategies.two_distinct(n, rng)
+        sa, sb = candidates[a], candidates[b]
+        return sb if self.score(sb, now) < self.score(sa, now) else sa
+
+
+class RoundRobin(Balancer):
+    """Each usable backend in turn, ignoring load and weight.
+
+    The baseline: right for identical backends and uniform requests, wrong as soon
+    as one replica is slower — it keeps sending it a full share (nginx's and
+    HAProxy's default).
+    """
+
+    def __init__(self) -> None:
+        self._counter = 0
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        i = strategies.round_robin(self._counter, len(candidates))
+        self._counter += 1
+        return candidates[i]
+
+
+class WeightedRoundRobin(Balancer):
+    """nginx's smooth weighted round-robin over effective weights (weight × slow start).
+
+    Exact proportions with even interleaving and no bursts; right when capacities
+    are known and stable. It does not react to load: a slowed backend keeps its share.
+    """
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        if len(candidates) == 1:
+            return candidates[0]
+        weights = [s.effective_weight(now) for s in candidates]
+        current = [s.swrr_current for s in candidates]
+        i = strategies.smooth_weighted_round_robin(weights, current)
+        for s, c in zip(candidates, current, strict=True):
+            s.swrr_current = c
+        return candidates[i]
+
+
+class Random(Balancer):
+    """A random backend, with probability proportional to effective weight.
+
+    Stateless and cheap; with many independent clients it spreads load about as
+    well as round-robin, without their picks falling into step.
+    """
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        weights = [s.effective_weight(now) for s in candidates]
+        return candidates[strategies.weighted_random(weights, rng)]
+
+
+class LeastConnections(Balancer):
+    """Full scan for the fewest pending requests per unit of weight.
+
+    Exact, and O(n) per pick: ideal up to a few dozen backends; beyond that prefer
+    :class:`PowerOfTwoChoices`, which is nearly as good at O(1) (HAProxy ``leastconn``,
+    nginx ``least_conn``).
+    """
+
+    def __init__(self) -> None:
+        self.metric = PendingRequests()
+
+
+class PowerOfTwoChoices(_P2C):
+    """Two distinct random backends, the one with fewer pending requests per weight wins.
+
+    O(1) per pick and flat in the number of backends; avoids the herd effect of
+    many clients all choosing the same least-loaded backend (Mitzenmacher; Envoy's
+    ``LEAST_REQUEST``).
+    """
+
+    def __init__(self) -> None:
+        self.metric = PendingRequests()
+
+
+class PeakEwma(_P2C):
+    """The default: power-of-two-choices over peak-EWMA latency × (pending + 1).
+
+    Learns each backend's speed from its answers, so a GPU box and a CPU pod get
+    traffic in proportion to what they can do without anyone setting weights
+    (Finagle's and linkerd's default). ``tau`` (seconds) is how fast old latency is
+    forgotten; ``default_rtt`` is assumed for a backend not yet measured.
+    """
+
+    def __init__(self, *, tau: float = 10.0, default_rtt: float = 0.05) -> None:
+        self.metric = PeakEwmaLatency(tau=tau, default_rtt=default_rtt)
+
+    def __repr__(self) -> str:
+        m = self.metric
+        assert isinstance(m, PeakEwmaLatency)
+        return f"PeakEwma(tau={m.tau:g}, default_rtt={m.default_rtt:g})"
+
+
+class LeastOutstandingTokens(Balancer):
+    """Full scan for the least outstanding request cost (tokens) per unit of weight.
+
+    Right when request sizes vary widely — embedding one text and embedding 512 are
+    not the same load. Pass each request's cost (the embedding client passes its
+    token estimate).
+    """
+
+    def __init__(self) -> None:
+        self.metric = OutstandingTokens()
+
+
+class GpuPriority(Balancer):
+    """Priority tiers (``Backend.tier``; 0 = most preferred, e.g. GPU), each balanced
+    by its own inner balancer.
+
+    Traffic stays on the most preferred tier while its healthy, unsaturated capacity
+    covers it, and spills to the next tier in proportion with Envoy's
+    ``overprovisioning`` factor (1.4: spilling starts when less than ~71% of a tier's
+    weight is available). A backend is saturated when its pending requests reach
+    ``saturation × weight`` (``None``: only health and overload answers count).
+    Requests whose cost exceeds ``pin_cost_above`` stay on the most preferred tier
+    that has any usable backend — big batches belong on GPUs even when they are busy.
+    """
+
+    def __init__(
+        self,
+        inner: Callable[[], Balancer] = PeakEwma,
+        *,
+        overprovisioning: float = 1.4,
+        saturation: float | None = None,
+        pin_cost_above: float | None = None,
+    ) -> None:
+        if overprovisioning < 1.0:
+            raise ValueError(f"overprovisioning must be >= 1, got {overprovisioning!r}")
+        if saturation is not None and saturation <= 0:
+            raise ValueError(f"saturation must be > 0 or None, got {saturation!r}")
+        self.inner = inner
+        self.overprovisioning = overprovisioning
+        self.saturation = saturation
+        self.pin_cost_above = pin_cost_above
+        self._tiers: dict[int, Balancer] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"GpuPriority(overprovisioning={self.overprovisioning:g}, "
+            f"saturation={self.saturation}, pin_cost_above={self.pin_cost_above})"
+        )
+
+    def tier_balancer(self, tier: int) -> Balancer:
+        """The inner balancer of one tier (created on first use)."""
+        balancer = self._tiers.get(tier)
+        if balancer is None:
+            balancer = self._tiers[tier] = self.inner()
+        return balancer
+
+    def saturated(self, state: BackendState) -> bool:
+        """Whether a backend counts as full for spill-over decisions."""
+        return self.saturation is not None and state.pending >= self.saturation * state.weight
+
+    def shares(
+        self, candidates: Sequence[BackendState], population: Sequence[BackendState], now: float
+    ) -> tuple[list[int], list[float]]:
+        """Tiers present (sorted) and the share of traffic each should take."""
+        total: dict[int, float] = {}
+        for s in population:
+            total[s.tier] = total.get(s.tier, 0.0) + s.weight
+        available: dict[int, float] = dict.fromkeys(total, 0.0)
+        for s in candidates:
+            total.setdefault(s.tier, s.weight)
+            if not self.saturated(s):
+                available[s.tier] = available.get(s.tier, 0.0) + s.effective_weight(now)
+        tiers = sorted(total)
+        shares = strategies.tier_shares(
+            [available.get(t, 0.0) for t in tiers], [total[t] for t in tiers], self.overprovisioning
+        )
+        return tiers, shares
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        present = {s.tier for s in candidates}
+        if self.pin_cost_above is not None and cost > self.pin_cost_above:
+            tier = min(present)
+        elif len(present) == 1:
+            tier = next(iter(present))
+        else:
+            tiers, shares = self.shares(candidates, population, now)
+            if sum(shares) <= 0:  # everything saturated: least-bad is the preferred tier
+                tier = min(present)
+            else:
+                x = rng.random()
+                tier = max(t for t, share in zip(tiers, shares, strict=True) if share > 0)
+                for t, share in zip(tiers, shares, strict=True):
+                    if share <= 0:
+                        continue
+                    if x < share:
+                        tier = t
+                        break
+                    x -= share
+                if tier not in present:
+                    tier = min(present)
+        in_tier = [s for s in candidates if s.tier == tier]
+        return self.tier_balancer(tier).pick(
+            in_tier, cost=cost, now=now, rng=rng, population=population
+        )
+
+    def observe(self, state: BackendState, latency: float, now: float) -> None:
+        self.tier_balancer(state.tier).observe(state, latency, now)
+
+    def score(self, state: BackendState, now: float) -> float:
+        return self.tier_balancer(state.tier).score(state, now)

@@ -1,0 +1,162 @@
+"""Health policies and the pure state machines behind them.
+
+Policies are frozen attrs records — immutable, shareable, varied with
+:func:`attrs.evolve` (the urllib3 ``Retry`` habit). The functions and small state
+classes here decide *what* happens (eject, re-admit, ramp up); the pool applies them
+and the I/O edges (``health_runner``, the transports) feed them observations.
+Nothing here does I/O or reads a clock: time is always an argument.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+
+__all__ = [
+    "ActiveCheckState",
+    "HealthCheck",
+    "OutlierDetection",
+    "SlowStart",
+    "ejection_duration",
+    "max_ejectable",
+]
+
+
+def _positive(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{attribute.name} must be a finite number > 0, got {value!r}")
+
+
+def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
+def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+
+
+def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value <= 1):
+        raise ValueError(f"{attribute.name} must be between 0 and 1, got {value!r}")
+
+
+def _percent(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0 <= value <= 100):
+        raise ValueError(f"{attribute.name} must be between 0 and 100, got {value!r}")
+
+
+@attrs.frozen
+class HealthCheck:
+    """Active health checking: ``GET path`` every ``interval`` seconds per backend.
+
+    - ``timeout``: a check slower than this counts as a failure (keep it short: a
+      check that hangs must not hold a verdict back).
+    - ``jitter``: each interval is stretched or shrunk by up to this fraction, so that
+      many clients started together do not probe in lock-step (0 disables).
+    - ``fall``: consecutive failures that mark a backend unhealthy; ``rise``:
+      consecutive successes that mark it healthy again (HAProxy's names and defaults).
+    - ``uneject_on_success``: a backend ejected by passive outlier detection is
+      re-admitted early once ``rise`` checks pass, as Envoy does — a restarted pod
+      comes back in seconds, not after the ejection time.
+    """
+
+    path: str = "/health"
+    interval: float = attrs.field(default=2.0, validator=_positive)
+    timeout: float = attrs.field(default=1.0, validator=_positive)
+    jitter: float = attrs.field(default=0.1, validator=_fraction)
+    rise: int = attrs.field(default=2, validator=_at_least_one)
+    fall: int = attrs.field(default=3, validator=_at_least_one)
+    uneject_on_success: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if not self.path.startswith("/"):
+            raise ValueError(f"HealthCheck path must start with '/', got {self.path!r}")
+
+
+@attrs.frozen
+class OutlierDetection:
+    """Passive outlier detection from real traffic (Envoy's ``consecutive_5xx``).
+
+    - ``consecutive_failures``: failures in a row (connect errors, resets, timeouts,
+      5xx other than overload) that eject a backend. Overload answers (429, 503 with
+      ``Retry-After``) are load, not death, and never count.
+    - ``base_ejection_time``: the first ejection lasts this long; the n-th lasts
+      ``n × base_ejection_time``, capped at ``max_ejection_time``. The count falls back
+      to zero once a backend has stayed in for ``max_ejection_time``.
+    - ``max_ejection_percent``: never eject more than this share of backends (at least
+      one is always ejectable), so a client-side fault cannot empty the pool.
+    - ``enabled=False`` turns passive ejection off.
+    """
+
+    consecutive_failures: int = attrs.field(default=5, validator=_at_least_one)
+    base_ejection_time: float = attrs.field(default=30.0, validator=_positive)
+    max_ejection_time: float = attrs.field(default=300.0, validator=_positive)
+    max_ejection_percent: float = attrs.field(default=50.0, validator=_percent)
+    enabled: bool = True
+
+
+@attrs.frozen
+class SlowStart:
+    """Ramp a newly admitted backend's weight up over ``window`` seconds (Envoy's
+    slow start): a cold replica — empty caches, lazy CUDA kernels — is not handed its
+    full share at once.
+
+    The factor is ``max(min_weight_percent / 100, (elapsed / window) ** (1 / aggression))``;
+    ``aggression`` above 1 ramps faster early. ``window=0`` disables slow start.
+    """
+
+    window: float = attrs.field(default=10.0, validator=_non_negative)
+    aggression: float = attrs.field(default=1.0, validator=_positive)
+    min_weight_percent: float = attrs.field(default=10.0, validator=_percent)
+
+    def factor(self, elapsed: float) -> float:
+        """Share of its weight a backend admitted ``elapsed`` seconds ago gets."""
+        if self.window <= 0 or elapsed >= self.window:
+            return 1.0
+        ramp = max(elapsed, 0.0) / self.window
+        if self.aggression != 1.0:
+            ramp = ramp ** (1.0 / self.aggression)
+        return max(self.min_weight_percent / 100.0, ramp)
+
+
+def ejection_duration(policy: OutlierDetection, ejections: int) -> float:
+    """How long the ``ejections``-th ejection (1-based) lasts."""
+    return min(policy.base_ejection_time * max(ejections, 1), policy.max_ejection_time)
+
+
+def max_ejectable(policy: OutlierDetection, backends: int) -> int:
+    """How many of ``backends`` may be ejected at once (at least one)."""
+    return max(1, math.floor(backends * policy.max_ejection_percent / 100.0))
+
+
+@attrs.define(slots=True)
+class ActiveCheckState:
+    """Rise/fall counter for one backend's active checks.
+
+    ``healthy`` is ``None`` until the first verdict: unknown backends are served
+    (optimistic start), so a client does not wait a full check round before its
+    first request.
+    """
+
+    healthy: bool | None = None
+    streak: int = 0  # > 0: consecutive successes, < 0: consecutive failures
+
+    def record(self, ok: bool, policy: HealthCheck) -> bool:
+        """Count one check result; return True when the verdict changed."""
+        if ok:
+            self.streak = self.streak + 1 if self.streak > 0 else 1
+            if self.healthy is not True and self.streak >= policy.rise:
+                self.healthy = True
+                return True
+            if self.healthy is None:
+                # First success on an unknown backend: it is serving, keep it in.
+                return False
+        else:
+            self.streak = self.streak - 1 if self.streak < 0 else -1
+            if self.healthy is not False and -self.streak >= policy.fall:
+                self.healthy = False
+                return True
+        return False

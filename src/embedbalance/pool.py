@@ -1,0 +1,540 @@
+"""The pool: backends, their live state, a balancer and the health policies.
+
+It is the one place where state changes, under one lock, with no I/O and no
+sleeping: the I/O edges (transports, health-check runners, discovery) call
+:meth:`BackendPool.acquire`, :meth:`~BackendPool.release`,
+:meth:`~BackendPool.report_check` and :meth:`~BackendPool.update`. Time comes from
+the injected clock and randomness from the injected rng, so a test can drive it
+through hours of traffic in milliseconds.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import math
+import random
+import threading
+from collections.abc import Callable, Collection, Iterable, Sequence
+
+import attrs
+import numpy as np
+
+from ._backend import Backend, BackendLike, as_backend
+from ._clock import Clock, monotonic
+from ._state import BackendState
+from .balancers import Balancer, PeakEwma
+from .discovery import diff
+from .exceptions import EmbedbalanceError, NoBackendAvailable, Unavailability
+from .health import (
+    HealthCheck,
+    OutlierDetection,
+    SlowStart,
+    ejection_duration,
+    max_ejectable,
+)
+from .load import DEFAULT_FAILURE_DECAY
+
+__all__ = ["BackendPool", "BackendStats", "Lease", "Outcome", "PoolEvent", "PoolStats"]
+
+log = logging.getLogger("embedbalance")
+
+#: How long a backend is avoided after an overload answer without ``Retry-After``.
+DEFAULT_OVERLOAD_BACKOFF = 1.0
+
+
+class Outcome(enum.Enum):
+    """How a request placed on a backend ended."""
+
+    SUCCESS = "success"
+    #: Connect error, reset, timeout, 5xx other than overload: counts toward ejection.
+    FAILURE = "failure"
+    #: 429, or 503 with ``Retry-After``: the backend is busy, not dead.
+    OVERLOADED = "overloaded"
+    #: Abandoned by the caller (a hedge that lost the race): no health effect.
+    CANCELLED = "cancelled"
+
+
+@attrs.define(slots=True, eq=False)
+class Lease:
+    """One request placed on one backend; release it exactly once."""
+
+    backend: Backend
+    cost: float
+    started_at: float
+    _state: BackendState = attrs.field(repr=False, alias="state")
+    released: bool = False
+
+
+@attrs.frozen
+class PoolEvent:
+    """A change worth logging or counting: ``kind`` is one of ``added``, ``removed``,
+    ``updated``, ``ejected``, ``readmitted``, ``unhealthy``, ``healthy``,
+    ``overloaded``, ``panic``, ``calm``."""
+
+    kind: str
+    url: str
+    at: float
+    detail: str = ""
+
+
+@attrs.frozen
+class BackendStats:
+    """A snapshot of one backend (latencies in seconds, over its last 1,024 successes)."""
+
+    url: str
+    tier: int
+    weight: float
+    effective_weight: float
+    state: str  # "healthy", "ejected", "unhealthy", "overloaded", "draining"
+    pending: int
+    outstanding_cost: float
+    requests: int
+    successes: int
+    failures: int
+    overloads: int
+    cancelled: int
+    ejections: int
+    ejected_until: float | None
+    rtt_estimate: float | None
+    latency_p50: float | None
+    latency_p99: float | None
+    queue_depth: float | None
+
+
+@attrs.frozen
+class PoolStats:
+    """A snapshot of the whole pool."""
+
+    at: float
+    panic: bool
+    backends: tuple[BackendStats, ...]
+
+    def by_url(self) -> dict[str, BackendStats]:
+        return {b.url: b for b in self.backends}
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.pending for b in self.backends)
+
+
+class BackendPool:
+    """Backends plus everything needed to choose among them, thread-safe.
+
+    - ``balancer``: who gets picked (default :class:`~embedbalance.PeakEwma`).
+    - ``outlier_detection``: passive ejection from real traffic (``None`` disables).
+    - ``health_check``: the active-check policy whose ``rise``/``fall`` apply to
+      :meth:`report_check` (the checks themselves run in an I/O edge).
+    - ``slow_start``: weight ramp for (re)admitted backends (``None`` disables).
+    - ``panic_threshold``: when fewer than this share of backends is healthy, the pool
+      balances over all of them rather than crush the survivors (Envoy's panic mode;
+      0 disables).
+    - ``clock``, ``rng``: injected time and randomness.
+    """
+
+    def __init__(
+        self,
+        backends: Iterable[BackendLike] = (),
+        *,
+        balancer: Balancer | None = None,
+        outlier_detection: OutlierDetection | None = OutlierDetection(),
+        health_check: HealthCheck | None = None,
+        slow_start: SlowStart | None = SlowStart(),
+        panic_threshold: float = 0.5,
+        failure_decay: float = DEFAULT_FAILURE_DECAY,
+        clock: Clock = monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 0.0 <= panic_threshold <= 1.0:
+            raise ValueError(f"panic_threshold must be between 0 and 1, got {panic_threshold!r}")
+        self.balancer = balancer if balancer is not None else PeakEwma()
+        self.outlier_detection = outlier_detection or OutlierDetection(enabled=False)
+        self.health_check = health_check or HealthCheck()
+        self.slow_start = slow_start or SlowStart(window=0.0)
+        self.panic_threshold = panic_threshold
+        self.failure_decay = failure_decay
+        self.clock = clock
+        self.rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+        self._states: dict[str, BackendState] = {}
+        self._draining: dict[str, BackendState] = {}
+        self._listeners: list[Callable[[PoolEvent], None]] = []
+        # cache of usable backends, rebuilt on membership/health change or expiry
+        self._usable: list[BackendState] = []
+        self._live: list[BackendState] = []
+        self._panic = False
+        self._dirty = True
+        self._next_expiry = math.inf
+        now = self.clock()
+        for b in backends:
+            backend = as_backend(b)
+            if backend.url in self._states:
+                raise ValueError(f"backend {backend.url} given twice")
+            # The initial set starts warm: slow start is for late arrivals.
+            self._states[backend.url] = self._new_state(backend, now - self.slow_start.window)
+
+    def __repr__(self) -> str:
+        return f"<BackendPool {len(self._states)} backends, balancer={self.balancer!r}>"
+
+    # -- membership ---------------------------------------------------------------
+
+    def _new_state(self, backend: Backend, admitted_at: float) -> BackendState:
+        return BackendState(
+            backend=backend,
+            weight=backend.weight,
+            tier=backend.tier,
+            admitted_at=admitted_at,
+            slow_start=self.slow_start,
+        )
+
+    @property
+    def backends(self) -> tuple[Backend, ...]:
+        """The current members (not the draining ones)."""
+        with self._lock:
+            return tuple(s.backend for s in self._states.values())
+
+    def add(self, backend: BackendLike) -> None:
+        """Add a backend (slow-started); adding an existing URL updates it."""
+        b = as_backend(backend)
+        with self._lock:
+            events = self._apply_add_or_update(b, self.clock())
+        self._emit(events)
+
+    def remove(self, backend: BackendLike) -> None:
+        """Remove a backend: no new requests; its in-flight leases still release."""
+        url = as_backend(backend).url
+        with self._lock:
+            events = self._apply_remove(url, self.clock())
+        self._emit(events)
+
+    def update(self, backends: Iterable[BackendLike]) -> None:
+        """Make membership exactly ``backends`` (what discovery sources call)."""
+        wanted = [as_backend(b) for b in backends]
+        with self._lock:
+            now = self.clock()
+            events: list[PoolEvent] = []
+            for change in diff([s.backend for s in self._states.values()], wanted):
+                if change.kind == "remove":
+                    events += self._apply_remove(change.backend.url, now)
+                else:
+                    events += self._apply_add_or_update(change.backend, now)
+        self._emit(events)
+
+    def _apply_add_or_update(self, b: Backend, now: float) -> list[PoolEvent]:
+        state = self._states.get(b.url)
+        self._dirty = True
+        if state is not None:
+            if state.backend == b and dict(state.backend.labels) == dict(b.labels):
+                return []
+            state.backend, state.weight, state.tier = b, b.weight, b.tier
+            return [PoolEvent("updated", b.url, now, repr(b))]
+        state = self._draining.pop(b.url, None)
+        if state is not None:
+            state.removed = False
+            state.backend, state.weight, state.tier = b, b.weight, b.tier
+            state.admitted_at = now
+        else:
+            state = self._new_state(b, now)
+        self._states[b.url] = state
+        return [PoolEvent("added", b.url, now, repr(b))]
+
+    def _apply_remove(self, url: str, now: float) -> list[PoolEvent]:
+        state = self._states.pop(url, None)
+        if state is None:
+            return []
+        self._dirty = True
+        state.removed = True
+        if state.pending > 0:
+            self._draining[url] = state
+        return [PoolEvent("removed", url, now, f"{state.pending} in flight")]
+
+    # -- listeners ----------------------------------------------------------------
+
+    def add_listener(self, listener: Callable[[PoolEvent], None]) -> None:
+        """Call ``listener(event)`` for every :class:`PoolEvent` (outside the lock)."""
+        self._listeners.append(listener)
+
+    def _emit(self, events: list[PoolEvent]) -> None:
+        for event in events:
+            level = (
+                logging.INFO
+                if event.kind in ("added", "updated", "readmitted", "healthy")
+                else logging.WARNING
+            )
+            if event.kind == "overloaded":
+                level = logging.DEBUG
+            log.log(
+                level,
+                "backend %s %s%s",
+                event.url,
+                event.kind,
+                f" ({event.detail})" if event.detail else "",
+            )
+            for listener in self._listeners:
+                listener(event)
+
+    # -- picking ------------------------------------------------------------------
+
+    def _refresh(self, now: float, events: list[PoolEvent]) -> None:
+        """Rebuild the usable list: expired ejections re-admit, overloads lapse."""
+        live = list(self._states.values())
+        healthy: list[BackendState] = []
+        next_expiry = math.inf
+        for s in live:
+            if s.ejected_until is not None:
+                if s.ejected_until <= now:
+                    s.ejected_until = None
+                    s.consecutive_failures = 0
+                    s.admitted_at = now
+                    events.append(PoolEvent("readmitted", s.url, now, "ejection time over"))
+                else:
+                    next_expiry = min(next_expiry, s.ejected_until)
+                    continue
+            if s.active.healthy is False:
+                continue
+            healthy.append(s)
+        panic = bool(live) and len(healthy) < self.panic_threshold * len(live)
+        if panic != self._panic:
+            self._panic = panic
+            events.append(
+                PoolEvent(
+                    "panic" if panic else "calm",
+                    "*",
+                    now,
+                    f"{len(healthy)} of {len(live)} backends healthy",
+                )
+            )
+        base = live if panic else healthy
+        usable = []
+        for s in base:
+            if s.overloaded_until is not None:
+                if s.overloaded_until > now:
+                    next_expiry = min(next_expiry, s.overloaded_until)
+                    continue
+                s.overloaded_until = None
+            usable.append(s)
+        self._live = live
+        self._usable = usable
+        self._next_expiry = next_expiry
+        self._dirty = False
+
+    def _unavailability(self, now: float, exclude: Collection[str]) -> list[Unavailability]:
+        reasons = []
+        for s in self._live:
+            if s.url in exclude:
+                reasons.append(Unavailability(s.url, "excluded"))
+            elif s.ejected_until is not None and s.ejected_until > now:
+                reasons.append(Unavailability(s.url, "ejected", s.ejected_until))
+            elif s.active.healthy is False:
+                reasons.append(Unavailability(s.url, "unhealthy"))
+            elif s.overloaded_until is not None and s.overloaded_until > now:
+                reasons.append(Unavailability(s.url, "overloaded", s.overloaded_until))
+        for url in self._draining:
+            reasons.append(Unavailability(url, "draining"))
+        return reasons
+
+    def acquire(self, cost: float = 1.0, exclude: Collection[str] = ()) -> Lease:
+        """Pick a backend for one request of ``cost`` (tokens, say), avoiding the URLs
+        in ``exclude`` (where earlier attempts of the same request failed).
+
+        Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why.
+        """
+        events: list[PoolEvent] = []
+        with self._lock:
+            now = self.clock()
+            if self._dirty or now >= self._next_expiry:
+                self._refresh(now, events)
+            candidates: Sequence[BackendState] = self._usable
+            if exclude:
+                candidates = [s for s in candidates if s.url not in exclude]
+            if not candidates:
+                error = NoBackendAvailable(self._unavailability(now, exclude))
+            else:
+                state = self.balancer.pick(
+                    candidates, cost=cost, now=now, rng=self.rng, population=self._live
+                )
+                state.pending += 1
+                state.outstanding_cost += cost
+                state.requests += 1
+                lease = Lease(state.backend, cost, now, state=state)
+        if events:
+            self._emit(events)
+        if not candidates:
+            raise error
+        return lease
+
+    def release(
+        self,
+        lease: Lease,
+        outcome: Outcome = Outcome.SUCCESS,
+        *,
+        latency: float | None = None,
+        retry_after: float | None = None,
+        queue_depth: float | None = None,
+    ) -> None:
+        """Report how a leased request ended.
+
+        ``latency`` defaults to the pool clock's time since :meth:`acquire`;
+        ``retry_after`` (seconds) is honoured for :attr:`Outcome.OVERLOADED`;
+        ``queue_depth`` is the server-reported queue length, where it sent one.
+        """
+        events: list[PoolEvent] = []
+        with self._lock:
+            if lease.released:
+                raise EmbedbalanceError(f"lease on {lease.backend.url} released twice")
+            lease.released = True
+            now = self.clock()
+            s = lease._state
+            s.pending -= 1
+            s.outstanding_cost -= lease.cost
+            if s.pending == 0:
+                s.outstanding_cost = 0.0  # no float drift while idle
+                if s.removed:
+                    self._draining.pop(s.url, None)
+            if queue_depth is not None:
+                s.queue_depth = queue_depth
+            if outcome is Outcome.SUCCESS:
+                if latency is None:
+                    latency = now - lease.started_at
+                s.successes += 1
+                s.consecutive_failures = 0
+                s.latencies.append(latency)
+                self.balancer.observe(s, latency, now)
+            elif outcome is Outcome.FAILURE:
+                s.failures += 1
+                s.consecutive_failures += 1
+                s.add_penalty(now, self.failure_decay)
+                if not s.removed:
+                    self._maybe_eject(s, now, events)
+            elif outcome is Outcome.OVERLOADED:
+                s.overloads += 1
+                backoff = retry_after if retry_after is not None else DEFAULT_OVERLOAD_BACKOFF
+                until = now + max(backoff, 0.0)
+                if s.overloaded_until is None or until > s.overloaded_until:
+                    s.overloaded_until = until
+                    self._dirty = True
+                    events.append(PoolEvent("overloaded", s.url, now, f"for {backoff:g}s"))
+            else:
+                s.cancelled += 1
+        if events:
+            self._emit(events)
+
+    def _maybe_eject(self, s: BackendState, now: float, events: list[PoolEvent]) -> None:
+        policy = self.outlier_detection
+        if not policy.enabled or s.consecutive_failures < policy.consecutive_failures:
+            return
+        if s.ejected_until is not None and s.ejected_until > now:
+            return
+        ejected = sum(
+            1
+            for o in self._states.values()
+            if o.ejected_until is not None and o.ejected_until > now
+        )
+        if ejected >= max_ejectable(policy, len(self._states)):
+            return
+        if now - s.last_ejected_at > policy.max_ejection_time + ejection_duration(
+            policy, s.ejections
+        ):
+            s.ejections = 0  # it stayed in long enough: start the multiplier afresh
+        s.ejections += 1
+        s.total_ejections += 1
+        duration = ejection_duration(policy, s.ejections)
+        s.ejected_until = now + duration
+        s.last_ejected_at = now
+        s.consecutive_failures = 0
+        self._dirty = True
+        events.append(
+            PoolEvent(
+                "ejected", s.url, now, f"{policy.consecutive_failures} failures, for {duration:g}s"
+            )
+        )
+
+    def report_check(self, backend: BackendLike, ok: bool) -> None:
+        """Record one active health check result for ``backend`` (rise/fall applies)."""
+        url = as_backend(backend).url
+        events: list[PoolEvent] = []
+        with self._lock:
+            s = self._states.get(url)
+            if s is None:
+                return
+            now = self.clock()
+            changed = s.active.record(ok, self.health_check)
+            if changed:
+                self._dirty = True
+                if s.active.healthy:
+                    s.admitted_at = now
+                    events.append(
+                        PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
+                    )
+                else:
+                    events.append(
+                        PoolEvent("unhealthy", url, now, f"{self.health_check.fall} checks failed")
+                    )
+            if (
+                ok
+                and s.active.healthy
+                and s.ejected_until is not None
+                and s.ejected_until > now
+                and self.health_check.uneject_on_success
+                and s.active.streak >= self.health_check.rise
+            ):
+                s.ejected_until = None
+                s.consecutive_failures = 0
+                s.admitted_at = now
+                self._dirty = True
+                events.append(PoolEvent("readmitted", url, now, "active checks passed"))
+        if events:
+            self._emit(events)
+
+    # -- introspection ------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """A consistent snapshot of every backend (members, then draining ones)."""
+        with self._lock:
+            now = self.clock()
+            if self._dirty or now >= self._next_expiry:
+                events: list[PoolEvent] = []
+                self._refresh(now, events)
+            else:
+                events = []
+            rows = [self._backend_stats(s, now) for s in self._states.values()]
+            rows += [self._backend_stats(s, now) for s in self._draining.values()]
+            snapshot = PoolStats(at=now, panic=self._panic, backends=tuple(rows))
+        if events:
+            self._emit(events)
+        return snapshot
+
+    def _backend_stats(self, s: BackendState, now: float) -> BackendStats:
+        if s.removed:
+            state = "draining"
+        elif s.ejected_until is not None and s.ejected_until > now:
+            state = "ejected"
+        elif s.active.healthy is False:
+            state = "unhealthy"
+        elif s.overloaded_until is not None and s.overloaded_until > now:
+            state = "overloaded"
+        else:
+            state = "healthy"
+        p50 = p99 = None
+        if s.latencies:
+            p50, p99 = (float(x) for x in np.percentile(np.fromiter(s.latencies, float), [50, 99]))
+        return BackendStats(
+            url=s.url,
+            tier=s.tier,
+            weight=s.weight,
+            effective_weight=s.effective_weight(now),
+            state=state,
+            pending=s.pending,
+            outstanding_cost=s.outstanding_cost,
+            requests=s.requests,
+            successes=s.successes,
+            failures=s.failures,
+            overloads=s.overloads,
+            cancelled=s.cancelled,
+            ejections=s.total_ejections,
+            ejected_until=s.ejected_until if state == "ejected" else None,
+            rtt_estimate=s.rtt if s.rtt_samples else None,
+            latency_p50=p50,
+            latency_p99=p99,
+            queue_depth=s.queue_depth,
+        )
