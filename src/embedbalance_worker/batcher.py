@@ -275,7 +275,9 @@ class Batcher:
         seconds = time.perf_counter() - started
         real = sum(len(x) for x in ids)
         rate = real / max(seconds, 1e-6)
-        self._tokens_per_s = rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        self._tokens_per_s = (
+            rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
+        )
         for piece, row in zip(batch, rows, strict=True):
             request = piece.request
             if request.future.done():

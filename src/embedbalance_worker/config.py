@@ -11,7 +11,6 @@ from pathlib import Path
 
 import attrs
 
-
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 POOLINGS: tuple[str, ...] = ("mean", "cls")
@@ -32,7 +31,6 @@ def _positive(instance: object, attribute: attrs.Attribute[int], value: int) -> 
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
 
 
 @attrs.frozen(kw_only=True)
@@ -56,9 +54,7 @@ class WorkerConfig:
     for queued work before the process exits anyway.
     """
 
-    model_path: Path | None = attrs.field(
-        default=None, converter=attrs.converters.optional(Path)
-    )
+    model_path: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     model_id: str | None = None
     device: str = attrs.field(default="auto", validator=attrs.validators.in_(DEVICES))
     dtype: str = attrs.field(default="float32", validator=attrs.validators.in_(DTYPES))

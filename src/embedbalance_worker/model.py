@@ -80,7 +80,8 @@ def cosine_rows(a: FloatArray, b: FloatArray) -> npt.NDArray[np.float64]:
 def l2_normalize(rows: FloatArray) -> FloatArray:
     """Unit-length rows; an all-zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
-    return (rows / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    out: FloatArray = (rows / np.maximum(norms, 1e-12)).astype(np.float32, copy=False)
+    return out
 
 
 class EmbeddingModel:
@@ -179,7 +180,8 @@ class EmbeddingModel:
                 pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
         if self.delay_s > 0:
             time.sleep(self.delay_s)
-        return pooled.cpu().numpy().astype(np.float32, copy=False)
+        out: FloatArray = pooled.cpu().numpy().astype(np.float32, copy=False)
+        return out
 
     def encode(self, texts: Sequence[str], normalize: bool = True) -> FloatArray:
         """Tokenize, truncate, forward and optionally normalise: the one-call path."""

@@ -30,7 +30,9 @@ class EmbedRequest:
 
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
@@ -56,7 +58,9 @@ async def read_json(request: Request, max_body_bytes: int) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ApiError(400, "invalid_utf8", f"body is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+        raise ApiError(
+            400, "invalid_utf8", f"body is not valid UTF-8: {exc.reason} at byte {exc.start}"
+        ) from None
     try:
         payload = json.loads(text)
     except ValueError as exc:
