@@ -29,16 +29,29 @@ from .exceptions import (
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .pool import BackendPool, BackendStats, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry, RetryBudgetPolicy
+from .transport import (
+    BACKEND_EXTENSION,
+    COST_EXTENSION,
+    IDEMPOTENT_EXTENSION,
+    AsyncBalancingTransport,
+    BalancingTransport,
+    TransportStats,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "BACKEND_EXTENSION",
+    "COST_EXTENSION",
+    "IDEMPOTENT_EXTENSION",
+    "AsyncBalancingTransport",
     "AllAttemptsFailed",
     "Attempt",
     "Backend",
     "BackendPool",
     "BackendStats",
     "Balancer",
+    "BalancingTransport",
     "DimensionMismatch",
     "Discovery",
     "EmbedbalanceError",
@@ -63,6 +76,7 @@ __all__ = [
     "RoundRobin",
     "SlowStart",
     "StaticDiscovery",
+    "TransportStats",
     "Unavailability",
     "WeightedRoundRobin",
 ]
