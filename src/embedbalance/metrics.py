@@ -7,6 +7,7 @@ per test, or one per transport when an app has several).
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -89,10 +90,8 @@ class PrometheusMetrics:
                 self.ejections.labels(event.url).inc()
         elif event.kind == "removed":
             for metric in (self.healthy, self.in_flight_gauge):
-                try:
+                with contextlib.suppress(KeyError):
                     metric.remove(event.url)
-                except KeyError:
-                    pass
 
     def request(self, url: str, outcome: str, latency: float | None) -> None:
         self.requests.labels(url, outcome).inc()
