@@ -1,0 +1,163 @@
+"""Start a real ``embedbalance-worker`` subprocess on an ephemeral loopback port.
+
+Why a subprocess and not an in-process app: lifecycle, signals, concurrency and batching
+are only honest against the real CLI, the real model and a real socket.
+
+    with start_worker("--max-wait-ms", "5") as worker:
+        httpx.post(worker.url + "/embed", json={"inputs": ["hi"]})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+LISTENING = re.compile(r"embedbalance-worker listening on (http://\S+:(\d+))")
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+_SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+class WorkerStartError(RuntimeError):
+    """The worker exited or did not become healthy in time; the message has its stderr."""
+
+
+class WorkerProcess:
+    """A running worker: ``url``, ``port``, ``pid``, ``proc``; stop it with ``stop()``."""
+
+    def __init__(self, proc: subprocess.Popen[str], url: str, port: int, stderr_path: Path) -> None:
+        self.proc = proc
+        self.url = url
+        self.port = port
+        self.pid = proc.pid
+        self.stderr_path = stderr_path
+        self.stdout_lines: list[str] = []
+
+    def stderr_tail(self, chars: int = 4000) -> str:
+        """The end of the worker's log, for failure messages."""
+        try:
+            return self.stderr_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, grace: float = 20.0) -> int:
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns the exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        return int(self.proc.wait(timeout=10))
+
+    def kill(self) -> int:
+        """SIGKILL at once (a crash, as a balancer sees it); returns the exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGKILL)
+        return int(self.proc.wait(timeout=10))
+
+    def __enter__(self) -> WorkerProcess:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()
+
+
+def _pump(stream: object, lines: queue.Queue[str | None], keep: list[str]) -> None:
+    """Read the worker's stdout until EOF so its pipe never fills and blocks it."""
+    for line in stream:  # type: ignore[attr-defined]
+        keep.append(line)
+        lines.put(line)
+    lines.put(None)
+
+
+def start_worker(
+    *cli_args: str, env: Mapping[str, str] | None = None, timeout: float = 60.0
+) -> WorkerProcess:
+    """Run ``python -m embedbalance_worker --port 0 *cli_args`` and wait for ``/health`` 200.
+
+    ``env`` adds to (and overrides) the inherited environment, which is forced offline.
+    Raises :class:`WorkerStartError` if the worker exits or is not healthy within
+    ``timeout`` seconds; the process is killed first.
+    """
+    args = list(cli_args)
+    if "--port" not in args:
+        args = ["--port", "0", *args]
+    full_env = {**os.environ, **OFFLINE_ENV, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(_SRC), full_env.get("PYTHONPATH", "")) if p
+    )
+    fd, name = tempfile.mkstemp(prefix="embedbalance-worker-", suffix=".log")
+    stderr_path = Path(name)
+    with os.fdopen(fd, "w") as stderr_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "embedbalance_worker", *args],
+            stdout=subprocess.PIPE,
+            stderr=stderr_file,
+            env=full_env,
+            text=True,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+    kept: list[str] = []
+    threading.Thread(target=_pump, args=(proc.stdout, lines, kept), daemon=True).start()
+    deadline = time.monotonic() + timeout
+
+    def fail(why: str) -> WorkerStartError:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        log = stderr_path.read_text(errors="replace")[-4000:]
+        return WorkerStartError(f"worker {why} (exit {proc.returncode}); stderr:\n{log}")
+
+    url: str | None = None
+    port = 0
+    while url is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise fail(f"printed no listening line within {timeout}s")
+        try:
+            line = lines.get(timeout=min(left, 1.0))
+        except queue.Empty:
+            continue
+        if line is None:
+            raise fail("exited before listening")
+        match = LISTENING.search(line)
+        if match:
+            url, port = match.group(1), int(match.group(2))
+    worker = WorkerProcess(proc, url, port, stderr_path)
+    worker.stdout_lines = kept
+    with httpx.Client(timeout=2.0) as client:
+        while True:
+            if proc.poll() is not None:
+                raise fail("exited while loading")
+            try:
+                if client.get(url + "/health").status_code == 200:
+                    return worker
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise fail(f"was not healthy within {timeout}s")
+            time.sleep(0.1)
