@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import DEPLOY, system_binary
+from deploy_files import DEPLOY, system_binary
 
 DASHBOARD = DEPLOY / "grafana" / "embedbalance.json"
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")

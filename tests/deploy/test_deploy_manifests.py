@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
+from deploy_files import (
     DEPLOY,
     HEALTH_PATH,
     KUBE,
@@ -443,3 +443,27 @@ def test_client_example_config_matches_the_app_and_the_services() -> None:
     (deployment,) = by_kind(objects, "Deployment")
     (container,) = list(containers(deployment))
     assert container["envFrom"] == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
+
+
+def test_client_example_app_builds_tiered_dns_discovery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Imported with the ConfigMap's values, the sample app discovers the GPU Service as tier 0 and
+    the CPU one as tier 1."""
+    import importlib.util
+
+    from embedbalance.dns import DnsDiscovery
+
+    (config_map,) = by_kind(all_objects([CLIENT / "fastapi-client.yaml"]), "ConfigMap")
+    for key, value in config_map["data"].items():
+        monkeypatch.setenv(key, value)
+    spec = importlib.util.spec_from_file_location("embed_client_app", CLIENT / "app.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    discovery = module.make_discovery()
+    assert isinstance(discovery, DnsDiscovery)
+    assert [(t.name, t.port, t.tier) for t in discovery.targets] == [
+        (config_map["data"]["EMBED_GPU_SERVICE"], WORKER_PORT, 0),
+        (config_map["data"]["EMBED_CPU_SERVICE"], WORKER_PORT, 1),
+    ]
+    assert discovery.max_ttl == float(config_map["data"]["EMBED_DNS_MAX_TTL"])

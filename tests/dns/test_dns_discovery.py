@@ -16,7 +16,7 @@ import dns.exception
 import dns.resolver
 import httpx
 import pytest
-from conftest import DOMAIN, TTL, Dnsmasq, free_port, system_binary
+from dnsmasq_server import DOMAIN, TTL, Dnsmasq, free_port, system_binary
 
 from embedbalance._backend import Backend
 from embedbalance._clock import ManualClock

@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from prometheus_client import make_asgi_app
 
 import embedbalance as eb
+from embedbalance.metrics import PrometheusMetrics
 
 PORT = int(os.environ.get("EMBED_WORKER_PORT", "8000"))
 GPU_SERVICE = os.environ["EMBED_GPU_SERVICE"]
@@ -38,7 +39,9 @@ def make_discovery() -> eb.DnsDiscovery:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    transport = eb.AsyncBalancingTransport(make_discovery(), balancer=eb.GpuPriority())
+    transport = eb.AsyncBalancingTransport(
+        make_discovery(), balancer=eb.GpuPriority(), metrics=PrometheusMetrics()
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://embeddings") as client:
         app.state.embeddings = client
         yield

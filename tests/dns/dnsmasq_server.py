@@ -1,0 +1,169 @@
+"""A real DNS server for the discovery tests: Debian's dnsmasq on 127.0.0.1, in the
+foreground, with records the test writes and changes while it runs."""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import dns.nameserver
+import dns.resolver
+import pytest
+
+DOMAIN = "eb.test"
+TTL = 1  # seconds: what dnsmasq hands out for every record below
+
+
+def system_binary(name: str) -> str:
+    """Path of a Debian-provided binary; skip when it is missing, but fail under CI=true,
+    where tools/system_deps.py must have installed it."""
+    found = shutil.which(name)
+    if found is None:
+        for folder in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
+            candidate = Path(folder) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                found = str(candidate)
+                break
+    if found is None:
+        reason = f"{name} is not installed (Debian package dnsmasq-base; tools/system_deps.py)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return found
+
+
+def free_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (dnsmasq binds both)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair on 127.0.0.1")
+
+
+class Dnsmasq:
+    """One dnsmasq process we own: A/AAAA records in an addn-hosts file (reread on
+    SIGHUP) and SRV records in a conf file (read at start, so changing them restarts)."""
+
+    def __init__(self, binary: str, folder: Path) -> None:
+        self.binary = binary
+        self.folder = folder
+        self.port = free_port()
+        self.hosts = folder / "hosts"
+        self.conf = folder / "dnsmasq.conf"
+        self.log = folder / "dnsmasq.log"
+        self.hosts.write_text("")
+        self.conf.write_text("")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def nameservers(self) -> list[tuple[str, int]]:
+        return [("127.0.0.1", self.port)]
+
+    def set_hosts(self, records: Mapping[str, Sequence[str]]) -> None:
+        """Replace the A/AAAA records ({name: [address, ...]}) and make dnsmasq reread them."""
+        lines = [f"{a} {name}" for name, addresses in records.items() for a in addresses]
+        self.hosts.write_text("\n".join(lines) + "\n")
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+            self._wait_for(lambda: self._answers(records))
+
+    def set_srv(self, records: Mapping[str, Sequence[tuple[str, int]]]) -> None:
+        """Replace the SRV records ({name: [(target, port), ...]}); restarts a running server."""
+        lines = [
+            f"srv-host={name},{target},{port}"
+            for name, entries in records.items()
+            for target, port in entries
+        ]
+        self.conf.write_text("\n".join(lines) + "\n")
+        if self.proc is not None:
+            self.stop()
+            self.start()
+
+    def start(self) -> None:
+        assert self.proc is None
+        args = [
+            self.binary,
+            "--no-daemon",
+            "--keep-in-foreground",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            f"--conf-file={self.conf}",
+            f"--addn-hosts={self.hosts}",
+            f"--local-ttl={TTL}",
+            # Answer NXDOMAIN/NODATA for our domain instead of REFUSED.
+            f"--local=/{DOMAIN}/",
+            "--log-facility=-",
+            # Stay the user we are: dropping to "nobody" would lose read access to the
+            # test's private temp folder, and so the SIGHUP reread.
+            f"--user={getpass.getuser()}",
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_for(self._responding)
+
+    def stop(self) -> None:
+        """Terminate our process by its PID and wait for it (the 'server gone' case)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def resolver(self) -> dns.resolver.Resolver:
+        resolver = dns.resolver.Resolver(configure=False)
+        resolver.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", self.port)]
+        resolver.lifetime = 0.5
+        return resolver
+
+    def _responding(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited: {self.log.read_text()[-2000:]}")
+        try:
+            self.resolver().resolve(f"probe.{DOMAIN}.", "A", raise_on_no_answer=False)
+        except dns.resolver.NXDOMAIN:
+            return True
+        except dns.exception.DNSException:
+            return False
+        return True
+
+    def _answers(self, records: Mapping[str, Sequence[str]]) -> bool:
+        for name, addresses in records.items():
+            want = sorted(a for a in addresses if ":" not in a)
+            try:
+                answer = self.resolver().resolve(name, "A", raise_on_no_answer=False)
+                got = sorted(r.address for r in answer.rrset or ())
+            except dns.resolver.NXDOMAIN:
+                got = []
+            if got != want:
+                return False
+        return True
+
+    @staticmethod
+    def _wait_for(condition: object, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():  # type: ignore[operator]
+                return
+            time.sleep(0.02)
+        raise TimeoutError("dnsmasq did not reach the expected state")
