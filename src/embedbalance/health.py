@@ -48,6 +48,13 @@ def _percent(_: object, attribute: attrs.Attribute[float], value: float) -> None
         raise ValueError(f"{attribute.name} must be between 0 and 100, got {value!r}")
 
 
+def _positive_percent(_: object, attribute: attrs.Attribute[float], value: float) -> None:
+    # A zero floor would give a just-admitted backend weight 0, and every
+    # weight-relative load metric divides by the weight.
+    if not (isinstance(value, (int, float)) and 0 < value <= 100):
+        raise ValueError(f"{attribute.name} must be > 0 and <= 100, got {value!r}")
+
+
 @attrs.frozen
 class HealthCheck:
     """Active health checking: ``GET path`` every ``interval`` seconds per backend.
@@ -110,7 +117,7 @@ class SlowStart:
 
     window: float = attrs.field(default=10.0, validator=_non_negative)
     aggression: float = attrs.field(default=1.0, validator=_positive)
-    min_weight_percent: float = attrs.field(default=10.0, validator=_percent)
+    min_weight_percent: float = attrs.field(default=10.0, validator=_positive_percent)
 
     def factor(self, elapsed: float) -> float:
         """Share of its weight a backend admitted ``elapsed`` seconds ago gets."""

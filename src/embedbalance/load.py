@@ -94,6 +94,9 @@ class PeakEwmaLatency:
       probed again, so one slow spell is not held against it forever.
     - A backend with no samples starts at ``default_rtt``, so it neither wins every
       pick (an estimate of 0) nor starves.
+    - Recent failures (which carry no latency sample) floor the estimate at
+      ``default_rtt × recent failures`` before the failure penalty multiplies it, so a
+      backend that fails instantly never looks fast.
 
     Where it misleads: latency is a proxy for load only if requests cost about the
     same; mixed huge and tiny batches make it noisy (use
@@ -133,12 +136,13 @@ class PeakEwmaLatency:
             state.rtt_stamp = now
 
     def load(self, state: BackendState, now: float) -> float:
-        return (
-            self.estimate(state, now)
-            * (state.pending + 1)
-            / state.effective_weight(now)
-            * state.penalty_factor(now, self.failure_decay)
-        )
+        penalty = state.penalty_factor(now, self.failure_decay)
+        # Failures feed no latency sample, so a backend that only fails sees its
+        # estimate decay toward 0, and a multiplier on ~0 is still ~0: it would end up
+        # winning every pick. Each recent failure therefore counts as at least
+        # ``default_rtt`` of latency (the floor decays with the penalty).
+        estimate = max(self.estimate(state, now), self.default_rtt * (penalty - 1.0))
+        return estimate * (state.pending + 1) / state.effective_weight(now) * penalty
 
     def observe(self, state: BackendState, latency: float, now: float) -> None:
         self._seed(state, now)

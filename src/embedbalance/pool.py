@@ -442,6 +442,9 @@ class BackendPool:
         s.ejected_until = now + duration
         s.last_ejected_at = now
         s.consecutive_failures = 0
+        # Early re-admission needs ``rise`` checks passed *after* the ejection, not a
+        # streak that began before the traffic started failing.
+        s.active.streak = min(s.active.streak, 0)
         self._dirty = True
         events.append(
             PoolEvent(
@@ -458,11 +461,15 @@ class BackendPool:
             if s is None:
                 return
             now = self.clock()
+            was = s.active.healthy
             changed = s.active.record(ok, self.health_check)
             if changed:
                 self._dirty = True
                 if s.active.healthy:
-                    s.admitted_at = now
+                    if was is False:
+                        # Slow start is for a comeback; the first verdict on a backend
+                        # that has been serving all along (None -> True) keeps its weight.
+                        s.admitted_at = now
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )

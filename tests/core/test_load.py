@@ -1,0 +1,119 @@
+"""Load metrics against hand-computed values, on a manual clock."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+import embedbalance as eb
+from embedbalance.load import OutstandingTokens, PeakEwmaLatency, PendingRequests
+
+from .conftest import make_state
+
+
+def test_unmeasured_backend_starts_at_default_rtt() -> None:
+    """A backend never measured is estimated at default_rtt, and its load is that × (pending+1)."""
+    metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    state = make_state(pending=2)
+    assert metric.load(state, 0.0) == pytest.approx(0.05 * 3)
+
+
+def test_peak_replaces_the_estimate_at_once() -> None:
+    """A sample above the estimate replaces it immediately, however little time passed."""
+    metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    state = make_state()
+    metric.observe(state, 0.2, 1.0)
+    assert metric.estimate(state, 1.0) == pytest.approx(0.2)
+    metric.observe(state, 0.9, 1.0)
+    assert metric.estimate(state, 1.0) == pytest.approx(0.9)
+
+
+def test_lower_sample_decays_with_exp_of_elapsed_over_tau() -> None:
+    """A lower sample moves the estimate with weight exp(-Δt/τ) on the old value."""
+    metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    state = make_state()
+    metric.observe(state, 0.2, 1.0)
+    metric.observe(state, 0.1, 3.0)
+    w = math.exp(-2.0 / 10.0)
+    expected = 0.2 * w + 0.1 * (1 - w)
+    assert state.rtt == pytest.approx(expected)
+    assert metric.estimate(state, 3.0) == pytest.approx(expected)  # no time passed: no decay
+
+
+def test_reading_decays_toward_zero() -> None:
+    """Reading the load decays the estimate toward 0 by exp(-Δt/τ) since the last update."""
+    metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    state = make_state(pending=1)
+    metric.observe(state, 0.2, 0.0)
+    assert metric.estimate(state, 10.0) == pytest.approx(0.2 * math.exp(-1.0))
+    # A second read 5 s later decays only over those 5 s, not again from the start.
+    assert metric.load(state, 15.0) == pytest.approx(0.2 * math.exp(-1.5) * 2)
+
+
+def test_load_is_estimate_times_pending_plus_one() -> None:
+    """load = estimate × (pending + 1) for a weight-1 backend with no failures."""
+    metric = PeakEwmaLatency()
+    state = make_state()
+    metric.observe(state, 0.3, 0.0)
+    for pending in (0, 1, 7):
+        state.pending = pending
+        assert metric.load(state, 0.0) == pytest.approx(0.3 * (pending + 1))
+
+
+def test_weight_divides_load() -> None:
+    """A weight-4 backend with 3 pending looks like a weight-1 backend that is idle."""
+    heavy, light = make_state(0, weight=4.0, pending=3), make_state(1)
+    for metric in (PendingRequests(), PeakEwmaLatency()):
+        assert metric.load(heavy, 0.0) == pytest.approx(metric.load(light, 0.0))
+
+
+def test_outstanding_tokens_counts_cost() -> None:
+    """OutstandingTokens' load is (outstanding cost + 1) / weight."""
+    state = make_state(weight=2.0)
+    state.outstanding_cost = 511.0
+    assert OutstandingTokens().load(state, 0.0) == pytest.approx(256.0)
+
+
+def test_failure_penalty_multiplies_and_decays() -> None:
+    """One failure doubles a backend's load at once and fades by exp(-Δt/decay)."""
+    state = make_state(pending=1)
+    metric = PendingRequests(failure_decay=5.0)
+    state.add_penalty(0.0, 5.0)
+    assert metric.load(state, 0.0) == pytest.approx(2 * 2.0)
+    assert metric.load(state, 5.0) == pytest.approx(2 * (1 + math.exp(-1.0)))
+    state.add_penalty(5.0, 5.0)  # a second failure adds to what is left of the first
+    assert metric.load(state, 5.0) == pytest.approx(2 * (2 + math.exp(-1.0)))
+
+
+def test_peak_ewma_failures_floor_a_decayed_estimate() -> None:
+    """A backend whose estimate has decayed toward 0 but which keeps failing does not
+    look cheaper than an unmeasured one."""
+    metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    failing, fresh = make_state(0), make_state(1)
+    metric.estimate(failing, 0.0)
+    for t in range(1, 300):
+        failing.add_penalty(float(t), 5.0)
+    assert metric.estimate(failing, 300.0) < 1e-12
+    assert metric.load(failing, 300.0) > metric.load(fresh, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"tau": 0.0}, "tau"), ({"default_rtt": -1.0}, "default_rtt"), ({"tau": math.inf}, "tau")],
+)
+def test_peak_ewma_validates(kwargs: dict[str, float], message: str) -> None:
+    """PeakEwma rejects a non-positive or infinite tau/default_rtt with a ValueError naming it."""
+    with pytest.raises(ValueError, match=message):
+        eb.PeakEwma(**kwargs)
+
+
+def test_pool_feeds_latency_into_peak_ewma(clock: eb.ManualClock) -> None:
+    """The pool measures a success's latency on its clock and the stats show the estimate."""
+    pool = eb.BackendPool(["http://a.test"], clock=clock, balancer=eb.PeakEwma())
+    lease = pool.acquire()
+    clock.advance(0.25)
+    pool.release(lease)
+    assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.25)
+    pool.release(pool.acquire(), latency=0.5)
+    assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.5)
