@@ -1,0 +1,96 @@
+"""Fixtures for the client suite: real workers on loopback (started once), a reference
+embedding from a single worker, a corpus, and fake backends that misbehave."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+_ROOT = Path(__file__).resolve().parents[2]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from tests.client.fake_server import FakeBackend  # noqa: E402
+from tests.helpers.worker_proc import WorkerProcess, start_worker  # noqa: E402
+
+WORKER_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """Every async test runs on asyncio and on trio."""
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess, WorkerProcess]]:
+    """Three real workers, started in parallel: two for traffic, one to kill."""
+    with ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(start_worker, *WORKER_ARGS) for _ in range(3)]
+        started: list[WorkerProcess] = []
+        try:
+            for fut in futures:
+                started.append(fut.result())
+        except BaseException:
+            for fut in futures:
+                if fut.exception() is None:
+                    fut.result().kill()
+            raise
+    try:
+        yield (started[0], started[1], started[2])
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def urls(workers: tuple[WorkerProcess, ...]) -> list[str]:
+    """The URLs of the two traffic workers."""
+    return [workers[0].url, workers[1].url]
+
+
+@pytest.fixture(scope="session")
+def corpus() -> list[str]:
+    """About 200 distinct texts of very different lengths, from the standard library's
+    own documentation (short enough to keep the suite fast)."""
+    from pydoc_data.topics import topics
+
+    seen: set[str] = set()
+    texts: list[str] = []
+    for name in sorted(topics):
+        for para in topics[name].split("\n\n"):
+            text = " ".join(para.split())[: 40 + (len(texts) * 37) % 400]
+            if len(text) >= 3 and text not in seen:
+                seen.add(text)
+                texts.append(text)
+    return texts[:200]
+
+
+@pytest.fixture(scope="session")
+def reference(workers: tuple[WorkerProcess, ...], corpus: list[str]) -> dict[str, np.ndarray]:
+    """Each corpus text's embedding from one worker, one text per request: the truth
+    every balanced result is checked against."""
+    out: dict[str, np.ndarray] = {}
+    with httpx.Client(base_url=workers[0].url, timeout=60) as http:
+        for text in corpus:
+            rows = http.post("/embed", json={"inputs": [text], "truncate": True}).json()
+            out[text] = np.asarray(rows[0], dtype=np.float32)
+    return out
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeBackend]:
+    """A well-behaved fake backend answering 7-dimensional vectors."""
+    with FakeBackend() as server:
+        yield server
