@@ -1,0 +1,83 @@
+"""The latency-emulating backend: slots, queueing, health and slowdown behave as the
+benchmark assumes."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+
+import httpx
+import pytest
+from _proxies import free_port
+from latency_server import LatencyModel, ServerState, lognormal_params, serve
+
+
+def test_lognormal_params_give_the_requested_mean() -> None:
+    """Samples average to the configured mean, so ideal throughput = slots / mean holds."""
+    model = LatencyModel(mean=0.2, cv=0.5, seed=3)
+    samples = [model.sample() for _ in range(20_000)]
+    assert statistics.fmean(samples) == pytest.approx(0.2, rel=0.03)
+    assert statistics.stdev(samples) / statistics.fmean(samples) == pytest.approx(0.5, rel=0.1)
+
+
+def test_lognormal_params_reject_nonsense() -> None:
+    """A non-positive mean is refused rather than producing NaN service times."""
+    with pytest.raises(ValueError, match="mean"):
+        lognormal_params(0.0, 0.3)
+
+
+async def _with_server(state: ServerState, body):  # type: ignore[no-untyped-def]
+    port = free_port()
+    ready = asyncio.Event()
+    task = asyncio.ensure_future(serve(state, "127.0.0.1", port, ready))
+    await ready.wait()
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+            return await body(client)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+def test_requests_queue_for_the_slots() -> None:
+    """With 2 slots and 0.2 s service, 4 concurrent requests take two waves (~0.4 s)."""
+    state = ServerState(2, LatencyModel(mean=0.2, cv=0.0))
+
+    async def body(client: httpx.AsyncClient) -> list[float]:
+        async def one() -> float:
+            t0 = time.monotonic()
+            r = await client.post("/embed", json={"inputs": ["x"]})
+            assert r.status_code == 200
+            assert "X-Queue-Depth" in r.headers
+            return time.monotonic() - t0
+
+        return sorted(await asyncio.gather(*(one() for _ in range(4))))
+
+    took = asyncio.run(_with_server(state, body))
+    assert took[1] < 0.33  # first wave
+    assert took[2] >= 0.38  # second wave waited for a slot
+    assert state.served == 4
+
+
+def test_health_answers_while_slots_are_busy_and_slowdown_applies() -> None:
+    """/health bypasses the queue, and /admin/slowdown scales later service times."""
+    state = ServerState(1, LatencyModel(mean=0.05, cv=0.0))
+
+    async def body(client: httpx.AsyncClient) -> tuple[float, float]:
+        busy = asyncio.ensure_future(client.post("/embed", json={}))
+        await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        assert (await client.get("/health")).status_code == 200
+        health_took = time.monotonic() - t0
+        await busy
+        assert (await client.post("/admin/slowdown?factor=4")).status_code == 200
+        t0 = time.monotonic()
+        await client.post("/embed", json={})
+        return health_took, time.monotonic() - t0
+
+    health_took, slowed = asyncio.run(_with_server(state, body))
+    assert health_took < 0.04
+    assert slowed >= 0.19
+    assert state.model.factor == 4

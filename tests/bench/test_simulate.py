@@ -1,0 +1,69 @@
+"""The scale simulation: deterministic, the oracle beats blind balancing, and pick cost
+is measured."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from bench_balance import ideal_throughput, summarise
+from simulate import ORACLE, Topology, pick_cost, simulate
+
+
+def test_topology_mix_and_capacity() -> None:
+    """One backend in four is slow with 2 slots, and capacity is the sum of slots / mean."""
+    topo = Topology.mixed(8, fast_mean=1.0)
+    assert list(topo.slots) == [8, 8, 8, 2, 8, 8, 8, 2]
+    assert topo.capacity == pytest.approx(6 * 8 + 2 * 2 / 6)
+
+
+def test_simulation_is_deterministic_for_a_seed() -> None:
+    """Same seed, same balancer, same numbers — the simulation is reproducible."""
+    topo = Topology.mixed(12)
+    a = simulate("PeakEwma", topo, requests=3000, seed=5)
+    b = simulate("PeakEwma", topo, requests=3000, seed=5)
+    assert (a.p50, a.p99, a.slow_share) == (b.p50, b.p99, b.slow_share)
+
+
+def test_oracle_beats_round_robin_on_heterogeneous_backends() -> None:
+    """The oracle avoids the slow backends; round-robin gives them a full share and queues."""
+    topo = Topology.mixed(8)
+    oracle = simulate(ORACLE, topo, requests=4000, seed=1)
+    rr = simulate("RoundRobin", topo, requests=4000, seed=1)
+    assert rr.slow_share == pytest.approx(0.25, abs=0.01)
+    assert oracle.slow_share < 0.05
+    assert oracle.p99 < rr.p99 / 3
+
+
+def test_pick_cost_is_positive_and_bounded() -> None:
+    """Pick cost is measured through the real pool and returns within its time budget."""
+    cost = pick_cost("PeakEwma", 50, picks=200, budget_s=0.2)
+    assert 0 < cost < 0.01
+
+
+def test_throughput_counts_only_successes_inside_the_window() -> None:
+    """Requests finishing in the drain, and failures, do not count toward throughput."""
+    part = {
+        "ends": [0.5, 1.5, 2.5, 3.5, 11.5, 12.0],
+        "latencies": [0.1] * 6,
+        "ok": [True, True, False, True, True, True],
+        "errors": {"HTTP 502": 1},
+        "unfinished": 0,
+        "cpu_s": 1.0,
+        "wall_s": 4.0,
+    }
+    row = summarise([part], window_start=1.0, window=10.0)
+    assert row["throughput"] == pytest.approx(0.2)  # 1.5 and 3.5 only
+    assert row["failed"] == 1
+    assert row["loadgen_cpu"] == pytest.approx(0.25)
+    assert np.isfinite(row["p99"])
+
+
+def test_ideal_throughput_accounts_for_scenario_events() -> None:
+    """The kill removes 30% of one backend's capacity; the slowdown 5/6 of it for half."""
+    from bench_balance import Settings
+
+    specs = Settings(fast_mean=0.1).backends()
+    full = 3 * 80 + 2 / 0.6
+    assert ideal_throughput("a", specs, 10) == pytest.approx(full)
+    assert ideal_throughput("b", specs, 10) == pytest.approx(full - 24)
+    assert ideal_throughput("d", specs, 10) == pytest.approx(full - 80 * 5 / 6 / 2)
