@@ -1,0 +1,33 @@
+"""Fixtures for transport tests: real control-server processes on loopback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "helpers"))
+
+from control_proc import ControlServer  # noqa: E402
+
+
+@pytest.fixture(params=["asyncio", "trio"])
+def anyio_backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., list[ControlServer]]]:
+    """Start N control servers; every one is stopped by PID at teardown."""
+    started: list[ControlServer] = []
+
+    def start(n: int, **kwargs: object) -> list[ControlServer]:
+        new = [ControlServer(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
+        started.extend(new)
+        return new
+
+    yield start
+    for server in started:
+        server.stop()
