@@ -448,7 +448,7 @@ class BalancingTransport(httpx.BaseTransport):
         try:
             response = self._inner.handle_request(routed)
             try:
-                body = b"".join(response.iter_raw())
+                body = _raw_body(response)
             finally:
                 response.close()
         except httpx.TransportError as exc:
@@ -674,7 +674,10 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     async def _exchange(self, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
         response = await self._inner.handle_async_request(routed)
         try:
-            body = b"".join([chunk async for chunk in response.aiter_raw()])
+            if hasattr(response, "_content"):  # already in memory (mock transports)
+                body = response.content
+            else:
+                body = b"".join([chunk async for chunk in response.aiter_raw()])
         finally:
             await response.aclose()
         return response, body
@@ -749,6 +752,13 @@ async def _run_discovery(discovery: Discovery, pool: BackendPool, *, task_status
 
 async def _run_checks(pool: BackendPool, policy: HealthCheck, rng: random.Random) -> None:
     await run_async_checks(pool, policy, rng=random.Random(rng.random()))
+
+
+def _raw_body(response: httpx.Response) -> bytes:
+    """The body as it came off the wire (not decompressed: the headers still say how)."""
+    if hasattr(response, "_content"):  # already in memory (mock transports)
+        return response.content
+    return b"".join(response.iter_raw())
 
 
 _TASKS: set[asyncio.Task[None]] = set()

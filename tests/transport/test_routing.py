@@ -1,0 +1,161 @@
+"""Pure unit tests of request rewriting and retry rules (inner transport mocked)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+import embedbalance as eb
+
+
+def _echo(seen: list[httpx.Request], status: int = 200) -> httpx.MockTransport:
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(status, json={"ok": True}, headers={"X-Queue-Depth": "3"})
+
+    return httpx.MockTransport(handler)
+
+
+def test_rewrites_host_keeps_path_query_headers_body():
+    """The request reaches the backend's scheme/host/port with its path, query, headers and body intact."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(["https://10.1.2.3:8443"], transport=_echo(seen), health_check=None)
+    with httpx.Client(transport=transport, base_url="http://embeddings") as client:
+        response = client.post("/embed?x=1&y=2", json={"inputs": ["a"]}, headers={"X-Trace": "t1"})
+    assert response.status_code == 200
+    sent = seen[0]
+    assert str(sent.url) == "https://10.1.2.3:8443/embed?x=1&y=2"
+    assert sent.headers["host"] == "10.1.2.3:8443"
+    assert sent.headers["x-trace"] == "t1"
+    assert sent.read() == b'{"inputs":["a"]}'
+    assert response.extensions[eb.BACKEND_EXTENSION] == eb.Backend("https://10.1.2.3:8443")
+    assert transport.stats().pool.backends[0].queue_depth == 3.0
+
+
+def test_backend_path_prefix_is_prepended():
+    """A backend URL with a path mounts every request under that prefix."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(["http://127.0.0.1:9000/v2"], transport=_echo(seen), health_check=None)
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        client.get("/info")
+    assert seen[0].url.path == "/v2/info"
+
+
+def test_cost_extension_reaches_the_pool():
+    """The cost given in request extensions is what the pool accounts as outstanding while the request runs."""
+    observed: list[float] = []
+    holder: list[eb.BalancingTransport] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        observed.append(holder[0].stats().pool.backends[0].outstanding_cost)
+        return httpx.Response(200, json=[])
+
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9"], transport=httpx.MockTransport(handler), health_check=None, balancer=eb.LeastOutstandingTokens()
+    )
+    holder.append(transport)
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        client.post("/embed", json={}, extensions={eb.COST_EXTENSION: 123})
+    assert observed == [123.0]
+    assert transport.stats().pool.backends[0].outstanding_cost == 0.0
+
+
+def test_bad_cost_is_a_clear_error():
+    """A non-numeric cost raises ValueError naming the extension instead of failing deep inside."""
+    transport = eb.BalancingTransport(["http://127.0.0.1:9"], transport=_echo([]), health_check=None)
+    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(ValueError, match="embedbalance.cost"):
+        client.post("/embed", json={}, extensions={eb.COST_EXTENSION: "lots"})
+
+
+def test_non_idempotent_request_is_not_resent_after_it_was_sent():
+    """A POST to a route not marked idempotent that got a 503 is not sent to a second backend."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=503), health_check=None
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed) as info:
+        client.post("/orders", json={})
+    assert len(seen) == 1
+    assert len(info.value.attempts) == 1
+
+
+def test_idempotent_marker_allows_resend():
+    """Marking a request idempotent lets a 503 be retried on another backend."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=503), health_check=None
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed):
+        client.post("/orders", json={}, extensions={eb.IDEMPOTENT_EXTENSION: True})
+    assert {r.url.port for r in seen} == {1, 2}
+
+
+def test_connect_error_is_retried_for_any_method():
+    """A request that never left (connect error) is retried elsewhere even when it is not idempotent."""
+    calls: list[int] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.port or 0)
+        if request.url.port == 1:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, json={})
+
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        transport=httpx.MockTransport(handler),
+        health_check=None,
+        balancer=eb.RoundRobin(),
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        response = client.post("/orders", json={})
+    assert response.status_code == 200
+    assert calls == [1, 2]
+
+
+def test_errors_list_every_attempt():
+    """When every attempt fails, the error names each backend tried and what went wrong, in order."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"refused by {request.url.port}", request=request)
+
+    transport = eb.BalancingTransport(
+        [f"http://127.0.0.1:{p}" for p in (1, 2, 3)],
+        transport=httpx.MockTransport(handler),
+        health_check=None,
+        balancer=eb.RoundRobin(),
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed) as info:
+        client.post("/embed", json={})
+    urls = [a.url for a in info.value.attempts]
+    assert sorted(urls) == [f"http://127.0.0.1:{p}" for p in (1, 2, 3)]  # each backend once
+    assert all("ConnectError" in a.error for a in info.value.attempts)
+    assert isinstance(info.value.__cause__, httpx.ConnectError)
+
+
+def test_500_is_returned_not_retried_but_counts_as_failure():
+    """A plain 500 goes back to the caller (not retryable by default) and counts toward ejection."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=500), health_check=None
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        response = client.post("/embed", json={})
+    assert response.status_code == 500
+    assert len(seen) == 1
+    assert sum(b.failures for b in transport.stats().pool.backends) == 1
+
+
+@pytest.mark.anyio
+async def test_async_twin_rewrites_the_same_way():
+    """The async transport rewrites requests exactly like the sync one."""
+    seen: list[httpx.Request] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={})
+
+    transport = eb.AsyncBalancingTransport(["http://10.9.8.7:81/p"], transport=httpx.MockTransport(handler), health_check=None)
+    async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+        await client.post("/embed?q=1", json={"inputs": []})
+    assert str(seen[0].url) == "http://10.9.8.7:81/p/embed?q=1"
+    assert seen[0].headers["host"] == "10.9.8.7:81"
