@@ -70,6 +70,11 @@ class Balancer:
         return f"{type(self).__name__}()"
 
 
+def _plain_score(balancer: Balancer) -> bool:
+    """Whether ``balancer.score`` is the base one (the metric's load, unchanged)."""
+    return type(balancer).score is Balancer.score
+
+
 class _P2C(Balancer):
     """Power-of-two-choices over :meth:`score`: O(1) per pick at any pool size."""
 
@@ -85,9 +90,17 @@ class _P2C(Balancer):
         n = len(candidates)
         if n == 1:
             return candidates[0]
-        a, b = strategies.two_distinct(n, rng)
+        # strategies.two_distinct, inlined (same draws, so the same picks for a seed).
+        random_ = rng.random
+        a = int(random_() * n)
+        b = int(random_() * (n - 1))
+        if b >= a:
+            b += 1
         sa, sb = candidates[a], candidates[b]
-        return sb if self.score(sb, now) < self.score(sa, now) else sa
+        metric = self.metric
+        # Skip one call layer when score is not overridden (it runs twice per pick).
+        score = metric.load if metric is not None and _plain_score(self) else self.score
+        return sb if score(sb, now) < score(sa, now) else sa
 
 
 class RoundRobin(Balancer):
@@ -110,9 +123,9 @@ class RoundRobin(Balancer):
         rng: random.Random,
         population: Sequence[BackendState],
     ) -> BackendState:
-        i = strategies.round_robin(self._counter, len(candidates))
-        self._counter += 1
-        return candidates[i]
+        counter = self._counter
+        self._counter = counter + 1
+        return candidates[counter % len(candidates)]  # strategies.round_robin, inlined
 
 
 class WeightedRoundRobin(Balancer):

@@ -50,11 +50,16 @@ class PendingRequests:
     failure_decay: float = DEFAULT_FAILURE_DECAY
 
     def load(self, state: BackendState, now: float) -> float:
-        return (
-            (state.pending + 1)
-            / state.effective_weight(now)
-            * state.penalty_factor(now, self.failure_decay)
+        # effective_weight() and penalty_factor() inlined for their common case: this
+        # runs for every candidate of every pick.
+        load = (state.pending + 1) / (
+            state.weight
+            if now - state.admitted_at >= state.slow_start.window
+            else state.effective_weight(now)
         )
+        if state.penalty > 0.0:
+            load *= state.penalty_factor(now, self.failure_decay)
+        return load
 
     def observe(self, state: BackendState, latency: float, now: float) -> None:
         return None
@@ -71,11 +76,14 @@ class OutstandingTokens:
     failure_decay: float = DEFAULT_FAILURE_DECAY
 
     def load(self, state: BackendState, now: float) -> float:
-        return (
-            (state.outstanding_cost + 1.0)
-            / state.effective_weight(now)
-            * state.penalty_factor(now, self.failure_decay)
+        load = (state.outstanding_cost + 1.0) / (
+            state.weight
+            if now - state.admitted_at >= state.slow_start.window
+            else state.effective_weight(now)
         )
+        if state.penalty > 0.0:
+            load *= state.penalty_factor(now, self.failure_decay)
+        return load
 
     def observe(self, state: BackendState, latency: float, now: float) -> None:
         return None
@@ -136,15 +144,39 @@ class PeakEwmaLatency:
             state.rtt_stamp = now
 
     def load(self, state: BackendState, now: float) -> float:
-        penalty = state.penalty_factor(now, self.failure_decay)
-        # Failures feed no latency sample, so a backend that only fails sees its
-        # estimate decay toward 0, and a multiplier on ~0 is still ~0: it would end up
-        # winning every pick. Each recent failure therefore counts as at least
-        # ``default_rtt`` of latency (the floor decays with the penalty).
-        estimate = max(self.estimate(state, now), self.default_rtt * (penalty - 1.0))
-        return estimate * (state.pending + 1) / state.effective_weight(now) * penalty
+        # This runs twice per pick; it is estimate(), penalty_factor() and
+        # effective_weight() inlined (the tests pin it against those).
+        rtt = state.rtt
+        if rtt == 0.0 and state.rtt_samples == 0:
+            rtt = state.rtt = self.default_rtt
+            state.rtt_stamp = now
+        elif now > state.rtt_stamp:
+            rtt = state.rtt = rtt * math.exp((state.rtt_stamp - now) / self.tau)
+            state.rtt_stamp = now
+        if state.penalty > 0.0:
+            penalty = state.penalty_factor(now, self.failure_decay)
+            # Failures feed no latency sample, so a backend that only fails sees its
+            # estimate decay toward 0, and a multiplier on ~0 is still ~0: it would end
+            # up winning every pick. Each recent failure therefore counts as at least
+            # ``default_rtt`` of latency (the floor decays with the penalty).
+            rtt = max(rtt, self.default_rtt * (penalty - 1.0)) * penalty
+        if now - state.admitted_at < state.slow_start.window:
+            return rtt * (state.pending + 1) / state.effective_weight(now)
+        return rtt * (state.pending + 1) / state.weight
 
     def observe(self, state: BackendState, latency: float, now: float) -> None:
-        self._seed(state, now)
-        self._update(state, max(latency, 0.0), now)
+        # _seed() then _update(), inlined: this runs once per successful request.
+        sample = latency if latency > 0.0 else 0.0
+        rtt = state.rtt
+        if rtt == 0.0 and state.rtt_samples == 0:
+            rtt = self.default_rtt
+            state.rtt_stamp = now
+        if sample > rtt:
+            rtt = sample
+        elif now > state.rtt_stamp:
+            w = math.exp((state.rtt_stamp - now) / self.tau)
+            rtt = rtt * w + sample * (1.0 - w)
+        state.rtt = rtt
+        if now > state.rtt_stamp:
+            state.rtt_stamp = now
         state.rtt_samples += 1

@@ -15,6 +15,7 @@ import logging
 import math
 import random
 import threading
+import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 
 import attrs
@@ -53,6 +54,13 @@ class Outcome(enum.Enum):
     OVERLOADED = "overloaded"
     #: Abandoned by the caller (a hedge that lost the race): no health effect.
     CANCELLED = "cancelled"
+
+
+# Module-level aliases: an Enum member lookup is an attribute access through the
+# metaclass, measurable on a path that runs for every request.
+_SUCCESS = Outcome.SUCCESS
+_FAILURE = Outcome.FAILURE
+_OVERLOADED = Outcome.OVERLOADED
 
 
 @attrs.define(slots=True, eq=False)
@@ -176,6 +184,17 @@ class BackendPool:
     def __repr__(self) -> str:
         return f"<BackendPool {len(self._states)} backends, balancer={self.balancer!r}>"
 
+    @property
+    def clock(self) -> Clock:
+        """The pool's time source."""
+        return self._clock
+
+    @clock.setter
+    def clock(self, clock: Clock) -> None:
+        self._clock = clock
+        # The default clock is a thin wrapper; the hot path calls what it wraps.
+        self._now: Clock = time.monotonic if clock is monotonic else clock
+
     # -- membership ---------------------------------------------------------------
 
     def _new_state(self, backend: Backend, admitted_at: float) -> BackendState:
@@ -283,9 +302,7 @@ class BackendPool:
         for s in live:
             if s.ejected_until is not None:
                 if s.ejected_until <= now:
-                    s.ejected_until = None
-                    s.consecutive_failures = 0
-                    s.admitted_at = now
+                    self._readmit(s, now)
                     events.append(PoolEvent("readmitted", s.url, now, "ejection time over"))
                 else:
                     next_expiry = min(next_expiry, s.ejected_until)
@@ -339,10 +356,11 @@ class BackendPool:
 
         Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why.
         """
-        events: list[PoolEvent] = []
+        events: list[PoolEvent] | None = None
         with self._lock:
-            now = self.clock()
+            now = self._now()
             if self._dirty or now >= self._next_expiry:
+                events = []
                 self._refresh(now, events)
             candidates: Sequence[BackendState] = self._usable
             if exclude:
@@ -378,12 +396,12 @@ class BackendPool:
         ``retry_after`` (seconds) is honoured for :attr:`Outcome.OVERLOADED`;
         ``queue_depth`` is the server-reported queue length, where it sent one.
         """
-        events: list[PoolEvent] = []
+        events: list[PoolEvent] | None = None
         with self._lock:
             if lease.released:
                 raise EmbedbalanceError(f"lease on {lease.backend.url} released twice")
             lease.released = True
-            now = self.clock()
+            now = self._now()
             s = lease._state
             s.pending -= 1
             s.outstanding_cost -= lease.cost
@@ -393,31 +411,41 @@ class BackendPool:
                     self._draining.pop(s.url, None)
             if queue_depth is not None:
                 s.queue_depth = queue_depth
-            if outcome is Outcome.SUCCESS:
+            if outcome is _SUCCESS:
                 if latency is None:
                     latency = now - lease.started_at
                 s.successes += 1
                 s.consecutive_failures = 0
                 s.latencies.append(latency)
                 self.balancer.observe(s, latency, now)
-            elif outcome is Outcome.FAILURE:
+            elif outcome is _FAILURE:
                 s.failures += 1
                 s.consecutive_failures += 1
                 s.add_penalty(now, self.failure_decay)
                 if not s.removed:
+                    events = []
                     self._maybe_eject(s, now, events)
-            elif outcome is Outcome.OVERLOADED:
+            elif outcome is _OVERLOADED:
                 s.overloads += 1
                 backoff = retry_after if retry_after is not None else DEFAULT_OVERLOAD_BACKOFF
                 until = now + max(backoff, 0.0)
                 if s.overloaded_until is None or until > s.overloaded_until:
                     s.overloaded_until = until
                     self._dirty = True
-                    events.append(PoolEvent("overloaded", s.url, now, f"for {backoff:g}s"))
+                    events = [PoolEvent("overloaded", s.url, now, f"for {backoff:g}s")]
             else:
                 s.cancelled += 1
         if events:
             self._emit(events)
+
+    @staticmethod
+    def _readmit(s: BackendState, now: float) -> None:
+        """Back in service: forget old failures (their penalty would stack on top of
+        slow start and starve the backend) and ramp its weight up from now."""
+        s.ejected_until = None
+        s.consecutive_failures = 0
+        s.penalty = 0.0
+        s.admitted_at = now
 
     def _maybe_eject(self, s: BackendState, now: float, events: list[PoolEvent]) -> None:
         policy = self.outlier_detection
@@ -469,7 +497,7 @@ class BackendPool:
                     if was is False:
                         # Slow start is for a comeback; the first verdict on a backend
                         # that has been serving all along (None -> True) keeps its weight.
-                        s.admitted_at = now
+                        self._readmit(s, now)
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )
@@ -485,9 +513,7 @@ class BackendPool:
                 and self.health_check.uneject_on_success
                 and s.active.streak >= self.health_check.rise
             ):
-                s.ejected_until = None
-                s.consecutive_failures = 0
-                s.admitted_at = now
+                self._readmit(s, now)
                 self._dirty = True
                 events.append(PoolEvent("readmitted", url, now, "active checks passed"))
         if events:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import embedbalance as eb
+from embedbalance._state import BackendState
 from embedbalance.load import OutstandingTokens, PeakEwmaLatency, PendingRequests
 
 from .conftest import make_state
@@ -117,3 +120,59 @@ def test_pool_feeds_latency_into_peak_ewma(clock: eb.ManualClock) -> None:
     assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.25)
     pool.release(pool.acquire(), latency=0.5)
     assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.5)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    pending=st.integers(0, 20),
+    cost=st.floats(0.0, 1e4),
+    weight=st.floats(0.5, 8.0),
+    admitted_ago=st.floats(0.0, 30.0),
+    failures=st.integers(0, 5),
+    samples=st.lists(st.tuples(st.floats(0.0, 2.0), st.floats(0.0, 5.0)), max_size=4),
+    read_after=st.floats(0.0, 50.0),
+)
+def test_fast_paths_match_the_reference_formulas(
+    pending: int,
+    cost: float,
+    weight: float,
+    admitted_ago: float,
+    failures: int,
+    samples: list[tuple[float, float]],
+    read_after: float,
+) -> None:
+    """The inlined load() of each metric equals the formula written with the state's
+    helper methods (effective weight, failure penalty, decayed estimate)."""
+    now = 100.0
+
+    def state() -> BackendState:
+        s = BackendState(
+            backend=eb.Backend("http://a.test", weight=weight),
+            weight=weight,
+            tier=0,
+            admitted_at=now - admitted_ago,
+            slow_start=eb.SlowStart(window=10.0),
+        )
+        s.pending, s.outstanding_cost = pending, cost
+        for i in range(failures):
+            s.add_penalty(now + i, 5.0)
+        return s
+
+    ewma = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
+    fast, ref = state(), state()
+    t = now
+    for latency, gap in samples:
+        t += gap
+        ewma.observe(fast, latency, t)
+        ewma._seed(ref, t)
+        ewma._update(ref, latency, t)
+        ref.rtt_samples += 1
+        assert fast.rtt == pytest.approx(ref.rtt)
+    t += read_after
+    penalty = ref.penalty_factor(t, 5.0)
+    estimate = max(ewma.estimate(ref, t), 0.05 * (penalty - 1.0))
+    expected = estimate * (pending + 1) / ref.effective_weight(t) * penalty
+    assert ewma.load(fast, t) == pytest.approx(expected, rel=1e-9, abs=1e-300)
+    factor = ref.penalty_factor(t, 5.0) / ref.effective_weight(t)
+    assert PendingRequests().load(fast, t) == pytest.approx((pending + 1) * factor)
+    assert OutstandingTokens().load(fast, t) == pytest.approx((cost + 1) * factor)

@@ -132,7 +132,11 @@ def test_weighted_random_follows_weights() -> None:
 
 @settings(max_examples=200, deadline=None)
 @given(
-    tiers=st.lists(st.tuples(st.floats(0.0, 100.0), st.floats(0.1, 100.0)), min_size=1, max_size=5),
+    tiers=st.lists(
+        st.tuples(st.just(0.0) | st.floats(1e-3, 100.0), st.floats(0.1, 100.0)),
+        min_size=1,
+        max_size=5,
+    ),
     factor=st.floats(1.0, 3.0),
 )
 def test_tier_shares_sum_to_one_and_fill_in_order(
