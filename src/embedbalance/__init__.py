@@ -3,6 +3,8 @@
 This module only re-exports; the code lives in the private and layer modules.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._backend import Backend
 from ._clock import ManualClock
 from .balancers import (
@@ -16,6 +18,7 @@ from .balancers import (
     RoundRobin,
     WeightedRoundRobin,
 )
+from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
 from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
     AllAttemptsFailed,
@@ -27,6 +30,7 @@ from .exceptions import (
     Unavailability,
 )
 from .health import HealthCheck, OutlierDetection, SlowStart
+from .metrics import PrometheusMetrics
 from .pool import BackendPool, BackendStats, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry, RetryBudgetPolicy
 from .transport import (
@@ -38,7 +42,25 @@ from .transport import (
     TransportStats,
 )
 
+if TYPE_CHECKING:
+    from .dns import DnsDiscovery, DnsTarget
+
 __version__ = "0.1.0"
+
+_LAZY = {"DnsDiscovery": "dns", "DnsTarget": "dns"}
+
+
+def __getattr__(name: str) -> Any:
+    """Import optional-extra names on first use, so ``import embedbalance`` needs no
+    dnspython unless DNS discovery is used."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedbalance' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "BACKEND_EXTENSION",
@@ -46,15 +68,21 @@ __all__ = [
     "IDEMPOTENT_EXTENSION",
     "AllAttemptsFailed",
     "AsyncBalancingTransport",
+    "AsyncEmbeddingClient",
     "Attempt",
     "Backend",
     "BackendPool",
     "BackendStats",
     "Balancer",
     "BalancingTransport",
+    "BatchEvent",
     "DimensionMismatch",
     "Discovery",
+    "DnsDiscovery",
+    "DnsTarget",
     "EmbedbalanceError",
+    "EmbeddingClient",
+    "EmbeddingRequestError",
     "GpuPriority",
     "HealthCheck",
     "Hedge",
@@ -69,6 +97,7 @@ __all__ = [
     "PoolEvent",
     "PoolStats",
     "PowerOfTwoChoices",
+    "PrometheusMetrics",
     "Random",
     "ResponseFormatError",
     "Retry",

@@ -42,38 +42,42 @@ class PrometheusMetrics:
             raise ImportError(
                 "PrometheusMetrics needs prometheus_client: pip install 'embedbalance[prometheus]'"
             ) from exc
-        kw = {"registry": registry} if registry is not None else {}
+        reg = registry if registry is not None else pc.REGISTRY
         self.requests = pc.Counter(
             "embedbalance_requests",
             "Attempts sent to each backend, by outcome (success, failure, overloaded, cancelled).",
             ["backend", "outcome"],
-            **kw,
+            registry=reg,
         )
         self.duration = pc.Histogram(
             "embedbalance_request_duration_seconds",
             "Latency of attempts that got an HTTP answer, per backend.",
             ["backend"],
             buckets=LATENCY_BUCKETS,
-            **kw,
+            registry=reg,
         )
         self.in_flight_gauge = pc.Gauge(
-            "embedbalance_in_flight", "Attempts in flight per backend.", ["backend"], **kw
+            "embedbalance_in_flight", "Attempts in flight per backend.", ["backend"], registry=reg
         )
         self.healthy = pc.Gauge(
             "embedbalance_backend_healthy",
             "1 while a backend may be picked, 0 while ejected or failing health checks.",
             ["backend"],
-            **kw,
+            registry=reg,
         )
         self.ejections = pc.Counter(
-            "embedbalance_ejections", "Passive ejections per backend.", ["backend"], **kw
+            "embedbalance_ejections", "Passive ejections per backend.", ["backend"], registry=reg
         )
-        self.retries = pc.Counter("embedbalance_retries", "Retries sent to another backend.", **kw)
-        self.hedges = pc.Counter("embedbalance_hedges", "Hedged (duplicate) requests sent.", **kw)
+        self.retries = pc.Counter(
+            "embedbalance_retries", "Retries sent to another backend.", registry=reg
+        )
+        self.hedges = pc.Counter(
+            "embedbalance_hedges", "Hedged (duplicate) requests sent.", registry=reg
+        )
         self.exhausted = pc.Counter(
             "embedbalance_retry_budget_exhausted",
             "Retries refused because the retry budget was spent.",
-            **kw,
+            registry=reg,
         )
 
     def bind(self, pool: BackendPool) -> None:
