@@ -149,7 +149,6 @@ class BackendPool:
         health_check: HealthCheck | None = None,
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
-        failure_decay: float = DEFAULT_FAILURE_DECAY,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -160,7 +159,8 @@ class BackendPool:
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)
         self.panic_threshold = panic_threshold
-        self.failure_decay = failure_decay
+        # Failures are added with the same time constant the balancer reads them with.
+        self.failure_decay = getattr(self.balancer.metric, "failure_decay", DEFAULT_FAILURE_DECAY)
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
