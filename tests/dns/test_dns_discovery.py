@@ -359,3 +359,52 @@ def test_missing_dnsmasq_skips_locally_but_fails_under_ci(monkeypatch: pytest.Mo
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         system_binary(missing)
+
+
+def test_transport_balances_over_dns_discovered_pods(
+    dnsmasq: Dnsmasq, replicas: tuple[int, list[str]]
+) -> None:
+    """A BalancingTransport built on DnsDiscovery resolves before its first request, follows a
+    pod change within a TTL, loses nothing, and stops the discovery thread on close."""
+    from embedbalance.transport import BalancingTransport
+
+    port, (a, b, c) = replicas
+    dnsmasq.set_hosts({GPU: [a, b]})
+    transport = BalancingTransport(
+        discovery(dnsmasq, GPU, port=port), balancer=RoundRobin(), slow_start=None, health_check=None
+    )
+    hosts: list[tuple[float, str]] = []
+    with httpx.Client(transport=transport, base_url="http://workers") as client:
+        for _ in range(20):
+            hosts.append((time.monotonic(), client.get("/embed").text))
+        changed_at = time.monotonic()
+        dnsmasq.set_hosts({GPU: [b, c]})
+        while time.monotonic() < changed_at + TTL + 2.5:
+            hosts.append((time.monotonic(), client.get("/embed").text))
+            time.sleep(0.01)
+    assert {h for t, h in hosts if t < changed_at} == {a, b}
+    assert {h for t, h in hosts if t >= changed_at + TTL + 1.0} == {b, c}
+    assert not [t for t in threading.enumerate() if "dns" in t.name.lower() and t.is_alive()]
+
+
+@pytest.mark.anyio
+async def test_async_transport_balances_over_dns_discovered_pods(
+    dnsmasq: Dnsmasq, replicas: tuple[int, list[str]]
+) -> None:
+    """The async transport runs DnsDiscovery in its background task: resolved before the first
+    request, and a removed pod gets no traffic after a TTL."""
+    from embedbalance.transport import AsyncBalancingTransport
+
+    port, (a, b, c) = replicas
+    dnsmasq.set_hosts({GPU: [a, b, c]})
+    source = discovery(dnsmasq, GPU, port=port)
+    async with (
+        AsyncBalancingTransport(source, balancer=RoundRobin(), slow_start=None, health_check=None) as transport,
+        httpx.AsyncClient(transport=transport, base_url="http://workers") as client,
+    ):
+        first = {(await client.get("/embed")).text for _ in range(9)}
+        assert first == {a, b, c}
+        dnsmasq.set_hosts({GPU: [a]})
+        await anyio.sleep(TTL + 1.0)
+        later = {(await client.get("/embed")).text for _ in range(9)}
+        assert later == {a}
