@@ -258,6 +258,12 @@ class GpuPriority(Balancer):
         self.saturation = saturation
         self.pin_cost_above = pin_cost_above
         self._tiers: dict[int, Balancer] = {}
+        self._cache_key: tuple[object, object, float] | None = None
+        self._cache_plan: tuple[dict[int, list[BackendState]], list[int], list[float]] = (
+            {},
+            [],
+            [],
+        )
 
     def __repr__(self) -> str:
         return (
@@ -294,6 +300,37 @@ class GpuPriority(Balancer):
         )
         return tiers, shares
 
+    #: How long a computed split stays valid while membership and health are unchanged
+    #: (slow start moves effective weights with time, so it cannot be cached forever).
+    SHARES_TTL = 0.25
+
+    def _plan(
+        self, candidates: Sequence[BackendState], population: Sequence[BackendState], now: float
+    ) -> tuple[dict[int, list[BackendState]], list[int], list[float]]:
+        """Candidates grouped by tier, and each tier's share of traffic.
+
+        The pool hands over the same list objects until membership or health changes,
+        so without saturation (which moves with every request) the plan is reused and a
+        pick stays O(1) in the number of backends.
+        """
+        key = self._cache_key
+        if (
+            self.saturation is None
+            and key is not None
+            and key[0] is candidates
+            and key[1] is population
+            and now - key[2] < self.SHARES_TTL
+        ):
+            return self._cache_plan
+        by_tier: dict[int, list[BackendState]] = {}
+        for s in candidates:
+            by_tier.setdefault(s.tier, []).append(s)
+        tiers, shares = self.shares(candidates, population, now)
+        plan = (by_tier, tiers, shares)
+        self._cache_key = (candidates, population, now)
+        self._cache_plan = plan
+        return plan
+
     def pick(
         self,
         candidates: Sequence[BackendState],
@@ -303,30 +340,27 @@ class GpuPriority(Balancer):
         rng: random.Random,
         population: Sequence[BackendState],
     ) -> BackendState:
-        present = {s.tier for s in candidates}
+        by_tier, tiers, shares = self._plan(candidates, population, now)
         if self.pin_cost_above is not None and cost > self.pin_cost_above:
-            tier = min(present)
-        elif len(present) == 1:
-            tier = next(iter(present))
+            tier = min(by_tier)
+        elif len(by_tier) == 1:
+            tier = next(iter(by_tier))
+        elif sum(shares) <= 0:  # everything saturated: least-bad is the preferred tier
+            tier = min(by_tier)
         else:
-            tiers, shares = self.shares(candidates, population, now)
-            if sum(shares) <= 0:  # everything saturated: least-bad is the preferred tier
-                tier = min(present)
-            else:
-                x = rng.random()
-                tier = max(t for t, share in zip(tiers, shares, strict=True) if share > 0)
-                for t, share in zip(tiers, shares, strict=True):
-                    if share <= 0:
-                        continue
-                    if x < share:
-                        tier = t
-                        break
-                    x -= share
-                if tier not in present:
-                    tier = min(present)
-        in_tier = [s for s in candidates if s.tier == tier]
+            x = rng.random()
+            tier = max(t for t, share in zip(tiers, shares, strict=True) if share > 0)
+            for t, share in zip(tiers, shares, strict=True):
+                if share <= 0:
+                    continue
+                if x < share:
+                    tier = t
+                    break
+                x -= share
+            if tier not in by_tier:
+                tier = min(by_tier)
         return self.tier_balancer(tier).pick(
-            in_tier, cost=cost, now=now, rng=rng, population=population
+            by_tier[tier], cost=cost, now=now, rng=rng, population=population
         )
 
     def observe(self, state: BackendState, latency: float, now: float) -> None:
