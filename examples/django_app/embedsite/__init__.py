@@ -1,0 +1,1 @@
+"""A minimal Django project that embeds texts through embedbalance (no database)."""

@@ -1,0 +1,69 @@
+"""Fixtures for the framework integrations: two real workers on loopback (started once
+for the whole directory), the truth to compare against, and the checks every example's
+answers must pass."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    # So that ``examples.fastapi_app`` imports the way ``uvicorn examples.fastapi_app:app``
+    # does from the repository root.
+    sys.path.insert(0, str(ROOT))
+
+from tests.helpers.worker_proc import WorkerProcess, start_worker  # noqa: E402
+from tests.integrations._checks import WORKER_ARGS, Reference  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess]]:
+    """Two real workers, started in parallel and stopped by PID at the end."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(start_worker, *WORKER_ARGS) for _ in range(2)]
+        started: list[WorkerProcess] = []
+        try:
+            for fut in futures:
+                started.append(fut.result())
+        except BaseException:
+            for fut in futures:
+                if fut.exception() is None:
+                    fut.result().kill()
+            raise
+    try:
+        yield (started[0], started[1])
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture(scope="session")
+def urls(workers: tuple[WorkerProcess, WorkerProcess]) -> list[str]:
+    """The two workers' base URLs."""
+    return [w.url for w in workers]
+
+
+@pytest.fixture(scope="session")
+def backends_env(urls: list[str]) -> str:
+    """The value of ``EMBEDBALANCE_BACKENDS`` naming both workers."""
+    return ",".join(urls)
+
+
+@pytest.fixture(scope="session")
+def reference(workers: tuple[WorkerProcess, WorkerProcess]) -> Iterator[Reference]:
+    """A direct, unbalanced client of the first worker."""
+    ref = Reference(workers[0].url)
+    try:
+        yield ref
+    finally:
+        ref.close()
