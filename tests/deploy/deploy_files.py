@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+from system import system_binary  # noqa: F401  (re-exported for the tests)
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -43,21 +41,3 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 def containers(deployment: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield from deployment["spec"]["template"]["spec"]["containers"]
-
-
-def system_binary(name: str) -> str:
-    """Path of a Debian-provided binary; skip when it is missing, but fail under CI=true,
-    where tools/system_deps.py must have installed it."""
-    found = shutil.which(name)
-    if found is None:
-        for folder in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
-            candidate = Path(folder) / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                found = str(candidate)
-                break
-    if found is None:
-        reason = f"{name} is not installed (run tools/system_deps.py as root to install it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return found

@@ -4,8 +4,6 @@ foreground, with records the test writes and changes while it runs."""
 from __future__ import annotations
 
 import getpass
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,28 +13,10 @@ from pathlib import Path
 
 import dns.nameserver
 import dns.resolver
-import pytest
+from system import system_binary  # noqa: F401  (re-exported for the tests)
 
 DOMAIN = "eb.test"
 TTL = 1  # seconds: what dnsmasq hands out for every record below
-
-
-def system_binary(name: str) -> str:
-    """Path of a Debian-provided binary; skip when it is missing, but fail under CI=true,
-    where tools/system_deps.py must have installed it."""
-    found = shutil.which(name)
-    if found is None:
-        for folder in ("/usr/sbin", "/sbin", "/usr/local/sbin"):
-            candidate = Path(folder) / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                found = str(candidate)
-                break
-    if found is None:
-        reason = f"{name} is not installed (Debian package dnsmasq-base; tools/system_deps.py)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return found
 
 
 def free_port() -> int:

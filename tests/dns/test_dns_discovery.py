@@ -371,7 +371,10 @@ def test_transport_balances_over_dns_discovered_pods(
     port, (a, b, c) = replicas
     dnsmasq.set_hosts({GPU: [a, b]})
     transport = BalancingTransport(
-        discovery(dnsmasq, GPU, port=port), balancer=RoundRobin(), slow_start=None, health_check=None
+        discovery(dnsmasq, GPU, port=port),
+        balancer=RoundRobin(),
+        slow_start=None,
+        health_check=None,
     )
     hosts: list[tuple[float, str]] = []
     with httpx.Client(transport=transport, base_url="http://workers") as client:
@@ -399,7 +402,9 @@ async def test_async_transport_balances_over_dns_discovered_pods(
     dnsmasq.set_hosts({GPU: [a, b, c]})
     source = discovery(dnsmasq, GPU, port=port)
     async with (
-        AsyncBalancingTransport(source, balancer=RoundRobin(), slow_start=None, health_check=None) as transport,
+        AsyncBalancingTransport(
+            source, balancer=RoundRobin(), slow_start=None, health_check=None
+        ) as transport,
         httpx.AsyncClient(transport=transport, base_url="http://workers") as client,
     ):
         first = {(await client.get("/embed")).text for _ in range(9)}

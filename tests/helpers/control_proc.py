@@ -18,7 +18,9 @@ SERVER = Path(__file__).with_name("control_server.py")
 class ControlServer:
     """One control-server process; restartable on the same port after a kill."""
 
-    def __init__(self, *, mode: str = "ok", delay: float = 0.0, slots: int = 0, port: int = 0) -> None:
+    def __init__(
+        self, *, mode: str = "ok", delay: float = 0.0, slots: int = 0, port: int = 0
+    ) -> None:
         self.args = {"mode": mode, "delay": delay, "slots": slots}
         self.port = port
         self.proc: subprocess.Popen[str] | None = None

@@ -43,7 +43,9 @@ async def read_body(receive: Any) -> bytes:
             return body
 
 
-async def respond(send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = ()) -> None:  # type: ignore[assignment]
+async def respond(
+    send: Any, status: int, payload: Any, headers: list[tuple[bytes, bytes]] = ()
+) -> None:  # type: ignore[assignment]
     data = json.dumps(payload).encode()
     await send(
         {
@@ -131,7 +133,10 @@ def make_app(state: State) -> Any:
             finally:
                 pass
             state.answered += 1
-            vectors = [[float(len(t)), 1.0, 0.0, 0.0] for t in (texts if isinstance(texts, list) else [texts])]
+            vectors = [
+                [float(len(t)), 1.0, 0.0, 0.0]
+                for t in (texts if isinstance(texts, list) else [texts])
+            ]
             await respond(send, 200, vectors, [(b"x-queue-depth", str(state.waiting).encode())])
         else:
             await respond(send, 404, {"error": "no route", "error_type": "not_found"})

@@ -21,7 +21,13 @@ class LoadResult:
     backends: dict[str, int] = attrs.Factory(dict)
 
 
-def _record(result: LoadResult, lock: threading.Lock | None, response: httpx.Response | None, error: BaseException | None, latency: float) -> None:
+def _record(
+    result: LoadResult,
+    lock: threading.Lock | None,
+    response: httpx.Response | None,
+    error: BaseException | None,
+    latency: float,
+) -> None:
     def apply() -> None:
         if response is not None and response.status_code == 200:
             result.ok += 1
@@ -30,7 +36,9 @@ def _record(result: LoadResult, lock: threading.Lock | None, response: httpx.Res
             result.backends[url] = result.backends.get(url, 0) + 1
         else:
             result.failed += 1
-            result.errors.append(repr(error) if error else f"HTTP {response.status_code if response else '?'}")
+            result.errors.append(
+                repr(error) if error else f"HTTP {response.status_code if response else '?'}"
+            )
 
     if lock:
         with lock:

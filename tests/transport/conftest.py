@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "helpers"))
 
-from control_proc import ControlServer  # noqa: E402
+from control_proc import ControlServer
 
 
 @pytest.fixture(params=["asyncio", "trio"])

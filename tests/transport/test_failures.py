@@ -35,13 +35,19 @@ class _Watch:
         pool.add_listener(self)
 
     def __call__(self, event: eb.PoolEvent) -> None:
-        if event.url == self.url and event.kind in ("ejected", "unhealthy") and self.requests_at_removal is None:
+        if (
+            event.url == self.url
+            and event.kind in ("ejected", "unhealthy")
+            and self.requests_at_removal is None
+        ):
             self.row_at_removal = self.pool.stats().by_url()[self.url]
             self.requests_at_removal = self.row_at_removal.requests
             self.kind = event.kind
 
 
-def _wait_healthy_sync(transport: eb.BalancingTransport, url: str, timeout: float = 10.0) -> eb.BackendStats:
+def _wait_healthy_sync(
+    transport: eb.BalancingTransport, url: str, timeout: float = 10.0
+) -> eb.BackendStats:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         row = transport.stats().pool.by_url()[url]
@@ -71,7 +77,11 @@ def test_kill_mid_run_loses_nothing_sync(servers):
         assert result.ok == 2000
         assert watch.requests_at_removal is not None, "the killed backend was never taken out"
         after = transport.stats().pool.by_url()[victim.url]
-        assert after.requests == watch.requests_at_removal, (watch.kind, watch.row_at_removal, after)
+        assert after.requests == watch.requests_at_removal, (
+            watch.kind,
+            watch.row_at_removal,
+            after,
+        )
         victim.start()
         row = _wait_healthy_sync(transport, victim.url)
         assert row.effective_weight < 1.0, "a re-admitted backend must slow-start"
@@ -178,13 +188,15 @@ def test_all_down_fails_fast_sync():
 @pytest.mark.anyio
 async def test_all_down_fails_fast_async():
     """The async twin fails fast with a documented error when every backend is down."""
-    async with eb.AsyncBalancingTransport(_dead_urls(3)) as transport:
-        async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
-            for _ in range(5):
-                start = time.perf_counter()
-                with pytest.raises((eb.NoBackendAvailable, eb.AllAttemptsFailed)):
-                    await client.post("/embed", json={"inputs": ["x"]})
-                assert time.perf_counter() - start < 1.0
+    async with (
+        eb.AsyncBalancingTransport(_dead_urls(3)) as transport,
+        httpx.AsyncClient(transport=transport, base_url="http://e") as client,
+    ):
+        for _ in range(5):
+            start = time.perf_counter()
+            with pytest.raises((eb.NoBackendAvailable, eb.AllAttemptsFailed)):
+                await client.post("/embed", json={"inputs": ["x"]})
+            assert time.perf_counter() - start < 1.0
 
 
 def test_retry_budget_bounds_attempts_when_all_fail(servers):
@@ -194,7 +206,9 @@ def test_retry_budget_bounds_attempts_when_all_fail(servers):
         [s.url for s in failing],
         health_check=None,
         outlier_detection=None,
-        retry=eb.Retry(attempts=5, budget=eb.RetryBudgetPolicy(ratio=0.2, window=10.0, min_per_second=1.0)),
+        retry=eb.Retry(
+            attempts=5, budget=eb.RetryBudgetPolicy(ratio=0.2, window=10.0, min_per_second=1.0)
+        ),
     )
     n = 200
     with httpx.Client(transport=transport, base_url="http://e") as client:
@@ -212,7 +226,9 @@ def test_overloaded_backend_is_avoided_not_ejected_sync(servers):
     fine = servers(2)
     busy = servers(1, mode="429")[0]
     busy.control(retry_after=1.5)
-    transport = eb.BalancingTransport([s.url for s in [*fine, busy]], health_check=None, balancer=eb.RoundRobin())
+    transport = eb.BalancingTransport(
+        [s.url for s in [*fine, busy]], health_check=None, balancer=eb.RoundRobin()
+    )
     with httpx.Client(transport=transport, base_url="http://e") as client:
         start = time.monotonic()
         first = run_sync(client, 60, 1)
@@ -235,7 +251,9 @@ async def test_overloaded_backend_is_avoided_not_ejected_async(servers):
     fine = servers(2)
     busy = servers(1, mode="429")[0]
     busy.control(retry_after=1.5)
-    transport = eb.AsyncBalancingTransport([s.url for s in [*fine, busy]], health_check=None, balancer=eb.RoundRobin())
+    transport = eb.AsyncBalancingTransport(
+        [s.url for s in [*fine, busy]], health_check=None, balancer=eb.RoundRobin()
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
         first = await run_async(client, 60, 1)
         assert first.failed == 0

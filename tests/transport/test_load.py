@@ -63,7 +63,9 @@ def test_32_threads_share_one_transport_with_exact_counts(servers):
     """32 threads × 10,000 requests through one sync transport: no exception, exact per-backend counts, in-flight back to 0."""
     backends = servers(4)
     transport = eb.BalancingTransport([s.url for s in backends], health_check=None)
-    with httpx.Client(transport=transport, base_url="http://e", limits=httpx.Limits(max_connections=64)) as client:
+    with httpx.Client(
+        transport=transport, base_url="http://e", limits=httpx.Limits(max_connections=64)
+    ) as client:
         result = run_sync(client, 10_000, 32)
     assert result.failed == 0, result.errors[:3]
     assert result.ok == 10_000
@@ -86,7 +88,9 @@ def test_close_leaves_no_thread_and_stops_checks(servers):
     """close() joins the health-check threads, and the backend sees no check afterwards."""
     (server,) = servers(1)
     before = set(_embedbalance_threads())
-    transport = eb.BalancingTransport([server.url], health_check=eb.HealthCheck(interval=0.05, jitter=0.0))
+    transport = eb.BalancingTransport(
+        [server.url], health_check=eb.HealthCheck(interval=0.05, jitter=0.0)
+    )
     with httpx.Client(transport=transport, base_url="http://e") as client:
         client.post("/embed", json={"inputs": ["a"]})
         time.sleep(0.3)
@@ -101,7 +105,9 @@ def test_close_leaves_no_thread_and_stops_checks(servers):
 async def test_aclose_stops_the_background_task(servers):
     """aclose() cancels the async health-check task: the backend sees no check afterwards."""
     (server,) = servers(1)
-    transport = eb.AsyncBalancingTransport([server.url], health_check=eb.HealthCheck(interval=0.05, jitter=0.0))
+    transport = eb.AsyncBalancingTransport(
+        [server.url], health_check=eb.HealthCheck(interval=0.05, jitter=0.0)
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
         await client.post("/embed", json={"inputs": ["a"]})
         await anyio.sleep(0.3)
@@ -193,7 +199,10 @@ def test_prometheus_metrics_count_requests_and_ejections(servers):
     assert value("embedbalance_requests_total", {"backend": bad.url, "outcome": "failure"}) == 2
     assert value("embedbalance_ejections_total", {"backend": bad.url}) == 1
     assert value("embedbalance_backend_healthy", {"backend": bad.url}) == 0
-    ok_total = sum(value("embedbalance_requests_total", {"backend": s.url, "outcome": "success"}) or 0 for s in good)
+    ok_total = sum(
+        value("embedbalance_requests_total", {"backend": s.url, "outcome": "success"}) or 0
+        for s in good
+    )
     assert ok_total == 28
     assert value("embedbalance_request_duration_seconds_count", {"backend": good[0].url}) >= 10
     names = {m.name for m in registry.collect()}

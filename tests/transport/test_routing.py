@@ -19,7 +19,9 @@ def _echo(seen: list[httpx.Request], status: int = 200) -> httpx.MockTransport:
 def test_rewrites_host_keeps_path_query_headers_body():
     """The request reaches the backend's scheme/host/port with its path, query, headers and body intact."""
     seen: list[httpx.Request] = []
-    transport = eb.BalancingTransport(["https://10.1.2.3:8443"], transport=_echo(seen), health_check=None)
+    transport = eb.BalancingTransport(
+        ["https://10.1.2.3:8443"], transport=_echo(seen), health_check=None
+    )
     with httpx.Client(transport=transport, base_url="http://embeddings") as client:
         response = client.post("/embed?x=1&y=2", json={"inputs": ["a"]}, headers={"X-Trace": "t1"})
     assert response.status_code == 200
@@ -35,7 +37,9 @@ def test_rewrites_host_keeps_path_query_headers_body():
 def test_backend_path_prefix_is_prepended():
     """A backend URL with a path mounts every request under that prefix."""
     seen: list[httpx.Request] = []
-    transport = eb.BalancingTransport(["http://127.0.0.1:9000/v2"], transport=_echo(seen), health_check=None)
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9000/v2"], transport=_echo(seen), health_check=None
+    )
     with httpx.Client(transport=transport, base_url="http://e") as client:
         client.get("/info")
     assert seen[0].url.path == "/v2/info"
@@ -51,7 +55,10 @@ def test_cost_extension_reaches_the_pool():
         return httpx.Response(200, json=[])
 
     transport = eb.BalancingTransport(
-        ["http://127.0.0.1:9"], transport=httpx.MockTransport(handler), health_check=None, balancer=eb.LeastOutstandingTokens()
+        ["http://127.0.0.1:9"],
+        transport=httpx.MockTransport(handler),
+        health_check=None,
+        balancer=eb.LeastOutstandingTokens(),
     )
     holder.append(transport)
     with httpx.Client(transport=transport, base_url="http://e") as client:
@@ -62,8 +69,13 @@ def test_cost_extension_reaches_the_pool():
 
 def test_bad_cost_is_a_clear_error():
     """A non-numeric cost raises ValueError naming the extension instead of failing deep inside."""
-    transport = eb.BalancingTransport(["http://127.0.0.1:9"], transport=_echo([]), health_check=None)
-    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(ValueError, match="embedbalance.cost"):
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9"], transport=_echo([]), health_check=None
+    )
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(ValueError, match=r"embedbalance\.cost"),
+    ):
         client.post("/embed", json={}, extensions={eb.COST_EXTENSION: "lots"})
 
 
@@ -71,9 +83,14 @@ def test_non_idempotent_request_is_not_resent_after_it_was_sent():
     """A POST to a route not marked idempotent that got a 503 is not sent to a second backend."""
     seen: list[httpx.Request] = []
     transport = eb.BalancingTransport(
-        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=503), health_check=None
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        transport=_echo(seen, status=503),
+        health_check=None,
     )
-    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed) as info:
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(eb.AllAttemptsFailed) as info,
+    ):
         client.post("/orders", json={})
     assert len(seen) == 1
     assert len(info.value.attempts) == 1
@@ -83,9 +100,14 @@ def test_idempotent_marker_allows_resend():
     """Marking a request idempotent lets a 503 be retried on another backend."""
     seen: list[httpx.Request] = []
     transport = eb.BalancingTransport(
-        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=503), health_check=None
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        transport=_echo(seen, status=503),
+        health_check=None,
     )
-    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed):
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(eb.AllAttemptsFailed),
+    ):
         client.post("/orders", json={}, extensions={eb.IDEMPOTENT_EXTENSION: True})
     assert {r.url.port for r in seen} == {1, 2}
 
@@ -124,7 +146,10 @@ def test_errors_list_every_attempt():
         health_check=None,
         balancer=eb.RoundRobin(),
     )
-    with httpx.Client(transport=transport, base_url="http://e") as client, pytest.raises(eb.AllAttemptsFailed) as info:
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(eb.AllAttemptsFailed) as info,
+    ):
         client.post("/embed", json={})
     urls = [a.url for a in info.value.attempts]
     assert sorted(urls) == [f"http://127.0.0.1:{p}" for p in (1, 2, 3)]  # each backend once
@@ -136,7 +161,9 @@ def test_500_is_returned_not_retried_but_counts_as_failure():
     """A plain 500 goes back to the caller (not retryable by default) and counts toward ejection."""
     seen: list[httpx.Request] = []
     transport = eb.BalancingTransport(
-        ["http://127.0.0.1:1", "http://127.0.0.1:2"], transport=_echo(seen, status=500), health_check=None
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        transport=_echo(seen, status=500),
+        health_check=None,
     )
     with httpx.Client(transport=transport, base_url="http://e") as client:
         response = client.post("/embed", json={})
@@ -154,7 +181,9 @@ async def test_async_twin_rewrites_the_same_way():
         seen.append(request)
         return httpx.Response(200, json={})
 
-    transport = eb.AsyncBalancingTransport(["http://10.9.8.7:81/p"], transport=httpx.MockTransport(handler), health_check=None)
+    transport = eb.AsyncBalancingTransport(
+        ["http://10.9.8.7:81/p"], transport=httpx.MockTransport(handler), health_check=None
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
         await client.post("/embed?q=1", json={"inputs": []})
     assert str(seen[0].url) == "http://10.9.8.7:81/p/embed?q=1"
