@@ -255,7 +255,7 @@ async def test_arun_reports_started_after_resolving_and_refreshes_until_cancelle
         assert urls(pool.backends) == {"http://127.0.0.2:8000"}
         await anyio.to_thread.run_sync(dnsmasq.set_hosts, {GPU: ["127.0.0.3"]})
         with anyio.fail_after(TTL + 2.0):
-            while urls(pool.backends) != {"http://127.0.0.3:8000"}:  # noqa: ASYNC110 - polling a sync pool
+            while urls(pool.backends) != {"http://127.0.0.3:8000"}:
                 await anyio.sleep(0.02)
         tg.cancel_scope.cancel()
     # Cancelled cleanly: the same source may run again.
