@@ -68,12 +68,16 @@ def embedbalance_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("embedbalance")}
 
 
-def dead_url() -> str:
-    """A loopback URL nothing listens on (the port was just free)."""
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        return int(sock.getsockname()[1])
+
+
+def dead_url() -> str:
+    """A loopback URL nothing listens on (the port was just free)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 def run_in_fork(child: Callable[[], None], timeout: float = 60.0) -> int:
