@@ -149,7 +149,7 @@ def _parse_texts(payload: Any) -> list[str] | str:
     """The texts of a request body, or an error message."""
     if not isinstance(payload, dict) or not isinstance(payload.get("texts"), list):
         return 'expected a JSON object {"texts": ["...", ...]}'
-    texts = payload["texts"]
+    texts: list[Any] = payload["texts"]
     if not texts or len(texts) > MAX_TEXTS:
         return f"send between 1 and {MAX_TEXTS} texts"
     if not all(isinstance(t, str) and t for t in texts):

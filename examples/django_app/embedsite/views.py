@@ -26,7 +26,7 @@ def _parse_texts(body: bytes) -> list[str] | str:
         payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("texts"), list):
         return 'expected a JSON object {"texts": ["...", ...]}'
-    texts = payload["texts"]
+    texts: list[Any] = payload["texts"]
     limit = settings.EMBEDBALANCE.get("MAX_TEXTS", 256)
     if not texts or len(texts) > limit:
         return f"send between 1 and {limit} texts"
