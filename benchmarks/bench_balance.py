@@ -71,6 +71,7 @@ BALANCERS = (
     "LeastConnections",
     "PowerOfTwoChoices",
     "PeakEwma",
+    "ShortestExpectedDelay",
     "LeastOutstandingTokens",
     "GpuPriority",
 )

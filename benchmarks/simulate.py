@@ -47,6 +47,7 @@ BALANCERS = (
     "LeastConnections",
     "PowerOfTwoChoices",
     "PeakEwma",
+    "ShortestExpectedDelay",
     "LeastOutstandingTokens",
     "GpuPriority",
 )
@@ -113,6 +114,7 @@ def make_pool(name: str, topo: Topology, seed: int) -> tuple[eb.BackendPool, eb.
         "LeastConnections": eb.LeastConnections,
         "PowerOfTwoChoices": eb.PowerOfTwoChoices,
         "PeakEwma": eb.PeakEwma,
+        "ShortestExpectedDelay": eb.ShortestExpectedDelay,
         "LeastOutstandingTokens": eb.LeastOutstandingTokens,
         "GpuPriority": eb.GpuPriority,
     }[name]()

@@ -45,6 +45,7 @@ EXPECTED = [
     "Retry",
     "RetryBudgetPolicy",
     "RoundRobin",
+    "ShortestExpectedDelay",
     "SlowStart",
     "StaticDiscovery",
     "TransportStats",

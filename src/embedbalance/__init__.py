@@ -16,6 +16,7 @@ from .balancers import (
     PowerOfTwoChoices,
     Random,
     RoundRobin,
+    ShortestExpectedDelay,
     WeightedRoundRobin,
 )
 from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
@@ -62,6 +63,7 @@ def __getattr__(name: str) -> Any:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
@@ -103,6 +105,7 @@ __all__ = [
     "Retry",
     "RetryBudgetPolicy",
     "RoundRobin",
+    "ShortestExpectedDelay",
     "SlowStart",
     "StaticDiscovery",
     "TransportStats",

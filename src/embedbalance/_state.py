@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 import attrs
 
@@ -39,6 +40,12 @@ class BackendState:
     penalty_stamp: float = 0.0
     queue_depth: float | None = None  # server-reported, from response headers
     swrr_current: float = 0.0  # smooth weighted round-robin accumulator
+    delay_unit: float = 0.0  # expected-delay metric: seconds per unit of work in flight
+    delay_stamp: float = 0.0
+    delay_samples: int = 0
+    # Leases in acquisition order (released ones are dropped from the front), so the
+    # age of the oldest request still in flight is an O(1) read.
+    in_flight: deque[Any] = attrs.Factory(deque)
     # health
     consecutive_failures: int = 0
     ejected_until: float | None = None
@@ -65,6 +72,14 @@ class BackendState:
     @property
     def url(self) -> str:
         return self.backend.url
+
+    def oldest_age(self, now: float) -> float:
+        """Seconds the oldest request still in flight has been waiting (0 when idle):
+        a lower bound on how long this backend takes to drain what it holds."""
+        queue = self.in_flight
+        while queue and queue[0].released:
+            queue.popleft()
+        return now - queue[0].started_at if queue else 0.0
 
     def effective_weight(self, now: float) -> float:
         """Weight scaled by slow start: a just-admitted backend counts for less."""

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 
 from . import strategies
 from ._state import BackendState
-from .load import LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
+from .load import ExpectedDelay, LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
 
 __all__ = [
     "Balancer",
@@ -23,6 +23,7 @@ __all__ = [
     "PowerOfTwoChoices",
     "Random",
     "RoundRobin",
+    "ShortestExpectedDelay",
     "WeightedRoundRobin",
 ]
 
@@ -61,10 +62,13 @@ class Balancer:
         loads = [self.score(s, now) for s in candidates]
         return candidates[strategies.least_loaded(loads, rng)]
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
-        """A request to ``state``'s backend succeeded in ``latency`` seconds."""
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
+        """A request to ``state``'s backend succeeded in ``latency`` seconds, having
+        shared the backend with ``load_at_start`` units of work (its own included)."""
         if self.metric is not None:
-            self.metric.observe(state, latency, now)
+            self.metric.observe(state, latency, now, load_at_start)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -216,6 +220,69 @@ class PeakEwma(_P2C):
         return f"PeakEwma(tau={m.tau:g}, default_rtt={m.default_rtt:g})"
 
 
+class ShortestExpectedDelay(Balancer):
+    """Send each request where it is expected to be answered soonest, learning each
+    backend's drain rate from its answers (see :class:`~embedbalance.load.ExpectedDelay`).
+
+    Unlike peak-EWMA it tells *slow* from *busy*: a 2-slot CPU pod and an 8-slot GPU box
+    with the same queue get different scores, so the pod only gets work when waiting
+    for the GPU would take longer — no hand-set weights. It is cost-aware: with request
+    costs (the embedding client passes token counts) a big batch weighs what it is.
+
+    Picks are an exact scan up to ``scan_limit`` candidates; above it the best of
+    ``choices`` random ones (power of d choices), so the cost per pick stays flat at
+    thousands of backends. ``choices`` is 4 rather than 2 because backends here differ
+    in speed: with two samples, a pair of slow backends (a 1-in-16 chance when a
+    quarter are slow) forces a slow pick far more often than their capacity allows.
+    """
+
+    def __init__(
+        self,
+        *,
+        tau: float = 2.0,
+        idle_decay: float = 30.0,
+        default_delay: float = 0.05,
+        scan_limit: int = 16,
+        choices: int = 4,
+    ) -> None:
+        if choices < 2:
+            raise ValueError(f"choices must be >= 2, got {choices!r}")
+        self.metric = ExpectedDelay(tau=tau, idle_decay=idle_decay, default_delay=default_delay)
+        self.scan_limit = max(scan_limit, choices)
+        self.choices = choices
+
+    def __repr__(self) -> str:
+        m = self.metric
+        assert isinstance(m, ExpectedDelay)
+        return f"ShortestExpectedDelay(tau={m.tau:g}, default_delay={m.default_delay:g})"
+
+    def pick(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        n = len(candidates)
+        if n == 1:
+            return candidates[0]
+        metric = self.metric
+        assert isinstance(metric, ExpectedDelay)
+        if n > self.scan_limit:
+            best = candidates[int(rng.random() * n)]
+            best_delay = metric.delay(best, now, cost)
+            for _ in range(self.choices - 1):
+                other = candidates[int(rng.random() * n)]
+                other_delay = metric.delay(other, now, cost)
+                if other_delay < best_delay:
+                    best, best_delay = other, other_delay
+            return best
+        delays = [metric.delay(s, now, cost) for s in candidates]
+        return candidates[strategies.least_loaded(delays, rng)]
+
+
 class LeastOutstandingTokens(Balancer):
     """Full scan for the least outstanding request cost (tokens) per unit of weight.
 
@@ -363,8 +430,10 @@ class GpuPriority(Balancer):
             by_tier[tier], cost=cost, now=now, rng=rng, population=population
         )
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
-        self.tier_balancer(state.tier).observe(state, latency, now)
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
+        self.tier_balancer(state.tier).observe(state, latency, now, load_at_start)
 
     def score(self, state: BackendState, now: float) -> float:
         return self.tier_balancer(state.tier).score(state, now)

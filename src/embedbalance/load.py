@@ -18,6 +18,7 @@ from ._state import BackendState
 
 __all__ = [
     "DEFAULT_FAILURE_DECAY",
+    "ExpectedDelay",
     "LoadMetric",
     "OutstandingTokens",
     "PeakEwmaLatency",
@@ -35,8 +36,11 @@ class LoadMetric(Protocol):
         """Current load of ``state``'s backend; lower is better."""
         ...
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
-        """Feed one successful response's latency (seconds)."""
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
+        """Feed one successful response's latency (seconds); ``load_at_start`` is the
+        work in flight on the backend when the request was placed, its own included."""
         ...
 
 
@@ -61,7 +65,9 @@ class PendingRequests:
             load *= state.penalty_factor(now, self.failure_decay)
         return load
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
         return None
 
 
@@ -85,7 +91,9 @@ class OutstandingTokens:
             load *= state.penalty_factor(now, self.failure_decay)
         return load
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
         return None
 
 
@@ -164,7 +172,9 @@ class PeakEwmaLatency:
             return rtt * (state.pending + 1) / state.effective_weight(now)
         return rtt * (state.pending + 1) / state.weight
 
-    def observe(self, state: BackendState, latency: float, now: float) -> None:
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
         # _seed() then _update(), inlined: this runs once per successful request.
         sample = latency if latency > 0.0 else 0.0
         rtt = state.rtt
@@ -180,3 +190,84 @@ class PeakEwmaLatency:
         if now > state.rtt_stamp:
             state.rtt_stamp = now
         state.rtt_samples += 1
+
+
+@attrs.frozen
+class ExpectedDelay:
+    """How long a new request would take here: seconds per unit of work in flight ×
+    (work in flight + its own cost), and never less than the age of the oldest request
+    still waiting.
+
+    - Each success yields a sample ``latency / load_at_start``: the latency divided by the
+      work it shared the backend with. On a saturated backend with ``c`` slots and
+      service time ``s`` that is ``s / c`` — its *drain rate*, which is what decides how
+      soon one more request gets served. Raw latency (what peak-EWMA tracks) mixes
+      speed with queue length and cannot tell a slow 2-slot box from a fast 8-slot one
+      with a queue; this can, without anyone setting weights.
+    - Samples are averaged with weight ``exp(-Δt/tau)`` on the old value (no peak
+      replacement: samples vary with concurrency, and one uncrowded request must not
+      make a big server look slow).
+    - The oldest request still in flight bounds the estimate from below: a backend that
+      has stopped answering (or was never measured) cannot keep looking cheap while its
+      requests age — the fast-failure and the long-stall cases both.
+    - An estimate not refreshed for a while decays toward zero with time constant
+      ``idle_decay`` so a backend that was slow once is probed again.
+    - ``default_delay`` stands in until the first sample.
+
+    Cost-aware: with per-request costs (tokens), the unit is seconds per token and the
+    estimate covers the new request's own size (see :class:`~embedbalance.ShortestExpectedDelay`).
+    The idea is IPVS's "shortest expected delay" scheduler with learned service rates.
+    """
+
+    tau: float = 2.0
+    idle_decay: float = 30.0
+    default_delay: float = 0.05
+    failure_decay: float = DEFAULT_FAILURE_DECAY
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("tau", "idle_decay", "default_delay"):
+            value = getattr(self, name)
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+    def unit(self, state: BackendState, now: float) -> float:
+        """Seconds per unit of work in flight, decayed for idleness."""
+        if state.delay_samples == 0:
+            return self.default_delay
+        idle = now - state.delay_stamp
+        if idle <= 0.0:
+            return state.delay_unit
+        return state.delay_unit * math.exp(-idle / self.idle_decay)
+
+    def delay(self, state: BackendState, now: float, cost: float = 1.0) -> float:
+        """Expected seconds until a request of ``cost`` placed now would be answered,
+        scaled by weight and failure penalty like every metric here."""
+        expected = self.unit(state, now) * (state.outstanding_cost + cost)
+        if state.pending:
+            age = state.oldest_age(now)
+            if age > expected:
+                expected = age
+        if state.penalty > 0.0:
+            penalty = state.penalty_factor(now, self.failure_decay)
+            expected = max(expected, self.default_delay * (penalty - 1.0)) * penalty
+        if now - state.admitted_at < state.slow_start.window:
+            return expected / state.effective_weight(now)
+        return expected / state.weight
+
+    def load(self, state: BackendState, now: float) -> float:
+        return self.delay(state, now, 1.0)
+
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
+        sample = max(latency, 0.0) / max(load_at_start, 1e-9)
+        if state.delay_samples == 0:
+            state.delay_unit = sample
+        else:
+            elapsed = now - state.delay_stamp
+            w = math.exp(-elapsed / self.tau) if elapsed > 0 else 1.0
+            # Always let a sample count for something, even at the same instant.
+            w = min(w, 0.9)
+            state.delay_unit = state.delay_unit * w + sample * (1.0 - w)
+        state.delay_stamp = now
+        state.delay_samples += 1

@@ -71,6 +71,9 @@ class Lease:
     cost: float
     started_at: float
     _state: BackendState = attrs.field(repr=False, alias="state")
+    #: Work in flight on the backend when this request was placed, its own included
+    #: (outstanding cost): how many requests its latency was shared with.
+    load_at_start: float = 1.0
     released: bool = False
 
 
@@ -374,7 +377,10 @@ class BackendPool:
                 state.pending += 1
                 state.outstanding_cost += cost
                 state.requests += 1
-                lease = Lease(state.backend, cost, now, state=state)
+                lease = Lease(
+                    state.backend, cost, now, state=state, load_at_start=state.outstanding_cost
+                )
+                state.in_flight.append(lease)
         if events:
             self._emit(events)
         if not candidates:
@@ -401,6 +407,9 @@ class BackendPool:
             if lease.released:
                 raise EmbedbalanceError(f"lease on {lease.backend.url} released twice")
             lease.released = True
+            queue = lease._state.in_flight
+            while queue and queue[0].released:
+                queue.popleft()
             now = self._now()
             s = lease._state
             s.pending -= 1
@@ -417,7 +426,7 @@ class BackendPool:
                 s.successes += 1
                 s.consecutive_failures = 0
                 s.latencies.append(latency)
-                self.balancer.observe(s, latency, now)
+                self.balancer.observe(s, latency, now, lease.load_at_start)
             elif outcome is _FAILURE:
                 s.failures += 1
                 s.consecutive_failures += 1
