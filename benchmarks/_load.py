@@ -85,6 +85,7 @@ def make_balancer(name: str) -> Any:
         "LeastConnections": eb.LeastConnections,
         "PowerOfTwoChoices": eb.PowerOfTwoChoices,
         "PeakEwma": eb.PeakEwma,
+        "ShortestExpectedDelay": eb.ShortestExpectedDelay,
         "LeastOutstandingTokens": eb.LeastOutstandingTokens,
         "GpuPriority": eb.GpuPriority,
     }

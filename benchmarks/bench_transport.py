@@ -25,8 +25,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
 
-import embedbalance as eb  # noqa: E402
 from control_proc import ControlServer  # noqa: E402
+
+import embedbalance as eb  # noqa: E402
 
 BODY = {"inputs": ["the quick brown fox"]}
 
@@ -51,11 +52,17 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     server = ControlServer()
-    rows: dict[str, list[float]] = {"plain sync": [], "balanced sync": [], "plain async": [], "balanced async": []}
+    rows: dict[str, list[float]] = {
+        "plain sync": [],
+        "balanced sync": [],
+        "plain async": [],
+        "balanced async": [],
+    }
     try:
         plain = httpx.Client(base_url=server.url)
         balanced = httpx.Client(
-            transport=eb.BalancingTransport([server.url], health_check=None), base_url="http://embeddings"
+            transport=eb.BalancingTransport([server.url], health_check=None),
+            base_url="http://embeddings",
         )
         for client in (plain, balanced):
             _sync_round(client, "/embed", 200)  # warm up connections and code paths
@@ -77,7 +84,9 @@ def main() -> int:
                     await _async_round(client, "/embed", 200)
                 for _ in range(args.rounds):
                     rows["plain async"].append(await _async_round(aplain, "/embed", args.requests))
-                    rows["balanced async"].append(await _async_round(abalanced, "/embed", args.requests))
+                    rows["balanced async"].append(
+                        await _async_round(abalanced, "/embed", args.requests)
+                    )
 
         asyncio.run(run_async())
     finally:

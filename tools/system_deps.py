@@ -42,7 +42,10 @@ def main() -> int:
         print("system deps: all present")
         return 0
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        print(f"system deps: missing {sorted(missing)}; not root or no apt-get, tests needing them skip")
+        print(
+            f"system deps: missing {sorted(missing)}; not root or no apt-get:"
+            " the tests that need them skip"
+        )
         return 0
     # Keep package scripts from starting system-wide daemons (nginx on :80 and so on):
     # the tests start their own instances on loopback and stop them by PID.
@@ -55,7 +58,14 @@ def main() -> int:
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *sorted(set(missing.values()))]
+        cmd = [
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "--no-install-recommends",
+            *sorted(set(missing.values())),
+        ]
         with tempfile.TemporaryFile() as log:
             proc = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
             if proc.returncode != 0:

@@ -75,5 +75,6 @@ async def test_worker_overload_is_load_not_death(roomy: WorkerProcess, cramped: 
     assert row.overloads > 0
     assert row.ejections == 0
     assert row.failures == 0
-    direct = httpx.post(roomy.url + "/embed", json={"inputs": [texts[5]]}).json()
+    async with httpx.AsyncClient() as plain:
+        direct = (await plain.post(roomy.url + "/embed", json={"inputs": [texts[5]]})).json()
     np.testing.assert_allclose(results[5], direct, atol=1e-5)
