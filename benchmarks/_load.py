@@ -109,7 +109,8 @@ def make_client(spec: LoadSpec) -> httpx.AsyncClient:
         health_check=eb.HealthCheck(interval=interval) if interval else None,
         retry=eb.Retry(attempts=int(target.get("attempts", 3))),
         attempt_timeout=target.get("attempt_timeout"),
-        transport=httpx.AsyncHTTPTransport(limits=limits),
+        # one connection pool per backend, as the transport does by default
+        transport=lambda backend: httpx.AsyncHTTPTransport(limits=limits),
     )
     return httpx.AsyncClient(transport=transport, base_url="http://embeddings", timeout=timeout)
 

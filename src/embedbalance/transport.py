@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -118,6 +118,46 @@ class _Result:
 
 def _is_discovery(value: object) -> bool:
     return not isinstance(value, (str, Backend)) and isinstance(value, Discovery)
+
+
+T = TypeVar("T")
+
+
+class _Inner(Generic[T]):
+    """The inner transport(s): one shared instance, or one per backend from a factory."""
+
+    def __init__(self, given: T | Callable[[Backend], T] | None, default: Callable[[], T]) -> None:
+        self._lock = threading.Lock()
+        self._shared: T | None = None
+        self._factory: Callable[[Backend], T]
+        self._per_backend: dict[str, T] = {}
+        if given is None:
+            self._factory = lambda backend: default()
+        elif isinstance(given, (httpx.BaseTransport, httpx.AsyncBaseTransport)):
+            self._shared = given
+        elif callable(given):
+            self._factory = given
+        else:
+            raise TypeError(f"transport must be an httpx transport or a factory, got {given!r}")
+
+    def get(self, backend: Backend) -> T:
+        if self._shared is not None:
+            return self._shared
+        inner = self._per_backend.get(backend.url)
+        if inner is None:
+            with self._lock:
+                inner = self._per_backend.get(backend.url)
+                if inner is None:
+                    inner = self._per_backend[backend.url] = self._factory(backend)
+        return inner
+
+    def all(self) -> list[T]:
+        with self._lock:
+            if self._shared is not None:
+                return [self._shared]
+            inners = list(self._per_backend.values())
+            self._per_backend.clear()
+            return inners
 
 
 class _Core:
@@ -323,7 +363,12 @@ _DOC_PARAMS = """
     - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
     - ``attempt_timeout``: seconds one attempt may take before it is abandoned and
       retried elsewhere (caps httpx's connect/read/write/pool timeouts per attempt).
-    - ``transport``: the inner transport that talks to backends (httpx's default).
+    - ``transport``: how to talk to backends: one inner transport shared by all, or a
+      function ``Backend -> transport`` called once per backend. The default gives each
+      backend its own httpx connection pool: httpcore's pool does work proportional to
+      connections × waiting requests on every request, so one shared pool across many
+      busy backends costs far more CPU than a small pool each (and a dead backend's
+      connections cannot crowd out a live one's).
     - ``metrics``: a sink such as ``embedbalance.metrics.PrometheusMetrics()``.
     - ``clock``, ``rng``: injected time and randomness.
 """
@@ -351,7 +396,7 @@ class BalancingTransport(httpx.BaseTransport):
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
@@ -370,7 +415,7 @@ class BalancingTransport(httpx.BaseTransport):
             clock=clock,
             rng=rng,
         )
-        self._inner = transport or httpx.HTTPTransport()
+        self._inner = _Inner(transport, httpx.HTTPTransport)
         self._start_lock = threading.Lock()
         self._started_pid: int | None = None
         self._checker: HealthChecker | None = None
@@ -428,7 +473,8 @@ class BalancingTransport(httpx.BaseTransport):
             if self._hedger is not None:
                 self._hedger.shutdown(wait=True)
                 self._hedger = None
-        self._inner.close()
+        for inner in self._inner.all():
+            inner.close()
 
     # -- sending --------------------------------------------------------------------
 
@@ -438,7 +484,7 @@ class BalancingTransport(httpx.BaseTransport):
         url = lease.backend.url
         core.metrics.in_flight(url, 1)
         try:
-            response = self._inner.handle_request(routed)
+            response = self._inner.get(lease.backend).handle_request(routed)
             try:
                 body = _raw_body(response)
             finally:
@@ -535,7 +581,9 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport
+        | Callable[[Backend], httpx.AsyncBaseTransport]
+        | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
@@ -554,7 +602,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             clock=clock,
             rng=rng,
         )
-        self._inner = transport or httpx.AsyncHTTPTransport()
+        self._ainner = _Inner(transport, httpx.AsyncHTTPTransport)
         self._state = "new"  # new -> starting -> running -> closed
         self._started: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -637,7 +685,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             if self._scope is not None:
                 self._scope.cancel()
             await self._stopped.wait()
-        await self._inner.aclose()
+        for inner in self._ainner.all():
+            await inner.aclose()
 
     # -- sending --------------------------------------------------------------------
 
@@ -649,9 +698,9 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         try:
             if core.attempt_timeout is not None:
                 with anyio.fail_after(core.attempt_timeout):
-                    response, body = await self._exchange(routed)
+                    response, body = await self._exchange(lease.backend, routed)
             else:
-                response, body = await self._exchange(routed)
+                response, body = await self._exchange(lease.backend, routed)
         except TimeoutError as exc:
             return core.finish_error(lease, httpx.ReadTimeout(str(exc) or "attempt timed out"))
         except httpx.TransportError as exc:
@@ -663,8 +712,10 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             core.metrics.in_flight(url, -1)
         return core.finish_response(lease, response, body, routed)
 
-    async def _exchange(self, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
-        response = await self._inner.handle_async_request(routed)
+    async def _exchange(
+        self, backend: Backend, routed: httpx.Request
+    ) -> tuple[httpx.Response, bytes]:
+        response = await self._ainner.get(backend).handle_async_request(routed)
         try:
             if hasattr(response, "_content"):  # already in memory (mock transports)
                 body = response.content
