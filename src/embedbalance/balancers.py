@@ -203,12 +203,15 @@ class PowerOfTwoChoices(_P2C):
 
 
 class PeakEwma(_P2C):
-    """The default: power-of-two-choices over peak-EWMA latency × (pending + 1).
+    """Power-of-two-choices over peak-EWMA latency × (pending + 1): Finagle's and
+    linkerd's default, with their semantics.
 
-    Learns each backend's speed from its answers, so a GPU box and a CPU pod get
-    traffic in proportion to what they can do without anyone setting weights
-    (Finagle's and linkerd's default). ``tau`` (seconds) is how fast old latency is
-    forgotten; ``default_rtt`` is assumed for a backend not yet measured.
+    Learns each backend's latency from its answers and reacts at once to a slowdown.
+    It cannot tell a slow backend from a busy one (both just answer late), so with
+    backends of very different capacity under load it lets queues build on the slow
+    ones; :class:`ShortestExpectedDelay`, our default, learns drain rates instead.
+    ``tau`` (seconds) is how fast old latency is forgotten; ``default_rtt`` is assumed
+    for a backend not yet measured.
     """
 
     def __init__(self, *, tau: float = 10.0, default_rtt: float = 0.05) -> None:
@@ -310,7 +313,7 @@ class GpuPriority(Balancer):
 
     def __init__(
         self,
-        inner: Callable[[], Balancer] = PeakEwma,
+        inner: Callable[[], Balancer] = ShortestExpectedDelay,
         *,
         overprovisioning: float = 1.4,
         saturation: float | None = None,

@@ -24,7 +24,7 @@ import numpy as np
 from ._backend import Backend, BackendLike, as_backend
 from ._clock import Clock, monotonic
 from ._state import BackendState
-from .balancers import Balancer, PeakEwma
+from .balancers import Balancer, ShortestExpectedDelay
 from .discovery import diff
 from .exceptions import EmbedbalanceError, NoBackendAvailable, Unavailability
 from .health import (
@@ -132,7 +132,7 @@ class PoolStats:
 class BackendPool:
     """Backends plus everything needed to choose among them, thread-safe.
 
-    - ``balancer``: who gets picked (default :class:`~embedbalance.PeakEwma`).
+    - ``balancer``: who gets picked (default :class:`~embedbalance.ShortestExpectedDelay`).
     - ``outlier_detection``: passive ejection from real traffic (``None`` disables).
     - ``health_check``: the active-check policy whose ``rise``/``fall`` apply to
       :meth:`report_check` (the checks themselves run in an I/O edge).
@@ -157,7 +157,7 @@ class BackendPool:
     ) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
             raise ValueError(f"panic_threshold must be between 0 and 1, got {panic_threshold!r}")
-        self.balancer = balancer if balancer is not None else PeakEwma()
+        self.balancer = balancer if balancer is not None else ShortestExpectedDelay()
         self.outlier_detection = outlier_detection or OutlierDetection(enabled=False)
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)

@@ -356,7 +356,7 @@ class _Core:
 _DOC_PARAMS = """
     - ``backends``: URL strings, :class:`~embedbalance.Backend` objects, or a
       discovery source (:class:`~embedbalance.DnsDiscovery`).
-    - ``balancer``: default :class:`~embedbalance.PeakEwma`.
+    - ``balancer``: default :class:`~embedbalance.ShortestExpectedDelay`.
     - ``health_check``: active ``GET /health`` checks (``None``: passive detection only).
     - ``outlier_detection``, ``slow_start``, ``panic_threshold``: see the pool.
     - ``retry``: a :class:`~embedbalance.Retry`, an attempt count, or False.

@@ -48,7 +48,7 @@ def test_peak_ewma_learns_a_slow_backend_round_robin_does_not(servers):
 
 @pytest.mark.anyio
 async def test_peak_ewma_learns_a_slow_backend_async(servers):
-    """The async transport with PeakEwma also keeps a slow backend's share low."""
+    """The async transport with the default balancer keeps a slow backend's share low."""
     fast, slow = _hetero(servers)
     transport = eb.AsyncBalancingTransport([s.url for s in [*fast, slow]], health_check=None)
     async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
