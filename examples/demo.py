@@ -7,7 +7,7 @@ What happens:
 1. Three reference workers start on loopback with the real model (one torch thread
    each); ``w3`` is made slow with ``--delay-ms``.
 2. Python's own documentation (``pydoc_data.topics``, split into paragraphs) is embedded
-   through :class:`embedbalance.EmbeddingClient` with the default balancer (peak-EWMA),
+   through :class:`embedbalance.EmbeddingClient` with the default balancer (ShortestExpectedDelay),
    with a live progress bar showing how many texts each backend has answered.
 3. About 40 % in, ``w2`` is SIGKILLed, then restarted on the same port; its sub-batches
    are retried on the others, and health checks bring it back once it is ready.
@@ -266,7 +266,7 @@ def plot(rec: Recorder, marks: dict[str, float], path: Path, window: float = 6.0
             ha="right",
         )
     top.set_ylabel(f"texts / s ({window:.0f} s window)")
-    top.set_title("Per-backend throughput and sub-batch latency (PeakEwma, 3 CPU workers)")
+    top.set_title("Per-backend throughput and sub-batch latency (default balancer, 3 CPU workers)")
     top.legend(loc="upper right", fontsize=8)
     bottom.set_ylabel("sub-batch latency (ms)")
     bottom.set_yscale("log")
