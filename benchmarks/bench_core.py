@@ -44,6 +44,7 @@ BALANCERS: dict[str, Callable[[], eb.Balancer]] = {
     "LeastConnections": eb.LeastConnections,
     "PowerOfTwoChoices": eb.PowerOfTwoChoices,
     "PeakEwma": eb.PeakEwma,
+    "ShortestExpectedDelay": eb.ShortestExpectedDelay,
     "LeastOutstandingTokens": eb.LeastOutstandingTokens,
     "GpuPriority (2 tiers)": eb.GpuPriority,
 }
