@@ -430,6 +430,11 @@ class BalancingTransport(httpx.BaseTransport):
         """Per-backend state and counters; needs no Prometheus."""
         return self._core.stats()
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run; a closed transport refuses requests."""
+        return self._closed
+
     def start(self) -> None:
         """Resolve discovery and start health checks now rather than on first use."""
         if self._started_pid == os.getpid():
@@ -616,6 +621,11 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     def stats(self) -> TransportStats:
         """Per-backend state and counters; needs no Prometheus."""
         return self._core.stats()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`aclose` has run; a closed transport refuses requests."""
+        return self._state == "closed"
 
     @property
     def _needs_background(self) -> bool:

@@ -188,3 +188,36 @@ async def test_async_twin_rewrites_the_same_way():
         await client.post("/embed?q=1", json={"inputs": []})
     assert str(seen[0].url) == "http://10.9.8.7:81/p/embed?q=1"
     assert seen[0].headers["host"] == "10.9.8.7:81"
+
+
+def test_closed_transport_refuses_requests():
+    """After close() the transport says so and refuses new requests instead of silently reopening."""
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9"], transport=_echo([]), health_check=None
+    )
+    assert not transport.closed
+    transport.close()
+    assert transport.closed
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(RuntimeError, match="closed"),
+    ):
+        client.get("/")
+
+
+@pytest.mark.anyio
+async def test_closed_async_transport_refuses_requests():
+    """After aclose() the async transport says so and refuses new requests."""
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={})
+
+    transport = eb.AsyncBalancingTransport(
+        ["http://127.0.0.1:9"], transport=httpx.MockTransport(handler), health_check=None
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+        assert (await client.get("/")).status_code == 200
+    assert transport.closed
+    client = httpx.AsyncClient(transport=transport, base_url="http://e")
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get("/")
