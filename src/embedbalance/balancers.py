@@ -39,6 +39,9 @@ class Balancer:
 
     #: The metric :meth:`score` reads; ``None`` for balancers that ignore load.
     metric: LoadMetric | None = None
+    #: Whether scores read the age of a backend's oldest request in flight (the pool
+    #: tracks it only when asked).
+    needs_oldest: bool = False
 
     def score(self, state: BackendState, now: float) -> float:
         """Load of one backend as this balancer sees it; lower is better."""
@@ -251,6 +254,7 @@ class ShortestExpectedDelay(Balancer):
         if choices < 2:
             raise ValueError(f"choices must be >= 2, got {choices!r}")
         self.metric = ExpectedDelay(tau=tau, idle_decay=idle_decay, default_delay=default_delay)
+        self.needs_oldest = True
         self.scan_limit = max(scan_limit, choices)
         self.choices = choices
 
@@ -328,6 +332,7 @@ class GpuPriority(Balancer):
         self.saturation = saturation
         self.pin_cost_above = pin_cost_above
         self._tiers: dict[int, Balancer] = {}
+        self.needs_oldest = self.tier_balancer(0).needs_oldest
         self._cache_key: tuple[object, object, float] | None = None
         self._cache_plan: tuple[dict[int, list[BackendState]], list[int], list[float]] = (
             {},

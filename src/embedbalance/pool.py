@@ -162,6 +162,9 @@ class BackendPool:
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)
         self.panic_threshold = panic_threshold
+        # Keep each backend's leases in order only for balancers that read the age of the
+        # oldest one: it costs a deque append and pop per request.
+        self._track_age = bool(getattr(self.balancer, "needs_oldest", False))
         # Failures are added with the same time constant the balancer reads them with.
         self.failure_decay = getattr(self.balancer.metric, "failure_decay", DEFAULT_FAILURE_DECAY)
         self.clock = clock
@@ -380,7 +383,8 @@ class BackendPool:
                 lease = Lease(
                     state.backend, cost, now, state=state, load_at_start=state.outstanding_cost
                 )
-                state.in_flight.append(lease)
+                if self._track_age:
+                    state.in_flight.append(lease)
         if events:
             self._emit(events)
         if not candidates:
@@ -407,9 +411,10 @@ class BackendPool:
             if lease.released:
                 raise EmbedbalanceError(f"lease on {lease.backend.url} released twice")
             lease.released = True
-            queue = lease._state.in_flight
-            while queue and queue[0].released:
-                queue.popleft()
+            if self._track_age:
+                queue = lease._state.in_flight
+                while queue and queue[0].released:
+                    queue.popleft()
             now = self._now()
             s = lease._state
             s.pending -= 1
