@@ -255,6 +255,9 @@ class ShortestExpectedDelay(Balancer):
             raise ValueError(f"choices must be >= 2, got {choices!r}")
         self.metric = ExpectedDelay(tau=tau, idle_decay=idle_decay, default_delay=default_delay)
         self.needs_oldest = True
+        #: Average drain rate measured across the pool: the estimate for a backend not
+        #: yet measured (None until the first answer anywhere).
+        self.prior: float | None = None
         self.scan_limit = max(scan_limit, choices)
         self.choices = choices
 
@@ -279,15 +282,28 @@ class ShortestExpectedDelay(Balancer):
         assert isinstance(metric, ExpectedDelay)
         if n > self.scan_limit:
             best = candidates[int(rng.random() * n)]
-            best_delay = metric.delay(best, now, cost)
+            prior = self.prior
+            best_delay = metric.delay(best, now, cost, prior)
             for _ in range(self.choices - 1):
                 other = candidates[int(rng.random() * n)]
-                other_delay = metric.delay(other, now, cost)
+                other_delay = metric.delay(other, now, cost, prior)
                 if other_delay < best_delay:
                     best, best_delay = other, other_delay
             return best
-        delays = [metric.delay(s, now, cost) for s in candidates]
+        delays = [metric.delay(s, now, cost, self.prior) for s in candidates]
         return candidates[strategies.least_loaded(delays, rng)]
+
+    def score(self, state: BackendState, now: float) -> float:
+        metric = self.metric
+        assert isinstance(metric, ExpectedDelay)
+        return metric.delay(state, now, 1.0, self.prior)
+
+    def observe(
+        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+    ) -> None:
+        sample = max(latency, 0.0) / max(load_at_start, 1e-9)
+        self.prior = sample if self.prior is None else 0.9 * self.prior + 0.1 * sample
+        super().observe(state, latency, now, load_at_start)
 
 
 class LeastOutstandingTokens(Balancer):

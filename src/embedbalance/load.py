@@ -25,6 +25,9 @@ __all__ = [
     "PendingRequests",
 ]
 
+#: How much more a never-measured backend costs per request it already holds.
+UNMEASURED_BUSY_FACTOR = 4.0
+
 #: Time constant (seconds) of the failure penalty's decay.
 DEFAULT_FAILURE_DECAY = 5.0
 
@@ -212,7 +215,12 @@ class ExpectedDelay:
       requests age — the fast-failure and the long-stall cases both.
     - An estimate not refreshed for a while decays toward zero with time constant
       ``idle_decay`` so a backend that was slow once is probed again.
-    - ``default_delay`` stands in until the first sample.
+    - Before a backend's first answer its unit is the *prior* the balancer passes (the
+      average of what the pool measures), else ``default_delay``: a new backend looks
+      like a typical one, gets work and is measured. A fixed guess would be wrong by
+      orders of magnitude once costs are token counts, and a new backend would starve.
+      While it has no answer yet, each request it holds makes it much dearer, so it is
+      probed a request at a time instead of being handed a burst.
 
     Cost-aware: with per-request costs (tokens), the unit is seconds per token and the
     estimate covers the new request's own size (see :class:`~embedbalance.ShortestExpectedDelay`).
@@ -230,19 +238,28 @@ class ExpectedDelay:
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
 
-    def unit(self, state: BackendState, now: float) -> float:
-        """Seconds per unit of work in flight, decayed for idleness."""
+    def unit(self, state: BackendState, now: float, prior: float | None = None) -> float:
+        """Seconds per unit of work in flight, decayed for idleness; ``prior`` (what the
+        rest of the pool measures) stands in before the first sample, else
+        ``default_delay``."""
         if state.delay_samples == 0:
-            return self.default_delay
+            return self.default_delay if prior is None else prior
         idle = now - state.delay_stamp
         if idle <= 0.0:
             return state.delay_unit
         return state.delay_unit * math.exp(-idle / self.idle_decay)
 
-    def delay(self, state: BackendState, now: float, cost: float = 1.0) -> float:
+    def delay(
+        self, state: BackendState, now: float, cost: float = 1.0, prior: float | None = None
+    ) -> float:
         """Expected seconds until a request of ``cost`` placed now would be answered,
         scaled by weight and failure penalty like every metric here."""
-        expected = self.unit(state, now) * (state.outstanding_cost + cost)
+        expected = self.unit(state, now, prior) * (state.outstanding_cost + cost)
+        if state.delay_samples == 0 and state.pending:
+            # Never measured and already busy: its speed is a guess, so one request at
+            # a time probes it rather than a queue of them (a slow newcomer would
+            # otherwise collect a burst before its first answer says what it is).
+            expected *= 1.0 + UNMEASURED_BUSY_FACTOR * state.pending
         if state.pending:
             age = state.oldest_age(now)
             if age > expected:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from tests.client.fake_server import FakeBackend  # noqa: E402
-from tests.helpers.worker_proc import WorkerProcess, start_worker  # noqa: E402
+from tests.helpers.worker_proc import WorkerProcess, start_workers  # noqa: E402
 
 WORKER_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
 
@@ -36,17 +35,7 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess, WorkerProcess]]:
     """Three real workers, started in parallel: two for traffic, one to kill."""
-    with ThreadPoolExecutor(3) as pool:
-        futures = [pool.submit(start_worker, *WORKER_ARGS) for _ in range(3)]
-        started: list[WorkerProcess] = []
-        try:
-            for fut in futures:
-                started.append(fut.result())
-        except BaseException:
-            for fut in futures:
-                if fut.exception() is None:
-                    fut.result().kill()
-            raise
+    started = start_workers(3, *WORKER_ARGS)
     try:
         yield (started[0], started[1], started[2])
     finally:

@@ -138,3 +138,27 @@ def test_many_backends_use_sampled_choices_and_stay_away_from_slow_ones() -> Non
         for _ in range(4000)
     )
     assert slow / 4000 < 0.25**4 * 2  # only when all four samples are slow
+
+
+def test_new_backend_is_not_starved_when_costs_are_tokens(clock: eb.ManualClock) -> None:
+    """With costs in tokens, a backend added after the others were measured still gets work (its estimate starts at the pool's average, not a fixed guess)."""
+    pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay())
+    for _ in range(50):  # two measured backends: 10 ms per 400-token request
+        lease = pool.acquire(cost=400.0)
+        clock.advance(0.01)
+        pool.release(lease, eb.Outcome.SUCCESS)
+    pool.add("http://late.test:8000")
+    served = set()
+    for _ in range(30):
+        lease = pool.acquire(cost=400.0)
+        served.add(lease.backend.url)
+        clock.advance(0.01)
+        pool.release(lease, eb.Outcome.SUCCESS)
+    assert "http://late.test:8000" in served
+
+
+def test_unmeasured_backend_is_probed_one_request_at_a_time(clock: eb.ManualClock) -> None:
+    """A backend with no answer yet is not handed a burst: while it holds a request, the others get the next ones."""
+    pool = pool_of(3, clock, balancer=eb.ShortestExpectedDelay())
+    leases = [pool.acquire() for _ in range(3)]
+    assert len({lease.backend.url for lease in leases}) == 3  # one probe each, no pile-up

@@ -161,3 +161,22 @@ def start_worker(
             if time.monotonic() > deadline:
                 raise fail(f"was not healthy within {timeout}s")
             time.sleep(0.1)
+
+
+def start_workers(n: int, *cli_args: str, timeout: float = 120.0) -> list[WorkerProcess]:
+    """Start ``n`` workers in parallel (model loading dominates, so this takes about as
+    long as one); if any fails, the ones that started are killed before raising."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(start_worker, *cli_args, timeout=timeout) for _ in range(n)]
+        started: list[WorkerProcess] = []
+        try:
+            for fut in futures:
+                started.append(fut.result())
+        except BaseException:
+            for fut in futures:
+                if fut.exception() is None:
+                    fut.result().kill()
+            raise
+    return started

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,14 @@ if str(ROOT) not in sys.path:
     # does from the repository root.
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers.worker_proc import WorkerProcess, start_worker  # noqa: E402
+from tests.helpers.worker_proc import WorkerProcess, start_workers  # noqa: E402
 from tests.integrations._checks import WORKER_ARGS, Reference  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess]]:
     """Two real workers, started in parallel and stopped by PID at the end."""
-    with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(start_worker, *WORKER_ARGS) for _ in range(2)]
-        started: list[WorkerProcess] = []
-        try:
-            for fut in futures:
-                started.append(fut.result())
-        except BaseException:
-            for fut in futures:
-                if fut.exception() is None:
-                    fut.result().kill()
-            raise
+    started = start_workers(2, *WORKER_ARGS)
     try:
         yield (started[0], started[1])
     finally:
