@@ -142,7 +142,7 @@ def test_many_backends_use_sampled_choices_and_stay_away_from_slow_ones() -> Non
 
 def test_new_backend_is_not_starved_when_costs_are_tokens(clock: eb.ManualClock) -> None:
     """With costs in tokens, a backend added after the others were measured still gets work (its estimate starts at the pool's average, not a fixed guess)."""
-    pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay())
+    pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay(), slow_start=None)
     for _ in range(50):  # two measured backends: 10 ms per 400-token request
         lease = pool.acquire(cost=400.0)
         clock.advance(0.01)
