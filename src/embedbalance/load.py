@@ -266,7 +266,11 @@ class ExpectedDelay:
                 expected = age
         if state.penalty > 0.0:
             penalty = state.penalty_factor(now, self.failure_decay)
-            expected = max(expected, self.default_delay * (penalty - 1.0)) * penalty
+            # A failure carries no latency sample: each recent one counts as at least one
+            # typical request's worth of work (the pool's average unit when known — a
+            # fixed guess would dwarf a fast pool's units and shun a recovered backend).
+            floor = self.default_delay if prior is None else prior * (cost + 1.0)
+            expected = max(expected, floor * (penalty - 1.0)) * penalty
         if now - state.admitted_at < state.slow_start.window:
             return expected / state.effective_weight(now)
         return expected / state.weight

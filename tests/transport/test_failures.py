@@ -86,9 +86,13 @@ def test_kill_mid_run_loses_nothing_sync(servers):
         row = _wait_healthy_sync(transport, victim.url)
         assert row.effective_weight < 1.0, "a re-admitted backend must slow-start"
         time.sleep(1.0)  # the slow-start window
-        more = run_sync(client, 400, 8)
-        assert more.failed == 0
-        assert more.backends.get(victim.url, 0) > 0
+        served = 0
+        deadline = time.monotonic() + 20
+        while served == 0 and time.monotonic() < deadline:  # traffic returns to it
+            more = run_sync(client, 200, 8)
+            assert more.failed == 0
+            served = more.backends.get(victim.url, 0)
+        assert served > 0
     assert transport.stats().pool.in_flight == 0
 
 
@@ -118,9 +122,13 @@ async def test_kill_mid_run_loses_nothing_async(servers):
                 await anyio.sleep(0.05)
         assert transport.stats().pool.by_url()[victim.url].effective_weight < 1.0
         await anyio.sleep(1.0)  # the slow-start window
-        more = await run_async(client, 400, 8)
-        assert more.failed == 0
-        assert more.backends.get(victim.url, 0) > 0
+        served = 0
+        deadline = time.monotonic() + 20
+        while served == 0 and time.monotonic() < deadline:  # traffic returns to it
+            more = await run_async(client, 200, 8)
+            assert more.failed == 0
+            served = more.backends.get(victim.url, 0)
+        assert served > 0
     assert transport.stats().pool.in_flight == 0
 
 
