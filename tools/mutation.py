@@ -1,0 +1,165 @@
+"""Mutation testing, one module at a time, against the fast tests that cover it.
+
+Each module gets its own work folder under ``build/mutation/<module>/`` with a
+``setup.cfg`` that tells mutmut which file to mutate and which tests to run, so a
+mutant of ``health.py`` is judged by the health tests only (minutes, not hours) and
+one module's run never invalidates another's cache. Prints one line per module and
+writes ``build/mutation/scores.json``.
+
+Usage: ``python tools/mutation.py [module ...]`` (default: every module in ``MODULES``);
+``MUTATION_COMMIT`` picks the commit whose ``src/`` is mutated (default ``HEAD``),
+``MUTATION_CHILDREN`` the number of parallel test processes (default 2).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "build" / "mutation"
+
+#: module -> (file to mutate, the fast tests that claim its behaviour)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "_hints": ("src/embedbalance/_hints.py", ["tests/core/test_hints.py"]),
+    "health": (
+        "src/embedbalance/health.py",
+        [
+            "tests/core/test_health.py",
+            "tests/core/test_backend.py",
+            "tests/core/test_slow_start.py",
+        ],
+    ),
+    "retry": ("src/embedbalance/retry.py", ["tests/core/test_retry.py"]),
+    "strategies": (
+        "src/embedbalance/strategies.py",
+        ["tests/core/test_strategy_properties.py", "tests/core/test_gpu_priority.py"],
+    ),
+    "load": (
+        "src/embedbalance/load.py",
+        ["tests/core/test_load.py", "tests/core/test_expected_delay.py"],
+    ),
+    "balancers": (
+        "src/embedbalance/balancers.py",
+        [
+            "tests/core/test_strategy_properties.py",
+            "tests/core/test_gpu_priority.py",
+            "tests/core/test_expected_delay.py",
+            "tests/core/test_subclass.py",
+            "tests/core/test_slow_start.py",
+            "tests/core/test_load.py",
+        ],
+    ),
+    "pool": (
+        "src/embedbalance/pool.py",
+        [
+            "tests/core/test_pool.py",
+            "tests/core/test_health.py",
+            "tests/core/test_slow_start.py",
+            "tests/core/test_overload.py",
+        ],
+    ),
+    "_batching": ("src/embedbalance/_batching.py", ["tests/client/test_batching.py"]),
+    "dns": ("src/embedbalance/dns.py", ["tests/dns"]),
+    "health_runner": ("src/embedbalance/health_runner.py", ["tests/transport/test_promises.py"]),
+    "transport": (
+        "src/embedbalance/transport.py",
+        ["tests/transport/test_routing.py", "tests/transport/test_promises.py"],
+    ),
+    "client": ("src/embedbalance/client.py", ["tests/client"]),
+    "batcher": ("src/embedbalance_worker/batcher.py", ["tests/worker/test_batcher.py"]),
+    "parsing": (
+        "src/embedbalance_worker/parsing.py",
+        ["tests/worker/test_errors.py", "tests/worker/test_routes.py"],
+    ),
+}
+
+
+def _commit() -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
+    """A fresh folder: ``src`` exported from ``commit`` (the score belongs to a commit,
+    not to whatever is half-edited in the work tree), the work tree's tests."""
+    work = WORK / name
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True
+    ).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(work, filter="data")
+    for link in ("tests", "pyproject.toml"):
+        (work / link).symlink_to(ROOT / link)
+    package = "/".join(target.split("/")[:2])
+    selection = "\n    ".join(["-m", "not slow", "-p", "no:cacheprovider", *tests])
+    (work / "setup.cfg").write_text(
+        "[mutmut]\n"
+        f"source_paths = {package}\n"
+        f"only_mutate = {target}\n"
+        f"pytest_add_cli_args_test_selection =\n    {selection}\n"
+    )
+    return work
+
+
+def run(name: str, commit: str) -> dict[str, object]:
+    target, tests = MODULES[name]
+    work = _workdir(name, target, tests, commit)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    children = os.environ.get("MUTATION_CHILDREN", "2")
+    mutmut = [sys.executable, "-m", "mutmut"]
+    subprocess.run([*mutmut, "run", "--max-children", children], cwd=work, env=env, check=False)
+    subprocess.run([*mutmut, "export-cicd-stats"], cwd=work, env=env, check=True)
+    stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
+    tested = int(stats.get("total", 0)) - int(stats.get("skipped", 0))
+    caught = int(stats.get("killed", 0)) + int(stats.get("timeout", 0))
+    stats["score"] = round(100.0 * caught / tested, 1) if tested else None
+    survivors = subprocess.run(
+        [*mutmut, "results"], cwd=work, env=env, capture_output=True, text=True, check=False
+    ).stdout
+    stats["survivors"] = [line.strip() for line in survivors.splitlines() if "survived" in line]
+    return stats
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(MODULES)
+    unknown = [n for n in names if n not in MODULES]
+    if unknown:
+        print(f"unknown module(s) {unknown}; choose from {sorted(MODULES)}", file=sys.stderr)
+        return 2
+    WORK.mkdir(parents=True, exist_ok=True)
+    scores_file = WORK / "scores.json"
+    scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
+    commit = os.environ.get("MUTATION_COMMIT") or _commit()
+    for name in names:
+        stats = run(name, commit)
+        stats["commit"] = commit
+        scores[name] = stats
+        scores_file.write_text(json.dumps(scores, indent=2, sort_keys=True))
+        print(
+            f"{name} @ {commit[:10]}: {stats['score']}% killed "
+            f"({stats.get('killed')} killed, {stats.get('survived')} survived, "
+            f"{stats.get('timeout')} timeout, {stats.get('no_tests')} no tests, "
+            f"{stats.get('total')} total)",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
