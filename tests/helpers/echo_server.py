@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
 import json
 import socket
 import threading
@@ -45,6 +46,8 @@ class EchoServer:
         self.headers: dict[str, str] = {}
         self.health_status = 200
         self.hang = False
+        #: gzip every echo body (set Content-Encoding with :meth:`answer` too)
+        self.compress = False
         self.seen: list[Seen] = []
         self.health_checks = 0
         self._lock = threading.Lock()
@@ -128,11 +131,15 @@ class EchoServer:
             "host": seen.host,
             "body": body.decode("latin-1"),
         }
-        await _send(send, self.status, self.headers, echo)
+        await _send(send, self.status, self.headers, echo, compress=self.compress)
 
 
-async def _send(send: Any, status: int, headers: dict[str, str], payload: Any) -> None:
+async def _send(
+    send: Any, status: int, headers: dict[str, str], payload: Any, *, compress: bool = False
+) -> None:
     data = json.dumps(payload).encode()
+    if compress:
+        data = gzip.compress(data)
     raw = [(b"content-type", b"application/json")]
     raw += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
     await send({"type": "http.response.start", "status": status, "headers": raw})
