@@ -36,10 +36,17 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/core/test_slow_start.py",
         ],
     ),
-    "retry": ("src/embedbalance/retry.py", ["tests/core/test_retry.py"]),
+    "retry": (
+        "src/embedbalance/retry.py",
+        ["tests/core/test_retry.py", "tests/core/test_retry_edges.py"],
+    ),
     "strategies": (
         "src/embedbalance/strategies.py",
-        ["tests/core/test_strategy_properties.py", "tests/core/test_gpu_priority.py"],
+        [
+            "tests/core/test_strategy_properties.py",
+            "tests/core/test_strategy_edges.py",
+            "tests/core/test_gpu_priority.py",
+        ],
     ),
     "load": (
         "src/embedbalance/load.py",
