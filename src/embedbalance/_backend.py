@@ -27,6 +27,15 @@ def _check_url(_: object, __: attrs.Attribute[str], value: str) -> None:
         raise ValueError(f"Backend url {value!r} has an invalid port") from exc
     if parts.query or parts.fragment:
         raise ValueError(f"Backend url {value!r} must not carry a query or fragment")
+    if parts.username is not None or parts.password is not None:
+        # Refused rather than half-supported: credentials in a URL end up in logs, stats,
+        # exceptions and metric labels, and would apply to some requests and not others.
+        redacted = value.replace(parts.netloc, parts.netloc.rpartition("@")[2])
+        raise ValueError(
+            f"Backend url {redacted!r} carries credentials, which are not supported: send "
+            "them as a header instead (httpx.Client(headers={'Authorization': ...}), or "
+            "HealthCheck(headers=...) for health checks)"
+        )
 
 
 def _check_weight(_: object, __: attrs.Attribute[float], value: float) -> None:
@@ -58,7 +67,9 @@ class Backend:
     ``tier`` orders preference for :class:`~embedbalance.GpuPriority` (0 is the most
     preferred); ``labels`` are free-form metadata carried into stats and metrics.
     The URL may carry a path prefix (``http://10.0.0.5:8000/v2``), which transports
-    prepend to each request's path.
+    prepend to each request's path. ``tls_server_name``: for an https backend reached by
+    address (a pod IP), the name its certificate is issued for — sent as TLS SNI,
+    verified, and used as the ``Host`` header. Credentials in the URL are refused.
     """
 
     url: str = attrs.field(converter=_normalise_url, validator=_check_url)
@@ -67,6 +78,7 @@ class Backend:
     labels: Mapping[str, str] = attrs.field(
         factory=dict, converter=_freeze_labels, eq=False, hash=False
     )
+    tls_server_name: str | None = attrs.field(default=None, kw_only=True)
 
     def __repr__(self) -> str:
         extra = ""
@@ -76,6 +88,8 @@ class Backend:
             extra += f", tier={self.tier}"
         if self.labels:
             extra += f", labels={dict(self.labels)!r}"
+        if self.tls_server_name is not None:
+            extra += f", tls_server_name={self.tls_server_name!r}"
         return f"Backend({self.url!r}{extra})"
 
     @property

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from types import MappingProxyType
@@ -92,6 +93,9 @@ class DnsTarget:
     choice, e.g. GPU workers; 1 = overflow, e.g. CPU workers). ``weight``: relative
     capacity of each backend found. ``scheme`` and ``path``: how URLs are built.
     ``labels``: copied onto each backend, with ``dns_name`` added.
+    ``tls_server_name``: for ``https`` targets, the name the pods' certificate is issued
+    for (backends are reached by address, so without it TLS would verify the address);
+    ``True`` means this target's ``name``.
     """
 
     name: str = attrs.field(validator=attrs.validators.min_len(1))
@@ -103,6 +107,14 @@ class DnsTarget:
     labels: Mapping[str, str] = attrs.field(
         factory=dict, converter=_freeze_labels, eq=False, hash=False
     )
+    tls_server_name: str | bool | None = None
+
+    @property
+    def server_name(self) -> str | None:
+        """The TLS server name backends of this target verify against, if any."""
+        if self.tls_server_name is True:
+            return self.name.rstrip(".")
+        return self.tls_server_name or None
 
 
 def _as_targets(value: str | DnsTarget | Iterable[str | DnsTarget]) -> tuple[DnsTarget, ...]:
@@ -195,6 +207,7 @@ class DnsDiscovery:
     _thread: threading.Thread | None = attrs.field(init=False, default=None)
     _stop: threading.Event = attrs.field(init=False, factory=threading.Event)
     _running: bool = attrs.field(init=False, default=False)
+    _owner: int = attrs.field(init=False, default=0)
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.min_ttl <= self.max_ttl:
@@ -336,7 +349,7 @@ class DnsDiscovery:
         """Stop refreshing and join the thread (at most one lookup's ``timeout``)."""
         self._stop.set()
         thread, self._thread = self._thread, None
-        if thread is not None:
+        if thread is not None and self._owner == os.getpid():
             thread.join()
         self._running = False
 
@@ -351,10 +364,18 @@ class DnsDiscovery:
                 self._next_refresh = self.clock() + self.max_ttl
 
     def _claim(self) -> None:
+        if self._running and self._owner != os.getpid():
+            # A forked child: the parent's refresh thread does not exist here, and the
+            # lock may have been copied while that thread held it.
+            self._lock = threading.Lock()
+            self._thread = None
+            self._stop = threading.Event()
+            self._running = False
         with self._lock:
             if self._running:
                 raise RuntimeError(f"{self!r} is already running")
             self._running = True
+            self._owner = os.getpid()
 
     # -- async: an anyio task ---------------------------------------------------------
 
@@ -417,6 +438,7 @@ class DnsDiscovery:
                 weight=target.weight,
                 tier=target.tier,
                 labels=labels,
+                tls_server_name=target.server_name,
             )
 
         if port is not None:

@@ -2,6 +2,13 @@
 
 Callers catch one base class; each subclass carries structured detail (which
 backend, why) rather than asking anyone to parse a message.
+
+The errors a *transport* raises (:class:`NoBackendAvailable`, :class:`AllAttemptsFailed`)
+also derive from ``httpx.TransportError``: code that already handles failed requests
+the httpx way (``except httpx.HTTPError``, stamina or tenacity retrying on
+``httpx.TransportError``, the OpenAI SDK's own retry loop) keeps working unchanged when
+the balancing transport is swapped in. That is the one reason this module imports
+httpx; it holds no I/O.
 """
 
 from __future__ import annotations
@@ -9,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import attrs
+import httpx
 
 __all__ = [
     "AllAttemptsFailed",
     "Attempt",
+    "DeadlineExceeded",
     "DimensionMismatch",
     "EmbedbalanceError",
     "NoBackendAvailable",
@@ -40,10 +49,11 @@ class Unavailability:
         return f"{self.url}: {self.reason}{tail}"
 
 
-class NoBackendAvailable(EmbedbalanceError):
+class NoBackendAvailable(EmbedbalanceError, httpx.ConnectError):
     """Nothing could be picked: no backend configured, or every one is unusable.
 
     ``reasons`` names each backend and why; it is empty when none is configured.
+    Like ``httpx.ConnectError``, it means the request was never sent.
     """
 
     def __init__(self, reasons: Sequence[Unavailability] = ()) -> None:
@@ -68,14 +78,25 @@ class Attempt:
         return f"{self.url}: {self.error}"
 
 
-class AllAttemptsFailed(EmbedbalanceError):
-    """Every attempt of a request failed (or the retry budget ran out);
-    ``attempts`` lists each, in order. ``__cause__`` is the last error."""
+class AllAttemptsFailed(EmbedbalanceError, httpx.TransportError):
+    """Every attempt of a request failed without an HTTP answer to return (connection
+    errors, timeouts, an exhausted retry budget or deadline after such errors);
+    ``attempts`` lists each, in order, and ``__cause__`` is the last error.
+
+    When the last attempt *did* get an HTTP answer (a 503 after every retry, say), the
+    transport returns that response instead, as a proxy would.
+    """
 
     def __init__(self, attempts: Sequence[Attempt], *, why: str = "all attempts failed") -> None:
         self.attempts: tuple[Attempt, ...] = tuple(attempts)
+        self.why = why
         detail = "; ".join(str(a) for a in self.attempts)
         super().__init__(f"{why} after {len(self.attempts)} attempt(s): {detail}")
+
+
+class DeadlineExceeded(AllAttemptsFailed, httpx.TimeoutException):
+    """The request's overall deadline (``total_timeout``) ran out before any attempt
+    got an answer; also an ``httpx.TimeoutException``, so timeout handlers see it."""
 
 
 class DimensionMismatch(EmbedbalanceError):

@@ -10,6 +10,8 @@ Nothing here does I/O or reads a clock: time is always an argument.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
@@ -55,6 +57,16 @@ def _positive_percent(_: object, attribute: attrs.Attribute[float], value: float
         raise ValueError(f"{attribute.name} must be > 0 and <= 100, got {value!r}")
 
 
+def _header_pairs(value: object) -> tuple[tuple[str, str], ...]:
+    """Headers as a hashable tuple of ``(name, value)`` pairs, from a mapping or pairs."""
+    items: Any = value.items() if isinstance(value, Mapping) else value
+    try:
+        pairs = tuple((str(k), str(v)) for k, v in items)
+    except (TypeError, ValueError):
+        raise ValueError(f"headers must be a mapping of str to str, got {value!r}") from None
+    return pairs
+
+
 @attrs.frozen
 class HealthCheck:
     """Active health checking: ``GET path`` every ``interval`` seconds per backend.
@@ -68,6 +80,9 @@ class HealthCheck:
     - ``uneject_on_success``: a backend ejected by passive outlier detection is
       re-admitted early once ``rise`` checks pass, as Envoy does — a restarted pod
       comes back in seconds, not after the ejection time.
+    - ``headers``: sent with every check (an ``Authorization`` header for workers that
+      require one). Checks go through the transport's own inner transport, so TLS
+      trust, client certificates and proxies are the same as for real requests.
     """
 
     path: str = "/health"
@@ -77,6 +92,7 @@ class HealthCheck:
     rise: int = attrs.field(default=2, validator=_at_least_one)
     fall: int = attrs.field(default=3, validator=_at_least_one)
     uneject_on_success: bool = True
+    headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_pairs)
 
     def __attrs_post_init__(self) -> None:
         if not self.path.startswith("/"):

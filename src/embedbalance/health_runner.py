@@ -5,13 +5,20 @@ concurrently on a small thread pool, so one hanging backend cannot delay the
 verdict on the others); the async runner is an anyio task that does the same with
 a task group. Both only *observe*: verdicts go to :meth:`BackendPool.report_check`,
 where the rise/fall policy lives.
+
+How a check is sent is a *probe*, a function ``Backend -> bool``. The transports pass
+one that goes through their own inner transport (the same TLS trust, client
+certificates and proxies as real requests) with the policy's headers; used alone,
+the runners build one over a plain httpx transport.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
 import threading
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import anyio
@@ -21,13 +28,79 @@ from ._backend import Backend
 from .health import HealthCheck
 from .pool import BackendPool
 
-__all__ = ["HealthChecker", "run_async_checks"]
+__all__ = ["AsyncProbe", "HealthChecker", "Probe", "http_probe", "run_async_checks"]
 
 log = logging.getLogger("embedbalance.health")
 
+#: A sync check of one backend: True when healthy.
+Probe = Callable[[Backend], bool]
+#: An async check of one backend: True when healthy.
+AsyncProbe = Callable[[Backend], Awaitable[bool]]
 
-def _check_url(backend: Backend, policy: HealthCheck) -> str:
-    return backend.url + policy.path
+
+def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
+    """The check as sent: ``GET <backend><path>`` with the policy's headers and its
+    timeout on every phase."""
+    t = policy.timeout
+    return httpx.Request(
+        "GET",
+        backend.url + policy.path,
+        headers=list(policy.headers),
+        extensions={"timeout": {"connect": t, "read": t, "write": t, "pool": t}},
+    )
+
+
+def verdict(backend: Backend, status: int | None, error: BaseException | None = None) -> bool:
+    """2xx is healthy; any other status, or an error, is not (logged at debug)."""
+    if error is not None:
+        log.debug("health check of %s failed: %r", backend.url, error)
+        return False
+    assert status is not None
+    if not 200 <= status < 300:
+        log.debug("health check of %s answered HTTP %d", backend.url, status)
+        return False
+    return True
+
+
+def http_probe(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.BaseTransport]
+) -> Probe:
+    """A sync probe sending the check through ``transport_for(backend)``."""
+
+    def probe(backend: Backend) -> bool:
+        try:
+            response = transport_for(backend).handle_request(check_request(backend, policy))
+            try:
+                response.read()
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            return verdict(backend, None, exc)
+        return verdict(backend, response.status_code)
+
+    return probe
+
+
+def async_http_probe(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.AsyncBaseTransport]
+) -> AsyncProbe:
+    """An async probe sending the check through ``transport_for(backend)``, bounded by
+    the policy's timeout as a whole (not only per phase)."""
+
+    async def probe(backend: Backend) -> bool:
+        try:
+            with anyio.fail_after(policy.timeout):
+                transport = transport_for(backend)
+                response = await transport.handle_async_request(check_request(backend, policy))
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return verdict(backend, None, exc)
+        return verdict(backend, response.status_code)
+
+    return probe
 
 
 def _next_interval(policy: HealthCheck, rng: random.Random) -> float:
@@ -37,7 +110,11 @@ def _next_interval(policy: HealthCheck, rng: random.Random) -> float:
 
 
 class HealthChecker:
-    """Runs active checks for one pool in a daemon thread until :meth:`stop`."""
+    """Runs active checks for one pool in a daemon thread until :meth:`stop`.
+
+    ``probe`` sends one check; without it, checks go through ``transport`` (a plain
+    ``httpx.HTTPTransport`` when that is not given either, closed by :meth:`stop`).
+    """
 
     def __init__(
         self,
@@ -45,29 +122,34 @@ class HealthChecker:
         policy: HealthCheck,
         *,
         transport: httpx.BaseTransport | None = None,
+        probe: Probe | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.pool = pool
         self.policy = policy
         self._rng = rng or random.Random()
         self._stop = threading.Event()
-        self._client = httpx.Client(
-            transport=transport or httpx.HTTPTransport(),
-            timeout=policy.timeout,
-            follow_redirects=False,
-        )
+        self._owned: httpx.BaseTransport | None = None
+        if probe is None:
+            if transport is None:
+                transport = self._owned = httpx.HTTPTransport()
+            shared = transport
+            probe = http_probe(policy, lambda backend: shared)
+        self._probe = probe
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
+        self._pid = os.getpid()
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the checking thread (idempotent)."""
+        """Start the checking thread (idempotent; after a ``fork`` it starts afresh)."""
         if self.running:
             return
-        self._stop.clear()
+        self._pid = os.getpid()
+        self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="embedbalance-check")
         self._thread = threading.Thread(target=self._run, name="embedbalance-health", daemon=True)
         self._thread.start()
@@ -75,22 +157,23 @@ class HealthChecker:
     def stop(self) -> None:
         """Stop and join the thread; no thread survives this call."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
-            self._executor = None
-        self._client.close()
+        if self._pid == os.getpid():
+            if self._thread is not None:
+                self._thread.join()
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
+        self._thread = None
+        self._executor = None
+        if self._owned is not None:
+            self._owned.close()
 
     def check(self, backend: Backend) -> bool:
         """One check: 2xx within the timeout is healthy; anything else is not."""
         try:
-            response = self._client.get(_check_url(backend, self.policy))
-        except httpx.HTTPError as exc:
-            log.debug("health check of %s failed: %r", backend.url, exc)
+            return self._probe(backend)
+        except Exception:  # a probe must never take the checker down
+            log.exception("health probe of %s raised", backend.url)
             return False
-        return 200 <= response.status_code < 300
 
     def run_round(self) -> None:
         """Check every current backend once, concurrently, and report the verdicts."""
@@ -106,22 +189,13 @@ class HealthChecker:
             self.pool.report_check(backend, ok)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        stop = self._stop
+        while not stop.is_set():
             try:
                 self.run_round()
             except Exception:  # a bug here must not kill health checking silently
                 log.exception("health check round failed")
-            self._stop.wait(_next_interval(self.policy, self._rng))
-
-
-async def _acheck(client: httpx.AsyncClient, backend: Backend, policy: HealthCheck) -> bool:
-    try:
-        with anyio.fail_after(policy.timeout):
-            response = await client.get(_check_url(backend, policy))
-    except (httpx.HTTPError, TimeoutError) as exc:
-        log.debug("health check of %s failed: %r", backend.url, exc)
-        return False
-    return 200 <= response.status_code < 300
+            stop.wait(_next_interval(self.policy, self._rng))
 
 
 async def run_async_checks(
@@ -129,19 +203,33 @@ async def run_async_checks(
     policy: HealthCheck,
     *,
     transport: httpx.AsyncBaseTransport | None = None,
+    probe: AsyncProbe | None = None,
     rng: random.Random | None = None,
 ) -> None:
-    """Check every backend each interval until cancelled (run it in a task group)."""
+    """Check every backend each interval until cancelled (run it in a task group).
+
+    ``probe`` sends one check; without it, checks go through ``transport`` (a plain
+    ``httpx.AsyncHTTPTransport`` when that is not given either, closed on exit).
+    """
     rng = rng or random.Random()
-    async with httpx.AsyncClient(
-        transport=transport or httpx.AsyncHTTPTransport(), timeout=policy.timeout
-    ) as client:
+    owned: httpx.AsyncBaseTransport | None = None
+    if probe is None:
+        if transport is None:
+            transport = owned = httpx.AsyncHTTPTransport()
+        shared = transport
+        probe = async_http_probe(policy, lambda backend: shared)
+    the_probe = probe
+    try:
         while True:
             backends = pool.backends
             results: dict[str, bool] = {}
 
             async def one(backend: Backend, results: dict[str, bool] = results) -> None:
-                results[backend.url] = await _acheck(client, backend, policy)
+                try:
+                    results[backend.url] = await the_probe(backend)
+                except Exception:
+                    log.exception("health probe of %s raised", backend.url)
+                    results[backend.url] = False
 
             try:
                 async with anyio.create_task_group() as tg:
@@ -152,3 +240,7 @@ async def run_async_checks(
             except Exception:
                 log.exception("health check round failed")
             await anyio.sleep(_next_interval(policy, rng))
+    finally:
+        if owned is not None:
+            with anyio.CancelScope(shield=True):
+                await owned.aclose()

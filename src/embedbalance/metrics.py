@@ -3,17 +3,24 @@
 Names follow Prometheus conventions (``embedbalance_`` prefix, ``_total`` counters,
 ``_seconds`` units). Pass ``registry=`` to keep them out of the global registry (one
 per test, or one per transport when an app has several).
+
+Per-backend series live as long as their backend: when the pool says a backend has
+left and drained (its ``released`` event), every series labelled with it is removed,
+so a cluster's pod churn cannot grow the series count without bound. The gauges
+(``in_flight``, ``backend_healthy``) are read from the pool at scrape time rather than
+incremented and decremented, so they are always exact and never negative.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-from .pool import BackendPool, PoolEvent
+from .pool import BackendPool, Outcome, PoolEvent
 
 __all__ = ["METRIC_NAMES", "PrometheusMetrics"]
 
@@ -33,7 +40,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 
 class PrometheusMetrics:
-    """A metrics sink for :class:`~embedbalance.BalancingTransport` and its async twin."""
+    """A metrics sink for :class:`~embedbalance.BalancingTransport` and its async twin.
+
+    One sink serves one transport (it reads that transport's pool at scrape time).
+    """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         try:
@@ -43,6 +53,8 @@ class PrometheusMetrics:
                 "PrometheusMetrics needs prometheus_client: pip install 'embedbalance[prometheus]'"
             ) from exc
         reg = registry if registry is not None else pc.REGISTRY
+        self._registry = reg
+        self._pool: BackendPool | None = None
         self.requests = pc.Counter(
             "embedbalance_requests",
             "Attempts sent to each backend, by outcome (success, failure, overloaded, cancelled).",
@@ -54,15 +66,6 @@ class PrometheusMetrics:
             "Latency of attempts that got an HTTP answer, per backend.",
             ["backend"],
             buckets=LATENCY_BUCKETS,
-            registry=reg,
-        )
-        self.in_flight_gauge = pc.Gauge(
-            "embedbalance_in_flight", "Attempts in flight per backend.", ["backend"], registry=reg
-        )
-        self.healthy = pc.Gauge(
-            "embedbalance_backend_healthy",
-            "1 while a backend may be picked, 0 while ejected or failing health checks.",
-            ["backend"],
             registry=reg,
         )
         self.ejections = pc.Counter(
@@ -81,19 +84,22 @@ class PrometheusMetrics:
         )
 
     def bind(self, pool: BackendPool) -> None:
-        for backend in pool.backends:
-            self.healthy.labels(backend.url).set(1)
+        if self._pool is not None:
+            raise ValueError(
+                "a PrometheusMetrics sink serves one transport; make one per transport"
+            )
+        self._pool = pool
+        self._registry.register(_PoolGauges(pool))
         pool.add_listener(self._on_event)
 
     def _on_event(self, event: PoolEvent) -> None:
-        if event.kind in ("added", "healthy", "readmitted"):
-            self.healthy.labels(event.url).set(1)
-        elif event.kind in ("ejected", "unhealthy"):
-            self.healthy.labels(event.url).set(0)
-            if event.kind == "ejected":
-                self.ejections.labels(event.url).inc()
-        elif event.kind == "removed":
-            for metric in (self.healthy, self.in_flight_gauge):
+        if event.kind == "ejected":
+            self.ejections.labels(event.url).inc()
+        elif event.kind == "released":
+            for outcome in Outcome:
+                with contextlib.suppress(KeyError):
+                    self.requests.remove(event.url, outcome.value)
+            for metric in (self.duration, self.ejections):
                 with contextlib.suppress(KeyError):
                     metric.remove(event.url)
 
@@ -101,9 +107,6 @@ class PrometheusMetrics:
         self.requests.labels(url, outcome).inc()
         if latency is not None:
             self.duration.labels(url).observe(latency)
-
-    def in_flight(self, url: str, delta: int) -> None:
-        self.in_flight_gauge.labels(url).inc(delta)
 
     def retry(self) -> None:
         self.retries.inc()
@@ -113,3 +116,35 @@ class PrometheusMetrics:
 
     def budget_exhausted(self) -> None:
         self.exhausted.inc()
+
+
+class _PoolGauges:
+    """``embedbalance_in_flight`` and ``embedbalance_backend_healthy``, read from the
+    pool on every scrape: one sample per backend in the pool, none for those gone."""
+
+    def __init__(self, pool: BackendPool) -> None:
+        self._pool = pool
+
+    def describe(self) -> list[Any]:
+        return list(self._families([]))
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._families(self._pool.gauges())
+
+    @staticmethod
+    def _families(rows: list[tuple[str, int, bool]]) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        in_flight = GaugeMetricFamily(
+            "embedbalance_in_flight", "Attempts in flight per backend.", labels=["backend"]
+        )
+        healthy = GaugeMetricFamily(
+            "embedbalance_backend_healthy",
+            "1 while a backend may be picked, 0 while ejected or failing health checks.",
+            labels=["backend"],
+        )
+        for url, pending, ok in rows:
+            in_flight.add_metric([url], pending)
+            healthy.add_metric([url], 1.0 if ok else 0.0)
+        yield in_flight
+        yield healthy

@@ -16,8 +16,9 @@ from ._clock import Clock, monotonic
 
 __all__ = ["Hedge", "LatencyWindow", "Retry", "RetryBudget", "RetryBudgetPolicy"]
 
-#: Statuses retried on another backend by default: overload and gateway failures.
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: Statuses retried on another backend by default: overload (429), a failed model on
+#: that replica (Hugging Face TEI's 424), server errors and gateway failures.
+RETRY_STATUSES = frozenset({424, 429, 500, 502, 503, 504})
 #: Methods safe to resend after the request reached a server (RFC 9110), plus POST to
 #: the embedding routes, which are idempotent by nature.
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})

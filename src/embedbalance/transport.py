@@ -5,8 +5,19 @@ goes to the best backend in the pool: scheme, host and port are rewritten (path,
 query, headers and body are kept), the outcome flows back into the pool, and
 failures are retried on a *different* backend inside a retry budget.
 
-Both twins share :class:`_Core`, which holds every decision that needs no I/O; the
-two classes below it differ only in how they wait.
+Every decision (which backend next, when to hedge, when to give up, what the caller
+gets) lives once, in :mod:`embedbalance._attempts`; :class:`_Core` adds what needs
+httpx (reading requests and responses); the two transport classes only send and wait.
+
+What each answer means (``docs/transports.md`` has the table):
+
+- 2xx/3xx, and 4xx other than 424 and 429: the backend did its job; returned as is.
+- 429, and 503 with ``Retry-After``: overload — the backend is busy, not broken: it is
+  avoided for the ``Retry-After`` time and the request retried elsewhere.
+- 424 (Hugging Face TEI's answer when its model fails) and 5xx: a failure of that
+  backend — retried elsewhere and counted toward ejection.
+- When every attempt failed, the last HTTP answer is returned as the response (as a
+  proxy would); only when there was none does the transport raise.
 """
 
 from __future__ import annotations
@@ -14,11 +25,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -26,21 +39,26 @@ import anyio
 import attrs
 import httpx
 
+from ._attempts import AttemptPolicy, AttemptResult, Flow, Step
 from ._backend import Backend, BackendLike
 from ._clock import Clock, monotonic
 from ._hints import parse_queue_depth, parse_retry_after
 from .balancers import Balancer
 from .discovery import Discovery
-from .exceptions import AllAttemptsFailed, Attempt, NoBackendAvailable
+from .exceptions import EmbedbalanceError
 from .health import HealthCheck, OutlierDetection, SlowStart
-from .health_runner import HealthChecker, run_async_checks
-from .pool import BackendPool, Lease, Outcome, PoolStats
-from .retry import Hedge, LatencyWindow, Retry, RetryBudget, RetryBudgetPolicy
+from .health_runner import HealthChecker, async_http_probe, http_probe, run_async_checks
+from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
+from .retry import Hedge, Retry
 
 __all__ = [
+    "ATTEMPTS_EXTENSION",
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "TOTAL_TIMEOUT_EXTENSION",
+    "VALIDATED_EXTENSION",
+    "VALIDATE_EXTENSION",
     "AsyncBalancingTransport",
     "BalancingTransport",
     "MetricsSink",
@@ -53,16 +71,31 @@ log = logging.getLogger("embedbalance")
 COST_EXTENSION = "embedbalance.cost"
 #: ``request.extensions`` key: ``True`` marks a request safe to resend after it was sent.
 IDEMPOTENT_EXTENSION = "embedbalance.idempotent"
+#: ``request.extensions`` key: seconds this request may take in all, retries included.
+TOTAL_TIMEOUT_EXTENSION = "embedbalance.total_timeout"
+#: ``request.extensions`` key: a function that checks a 2xx answer's content and raises
+#: ``ValueError`` (or an :class:`~embedbalance.EmbedbalanceError`) when it is wrong; a
+#: wrong answer is a failure of that backend and is retried elsewhere.
+VALIDATE_EXTENSION = "embedbalance.validate"
+#: ``response.extensions`` key: what the validator returned for this answer.
+VALIDATED_EXTENSION = "embedbalance.validated"
 #: ``response.extensions`` key: the :class:`Backend` that answered.
 BACKEND_EXTENSION = "embedbalance.backend"
+#: ``response.extensions`` key: the failed attempts before this answer, in order.
+ATTEMPTS_EXTENSION = "embedbalance.attempts"
+
+Validator = Callable[[httpx.Response], Any]
 
 
 class MetricsSink(Protocol):
-    """What the transports report to (``embedbalance.metrics.PrometheusMetrics`` is one)."""
+    """What the transports report to (``embedbalance.metrics.PrometheusMetrics`` is one).
+
+    ``bind`` is called once with the pool; a sink that keeps per-backend state should
+    listen for its ``released`` events and drop that backend's state then.
+    """
 
     def bind(self, pool: BackendPool) -> None: ...
     def request(self, url: str, outcome: str, latency: float | None) -> None: ...
-    def in_flight(self, url: str, delta: int) -> None: ...
     def retry(self) -> None: ...
     def hedge(self) -> None: ...
     def budget_exhausted(self) -> None: ...
@@ -71,7 +104,6 @@ class MetricsSink(Protocol):
 class _NoMetrics:
     def bind(self, pool: BackendPool) -> None: ...
     def request(self, url: str, outcome: str, latency: float | None) -> None: ...
-    def in_flight(self, url: str, delta: int) -> None: ...
     def retry(self) -> None: ...
     def hedge(self) -> None: ...
     def budget_exhausted(self) -> None: ...
@@ -89,33 +121,6 @@ class TransportStats:
     hedge_budget_exhausted: int
 
 
-@attrs.define
-class _Plan:
-    """What one request needs decided once: its cost and whether it may be resent."""
-
-    cost: float
-    resendable: bool
-    exclude: set[str] = attrs.Factory(set)
-    attempts: list[Attempt] = attrs.Factory(list)
-
-
-@attrs.define
-class _Result:
-    """One attempt's end: a fully read response, or an error."""
-
-    lease: Lease
-    response: httpx.Response | None = None
-    error: BaseException | None = None
-    outcome: Outcome = Outcome.SUCCESS
-    retryable: bool = False  # worth another backend
-    sent: bool = True  # the request may have reached the server
-
-    def describe(self) -> str:
-        if self.response is not None:
-            return f"HTTP {self.response.status_code}"
-        return f"{type(self.error).__name__}: {self.error}" if self.error else "unknown"
-
-
 def _is_discovery(value: object) -> bool:
     return not isinstance(value, (str, Backend)) and isinstance(value, Discovery)
 
@@ -124,13 +129,22 @@ T = TypeVar("T")
 
 
 class _Inner(Generic[T]):
-    """The inner transport(s): one shared instance, or one per backend from a factory."""
+    """The inner transport(s): one shared instance, or one per backend from a factory.
+
+    Per-backend ones live exactly as long as their backend: the pool's ``released``
+    event retires one (a rollout through DNS discovery would otherwise keep a
+    connection pool for every pod address ever seen). After a ``fork`` the parent's
+    are dropped unclosed: their sockets belong to the parent too, and closing a TLS
+    connection would speak on the parent's session.
+    """
 
     def __init__(self, given: T | Callable[[Backend], T] | None, default: Callable[[], T]) -> None:
         self._lock = threading.Lock()
         self._shared: T | None = None
         self._factory: Callable[[Backend], T]
         self._per_backend: dict[str, T] = {}
+        self._retired: list[T] = []
+        self._pid = os.getpid()
         if given is None:
             self._factory = lambda backend: default()
         elif isinstance(given, (httpx.BaseTransport, httpx.AsyncBaseTransport)):
@@ -143,6 +157,8 @@ class _Inner(Generic[T]):
     def get(self, backend: Backend) -> T:
         if self._shared is not None:
             return self._shared
+        if self._pid != os.getpid():
+            self._after_fork()
         inner = self._per_backend.get(backend.url)
         if inner is None:
             with self._lock:
@@ -151,17 +167,46 @@ class _Inner(Generic[T]):
                     inner = self._per_backend[backend.url] = self._factory(backend)
         return inner
 
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._per_backend = {}
+        self._retired = []
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self._per_backend)
+
+    def retire(self, url: str) -> T | None:
+        """Forget ``url``'s inner transport and hand it back to be closed."""
+        with self._lock:
+            return self._per_backend.pop(url, None)
+
+    def park(self, inner: T) -> None:
+        """Keep a retired inner transport until the next chance to close it (async)."""
+        with self._lock:
+            self._retired.append(inner)
+
+    def take_parked(self) -> list[T]:
+        with self._lock:
+            parked, self._retired = self._retired, []
+            return parked
+
+    @property
+    def has_parked(self) -> bool:
+        return bool(self._retired)
+
     def all(self) -> list[T]:
         with self._lock:
             if self._shared is not None:
                 return [self._shared]
-            inners = list(self._per_backend.values())
+            inners = [*self._per_backend.values(), *self._retired]
             self._per_backend.clear()
+            self._retired = []
             return inners
 
 
 class _Core:
-    """The I/O-free half of a transport: pool, policies, budgets and counters."""
+    """The request and response handling both twins share (no waiting, no sending)."""
 
     def __init__(
         self,
@@ -175,6 +220,7 @@ class _Core:
         retry: Retry | int | bool | None,
         hedge: Hedge | None,
         attempt_timeout: float | None,
+        total_timeout: float | None,
         metrics: MetricsSink | None,
         clock: Clock,
         rng: random.Random | None,
@@ -198,40 +244,32 @@ class _Core:
         )
         self.health_check = health_check
         self.retry = Retry.coerce(retry)
-        self.budget = RetryBudget(self.retry.budget, clock)
-        self.hedge = hedge
-        self.hedge_budget = RetryBudget(
-            RetryBudgetPolicy(ratio=hedge.budget_ratio, window=10.0, min_per_second=1.0)
-            if hedge
-            else RetryBudgetPolicy(),
-            clock,
-        )
-        self.latencies = LatencyWindow()
-        if attempt_timeout is not None and attempt_timeout <= 0:
-            raise ValueError(f"attempt_timeout must be > 0 or None, got {attempt_timeout!r}")
-        self.attempt_timeout = attempt_timeout
         self.metrics: MetricsSink = metrics or _NoMetrics()
+        self.policy = AttemptPolicy(
+            pool=self.pool,
+            retry=self.retry,
+            hedge=hedge,
+            attempt_timeout=attempt_timeout,
+            total_timeout=total_timeout,
+            on_retry=self.metrics.retry,
+            on_hedge=self.metrics.hedge,
+            on_budget_exhausted=self.metrics.budget_exhausted,
+        )
         self.metrics.bind(self.pool)
         self.clock = clock
-        self._lock = threading.Lock()
-        self.requests = 0
-        self.retries = 0
-        self.hedges = 0
 
     # -- per request ----------------------------------------------------------------
 
-    def plan(self, request: httpx.Request) -> _Plan:
-        with self._lock:
-            self.requests += 1
-        self.budget.deposit()
-        if self.hedge is not None:
-            self.hedge_budget.deposit()
+    def begin(self, request: httpx.Request) -> Flow:
+        """Read what the request asks for (cost, resendability, deadline) and start."""
         ext = request.extensions
         raw_cost = ext.get(COST_EXTENSION, 1.0)
         try:
             cost = float(raw_cost)
         except (TypeError, ValueError):
-            raise ValueError(f"{COST_EXTENSION} must be a number, got {raw_cost!r}") from None
+            cost = math.nan
+        if not (math.isfinite(cost) and cost >= 0):
+            raise ValueError(f"{COST_EXTENSION} must be a finite number >= 0, got {raw_cost!r}")
         replayable = isinstance(request.stream, httpx.ByteStream)
         marked = ext.get(IDEMPOTENT_EXTENSION)
         idempotent = (
@@ -239,117 +277,142 @@ class _Core:
             if marked is not None
             else self.retry.is_idempotent(request.method, request.url.path)
         )
-        return _Plan(cost=max(cost, 0.0), resendable=replayable and idempotent)
+        total = ext.get(TOTAL_TIMEOUT_EXTENSION)
+        return self.policy.begin(cost, replayable and idempotent, total)
 
-    def allow_retry(self) -> bool:
-        if self.budget.try_withdraw():
-            with self._lock:
-                self.retries += 1
-            self.metrics.retry()
-            return True
-        self.metrics.budget_exhausted()
-        return False
-
-    def hedge_delay(self) -> float | None:
-        """Seconds to wait before hedging, or None when not hedging now."""
-        if self.hedge is None or len(self.latencies) < self.hedge.min_samples:
-            return None
-        p = self.latencies.percentile(self.hedge.percentile)
-        return None if p is None else max(p, self.hedge.min_delay)
-
-    def allow_hedge(self) -> bool:
-        if self.hedge_budget.try_withdraw():
-            with self._lock:
-                self.hedges += 1
-            self.metrics.hedge()
-            return True
-        return False
-
-    def route(self, request: httpx.Request, backend: Backend) -> httpx.Request:
-        """The request as sent to ``backend``: new scheme/host/port, same everything else."""
+    def route(
+        self, request: httpx.Request, backend: Backend, timeout: float | None
+    ) -> httpx.Request:
+        """The request as sent to ``backend``: new scheme/host/port, same everything else;
+        every phase of httpx's timeout capped at ``timeout`` (the attempt's deadline)."""
         target, host_header = _target(backend, request.url.raw_path)
         headers = request.headers.copy()
         headers["Host"] = host_header
         extensions = dict(request.extensions)
-        if self.attempt_timeout is not None:
-            timeout = dict(extensions.get("timeout") or {})
+        if timeout is not None:
+            phases = dict(extensions.get("timeout") or {})
             for key in ("connect", "read", "write", "pool"):
-                current = timeout.get(key)
-                timeout[key] = (
-                    self.attempt_timeout if current is None else min(current, self.attempt_timeout)
-                )
-            extensions["timeout"] = timeout
+                current = phases.get(key)
+                phases[key] = timeout if current is None else min(current, timeout)
+            extensions["timeout"] = phases
+        if backend.tls_server_name is not None:
+            extensions["sni_hostname"] = backend.tls_server_name
         return httpx.Request(
             request.method, target, headers=headers, stream=request.stream, extensions=extensions
         )
 
-    def finish_response(
-        self, lease: Lease, response: httpx.Response, body: bytes, routed: httpx.Request
-    ) -> _Result:
+    def settle_response(
+        self,
+        lease: Lease,
+        response: httpx.Response,
+        body: bytes,
+        routed: httpx.Request,
+        validate: Validator | None,
+    ) -> AttemptResult:
+        """Classify one answer, report it to the pool, and rebuild it for the caller."""
         status = response.status_code
+        headers = response.headers
         retry_after = None
-        if status == 429 or (status == 503 and "retry-after" in response.headers):
+        if status == 429 or (status == 503 and "retry-after" in headers):
             outcome, retryable = Outcome.OVERLOADED, True
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-        elif status >= 500:
+            retry_after = parse_retry_after(headers.get("retry-after"))
+        elif status >= 500 or status == 424:
             outcome, retryable = Outcome.FAILURE, True
         else:
             outcome, retryable = Outcome.SUCCESS, False
         retryable = retryable and status in self.retry.statuses
+        rebuilt = httpx.Response(
+            status,
+            headers=headers,
+            stream=httpx.ByteStream(body),
+            extensions={**response.extensions, BACKEND_EXTENSION: lease.backend},
+            request=routed,
+        )
+        description = f"HTTP {status}"
+        if validate is not None and outcome is Outcome.SUCCESS and 200 <= status < 300:
+            try:
+                rebuilt.extensions[VALIDATED_EXTENSION] = validate(rebuilt)
+            except (ValueError, EmbedbalanceError) as exc:
+                outcome, retryable = Outcome.FAILURE, True
+                description = f"invalid answer: {exc}"
         latency = self.clock() - lease.started_at
+        # Metrics first: the release may end the backend's life, and its series with it.
+        self.metrics.request(lease.backend.url, outcome.value, latency)
         self.pool.release(
             lease,
             outcome,
             latency=latency,
             retry_after=retry_after,
-            queue_depth=parse_queue_depth(response.headers),
+            queue_depth=parse_queue_depth(headers),
         )
         if outcome is Outcome.SUCCESS:
-            self.latencies.add(latency)
-        self.metrics.request(lease.backend.url, outcome.value, latency)
-        extensions = dict(response.extensions)
-        extensions[BACKEND_EXTENSION] = lease.backend
-        rebuilt = httpx.Response(
-            status,
-            headers=response.headers,
-            stream=httpx.ByteStream(body),
-            extensions=extensions,
-            request=routed,
-        )
-        return _Result(lease, response=rebuilt, outcome=outcome, retryable=retryable)
+            self.policy.latencies.add(latency)
+        return AttemptResult(lease, outcome, description, response=rebuilt, retryable=retryable)
 
-    def finish_error(self, lease: Lease, exc: Exception) -> _Result:
-        sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout))
-        if isinstance(exc, httpx.PoolTimeout):
-            sent = False
-        self.pool.release(lease, Outcome.FAILURE)
+    def settle_error(self, lease: Lease, exc: httpx.TransportError) -> AttemptResult:
+        """A transport error: a failure of the backend; resendable when never sent."""
+        sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
         self.metrics.request(lease.backend.url, Outcome.FAILURE.value, None)
-        return _Result(lease, error=exc, outcome=Outcome.FAILURE, retryable=True, sent=sent)
+        self.pool.release(lease, Outcome.FAILURE)
+        return AttemptResult(
+            lease,
+            Outcome.FAILURE,
+            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+            error=exc,
+            retryable=True,
+            sent=sent,
+        )
 
-    def cancelled(self, lease: Lease) -> None:
+    def timed_out(self, lease: Lease, timeout: float | None) -> AttemptResult:
+        """An attempt past its deadline: abandoned, and a failure of its backend (a
+        backend that hangs must be ejected like one that refuses)."""
+        error = httpx.ReadTimeout(f"attempt timed out after {timeout:g}s")
+        self.abandon(lease, Outcome.FAILURE)
+        return AttemptResult(
+            lease, Outcome.FAILURE, str(error), error=error, retryable=True, sent=True
+        )
+
+    def abandon(self, lease: Lease, outcome: Outcome = Outcome.CANCELLED) -> None:
+        """Release a lease whose attempt will not be waited for (a hedge's loser, a
+        cancelled caller)."""
         if not lease.released:
-            self.pool.release(lease, Outcome.CANCELLED)
-            self.metrics.request(lease.backend.url, Outcome.CANCELLED.value, None)
+            self.metrics.request(lease.backend.url, outcome.value, None)
+            self.pool.release(lease, outcome)
 
-    def record(self, plan: _Plan, result: _Result) -> bool:
-        """Note a failed attempt; True when another backend may be tried."""
-        plan.attempts.append(Attempt(result.lease.backend.url, result.describe()))
-        return result.retryable and (plan.resendable or not result.sent)
+    def settle(
+        self,
+        lease: Lease,
+        routed: httpx.Request,
+        exchanged: tuple[httpx.Response, bytes] | None,
+        error: BaseException | None,
+        validate: Validator | None,
+    ) -> AttemptResult:
+        """Settle one raced attempt from what its sender produced; other errors (a bug in
+        an inner transport) release the lease and propagate."""
+        if exchanged is not None:
+            return self.settle_response(lease, exchanged[0], exchanged[1], routed, validate)
+        if isinstance(error, httpx.TransportError):
+            return self.settle_error(lease, error)
+        self.abandon(lease)
+        assert error is not None
+        raise error
 
-    def give_up(self, plan: _Plan, last: _Result | None, why: str) -> AllAttemptsFailed:
-        error = AllAttemptsFailed(plan.attempts, why=why)
-        if last is not None:
-            error.response = last.response  # type: ignore[attr-defined]
-        return error
+    def respond(self, flow: Flow) -> httpx.Response:
+        """What the caller gets: the flow's answer with its failed attempts attached."""
+        response: httpx.Response = flow.finish()
+        if flow.attempts:
+            response.extensions[ATTEMPTS_EXTENSION] = tuple(flow.attempts)
+        return response
 
     def stats(self) -> TransportStats:
+        policy = self.policy
         return TransportStats(
             pool=self.pool.stats(),
-            requests=self.requests,
-            retries=self.retries,
-            hedges=self.hedges,
-            budget_exhausted=self.budget.exhausted,
-            hedge_budget_exhausted=self.hedge_budget.exhausted,
+            requests=policy.requests,
+            retries=policy.retries,
+            hedges=policy.hedges,
+            budget_exhausted=policy.budget.exhausted,
+            hedge_budget_exhausted=policy.hedge_budget.exhausted,
         )
 
 
@@ -358,20 +421,30 @@ _DOC_PARAMS = """
       discovery source (:class:`~embedbalance.DnsDiscovery`).
     - ``balancer``: default :class:`~embedbalance.ShortestExpectedDelay`.
     - ``health_check``: active ``GET /health`` checks (``None``: passive detection only).
+      Checks go through the same inner transport as requests, with the policy's headers.
     - ``outlier_detection``, ``slow_start``, ``panic_threshold``: see the pool.
     - ``retry``: a :class:`~embedbalance.Retry`, an attempt count, or False.
     - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
-    - ``attempt_timeout``: seconds one attempt may take before it is abandoned and
-      retried elsewhere (caps httpx's connect/read/write/pool timeouts per attempt).
+    - ``attempt_timeout``: seconds one attempt may take in all (connect, send, answer)
+      before it is abandoned, counted as a failure of its backend and retried elsewhere
+      (Envoy's per-try timeout). ``None``: only httpx's per-phase timeouts apply.
+    - ``total_timeout``: seconds a request may take in all, every attempt included
+      (Envoy's route timeout); per request, ``extensions["embedbalance.total_timeout"]``.
+      When it runs out before any answer, :class:`~embedbalance.DeadlineExceeded`.
     - ``transport``: how to talk to backends: one inner transport shared by all, or a
       function ``Backend -> transport`` called once per backend. The default gives each
-      backend its own httpx connection pool: httpcore's pool does work proportional to
-      connections × waiting requests on every request, so one shared pool across many
-      busy backends costs far more CPU than a small pool each (and a dead backend's
-      connections cannot crowd out a live one's).
+      backend its own httpx connection pool, closed when the backend leaves the pool:
+      httpcore's pool does work proportional to connections × waiting requests on every
+      request, so one shared pool across many busy backends costs far more CPU than a
+      small pool each (and a dead backend's connections cannot crowd out a live one's).
     - ``metrics``: a sink such as ``embedbalance.metrics.PrometheusMetrics()``.
-    - ``clock``, ``rng``: injected time and randomness.
+    - ``clock``, ``rng``: injected time and randomness (the pool's bookkeeping; waiting
+      for answers always takes real time).
 """
+
+
+def _core(backends: Iterable[BackendLike] | Discovery, **kwargs: Any) -> _Core:
+    return _Core(backends, **kwargs)
 
 
 class BalancingTransport(httpx.BaseTransport):
@@ -379,7 +452,8 @@ class BalancingTransport(httpx.BaseTransport):
 
     Thread-safe: share one per process. Health checks run in one daemon thread,
     started on first use (or :meth:`start`), restarted after a ``fork``, and stopped by
-    :meth:`close`.
+    :meth:`close`. Attempts with a deadline or a hedge run on their own daemon thread
+    each, so neither limits how many requests run at once.
     """
 
     __doc__ = (__doc__ or "") + _DOC_PARAMS
@@ -396,12 +470,13 @@ class BalancingTransport(httpx.BaseTransport):
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
+        total_timeout: float | None = None,
         transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._core = _Core(
+        self._core = _core(
             backends,
             balancer=balancer,
             health_check=health_check,
@@ -411,15 +486,16 @@ class BalancingTransport(httpx.BaseTransport):
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
+            total_timeout=total_timeout,
             metrics=metrics,
             clock=clock,
             rng=rng,
         )
         self._inner = _Inner(transport, httpx.HTTPTransport)
+        self._core.pool.add_listener(self._on_pool_event)
         self._start_lock = threading.Lock()
         self._started_pid: int | None = None
         self._checker: HealthChecker | None = None
-        self._hedger: ThreadPoolExecutor | None = None
         self._closed = False
 
     @property
@@ -435,10 +511,21 @@ class BalancingTransport(httpx.BaseTransport):
         """True once :meth:`close` has run; a closed transport refuses requests."""
         return self._closed
 
+    def _on_pool_event(self, event: PoolEvent) -> None:
+        if event.kind == "released":
+            inner = self._inner.retire(event.url)
+            if inner is not None:
+                inner.close()
+
+    def _probe_transport(self, backend: Backend) -> httpx.BaseTransport:
+        return self._inner.get(backend)
+
     def start(self) -> None:
         """Resolve discovery and start health checks now rather than on first use."""
         if self._started_pid == os.getpid():
             return
+        if self._started_pid is not None:  # a forked child: the parent's lock may be held
+            self._start_lock = threading.Lock()
         with self._start_lock:
             if self._started_pid == os.getpid():
                 return
@@ -449,7 +536,10 @@ class BalancingTransport(httpx.BaseTransport):
                 core.discovery.start(core.pool)
             if core.health_check is not None:
                 # After a fork the parent's thread does not exist here: start afresh.
-                self._checker = HealthChecker(core.pool, core.health_check, rng=core.rng)
+                probe = http_probe(core.health_check, self._probe_transport)
+                self._checker = HealthChecker(
+                    core.pool, core.health_check, probe=probe, rng=core.rng
+                )
                 self._checker.start()
             self._started_pid = os.getpid()
 
@@ -466,7 +556,10 @@ class BalancingTransport(httpx.BaseTransport):
         self.close()
 
     def close(self) -> None:
-        """Stop health checks and discovery, close connections; joins every thread."""
+        """Stop health checks and discovery and close connections; joins those threads.
+
+        Attempts abandoned earlier (hedge losers, timed-out attempts) run on daemon
+        threads that end with their connection."""
         with self._start_lock:
             self._closed = True
             if self._checker is not None:
@@ -475,94 +568,114 @@ class BalancingTransport(httpx.BaseTransport):
             if self._core.discovery is not None and self._started_pid is not None:
                 self._core.discovery.stop()
             self._started_pid = None
-            if self._hedger is not None:
-                self._hedger.shutdown(wait=True)
-                self._hedger = None
         for inner in self._inner.all():
             inner.close()
 
     # -- sending --------------------------------------------------------------------
 
-    def _send(self, request: httpx.Request, lease: Lease) -> _Result:
-        core = self._core
-        routed = core.route(request, lease.backend)
-        url = lease.backend.url
-        core.metrics.in_flight(url, 1)
+    def _exchange(self, backend: Backend, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer (not decompressed: the headers still say how)."""
+        response = self._inner.get(backend).handle_request(routed)
         try:
-            response = self._inner.get(lease.backend).handle_request(routed)
-            try:
-                body = _raw_body(response)
-            finally:
-                response.close()
-        except httpx.TransportError as exc:
-            return core.finish_error(lease, exc)
-        except BaseException:
-            core.cancelled(lease)
-            raise
+            # An inner transport may hand back an answer already in memory (a mock, a
+            # cache): its raw stream is spent, its content is the body.
+            body = (
+                response.content if hasattr(response, "_content") else b"".join(response.iter_raw())
+            )
         finally:
-            core.metrics.in_flight(url, -1)
-        return core.finish_response(lease, response, body, routed)
+            response.close()
+        return response, body
 
-    def _send_hedged(self, request: httpx.Request, plan: _Plan, lease: Lease) -> _Result:
+    def _attempt(
+        self, request: httpx.Request, lease: Lease, validate: Validator | None
+    ) -> AttemptResult:
+        """One attempt in the caller's thread (no deadline, no hedge)."""
         core = self._core
-        delay = core.hedge_delay()
-        if delay is None or not plan.resendable:
-            return self._send(request, lease)
-        if self._hedger is None:
-            with self._start_lock:
-                if self._hedger is None:
-                    self._hedger = ThreadPoolExecutor(thread_name_prefix="embedbalance-hedge")
-        first = self._hedger.submit(self._send, request, lease)
-        done, _ = wait([first], timeout=delay)
-        if done or not core.allow_hedge():
-            return first.result()
+        routed = core.route(request, lease.backend, None)
         try:
-            second_lease = core.pool.acquire(plan.cost, plan.exclude)
-        except NoBackendAvailable:
-            return first.result()
-        plan.exclude.add(second_lease.backend.url)
-        second = self._hedger.submit(self._send, request, second_lease)
-        pending: set[Future[_Result]] = {first, second}
-        last: _Result | None = None
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                last = future.result()
-                if last.outcome is Outcome.SUCCESS or not last.retryable:
-                    # The loser finishes in the background and reports its own outcome.
-                    return last
-        assert last is not None
-        return last
+            response, body = self._exchange(lease.backend, routed)
+        except httpx.TransportError as exc:
+            return core.settle_error(lease, exc)
+        except BaseException:
+            core.abandon(lease)
+            raise
+        return core.settle_response(lease, response, body, routed, validate)
+
+    def _race(
+        self, request: httpx.Request, flow: Flow, step: Step, validate: Validator | None
+    ) -> None:
+        """One step with a deadline and/or a hedge: attempts run on daemon threads while
+        this thread waits for the first to settle the request, the hedge delay, or the
+        deadline — whichever comes first. A fast failure ends the wait at once."""
+        core = self._core
+        wall = time.monotonic
+        start = wall()
+        deadline = start + step.timeout if step.timeout is not None else math.inf
+        hedge_at = start + step.hedge_after if step.hedge_after is not None else math.inf
+        live: dict[Future[tuple[httpx.Response, bytes]], tuple[Lease, httpx.Request]] = {}
+
+        def launch(lease: Lease) -> None:
+            left = None if deadline == math.inf else max(deadline - wall(), 0.001)
+            routed = core.route(request, lease.backend, left)
+            future: Future[tuple[httpx.Response, bytes]] = Future()
+            live[future] = (lease, routed)
+            threading.Thread(
+                target=_run_into,
+                args=(future, self._exchange, lease.backend, routed),
+                name="embedbalance-attempt",
+                daemon=True,
+            ).start()
+
+        launch(step.lease)
+        try:
+            while live:
+                wake = min(deadline, hedge_at)
+                left = None if wake == math.inf else max(0.0, wake - wall())
+                done, _ = wait(list(live), timeout=left, return_when=FIRST_COMPLETED)
+                for future in done:
+                    lease, routed = live.pop(future)
+                    error = future.exception()
+                    exchanged = None if error is not None else future.result()
+                    if flow.record(core.settle(lease, routed, exchanged, error, validate)):
+                        return
+                if not live:
+                    return
+                now = wall()
+                if now >= deadline:
+                    for lease, _ in live.values():
+                        flow.record(core.timed_out(lease, step.timeout))
+                    live.clear()
+                    return
+                if now >= hedge_at:
+                    hedge_at = math.inf
+                    second = flow.hedge_lease()
+                    if second is not None:
+                        launch(second)
+        finally:
+            for lease, _ in live.values():
+                core.abandon(lease)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.start()
         core = self._core
-        plan = core.plan(request)
-        last: _Result | None = None
-        why = "all attempts failed"
-        for n in range(core.retry.attempts):
-            if n and not core.allow_retry():
-                why = "retry budget exhausted"
-                break
-            try:
-                lease = core.pool.acquire(plan.cost, plan.exclude)
-            except NoBackendAvailable:
-                if not plan.attempts:
-                    raise
-                why = "no other backend to try"
-                break
-            plan.exclude.add(lease.backend.url)
-            result = (
-                self._send_hedged(request, plan, lease) if n == 0 else self._send(request, lease)
-            )
-            if result.response is not None and (
-                result.outcome is Outcome.SUCCESS or not result.retryable
-            ):
-                return result.response
-            last = result
-            if not core.record(plan, result):
-                break
-        raise core.give_up(plan, last, why) from (last.error if last else None)
+        flow = core.begin(request)
+        validate = request.extensions.get(VALIDATE_EXTENSION)
+        while (step := flow.next_step()) is not None:
+            if step.timeout is None and step.hedge_after is None:
+                flow.record(self._attempt(request, step.lease, validate))
+            else:
+                self._race(request, flow, step, validate)
+        return core.respond(flow)
+
+
+def _run_into(future: Future[T], fn: Callable[..., T], *args: Any) -> None:
+    """Run ``fn(*args)`` and put its result or exception into ``future``."""
+    try:
+        result = fn(*args)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class AsyncBalancingTransport(httpx.AsyncBaseTransport):
@@ -586,6 +699,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
+        total_timeout: float | None = None,
         transport: httpx.AsyncBaseTransport
         | Callable[[Backend], httpx.AsyncBaseTransport]
         | None = None,
@@ -593,7 +707,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        self._core = _Core(
+        self._core = _core(
             backends,
             balancer=balancer,
             health_check=health_check,
@@ -603,11 +717,13 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
+            total_timeout=total_timeout,
             metrics=metrics,
             clock=clock,
             rng=rng,
         )
         self._ainner = _Inner(transport, httpx.AsyncHTTPTransport)
+        self._core.pool.add_listener(self._on_pool_event)
         self._state = "new"  # new -> starting -> running -> closed
         self._started: anyio.Event | None = None
         self._stopped: anyio.Event | None = None
@@ -626,6 +742,22 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     def closed(self) -> bool:
         """True once :meth:`aclose` has run; a closed transport refuses requests."""
         return self._state == "closed"
+
+    def _on_pool_event(self, event: PoolEvent) -> None:
+        # Closing is async and this may run in any thread: park it for the next request
+        # (or the health-check round, or aclose) to close.
+        if event.kind == "released":
+            inner = self._ainner.retire(event.url)
+            if inner is not None:
+                self._ainner.park(inner)
+
+    async def _close_parked(self) -> None:
+        for inner in self._ainner.take_parked():
+            with anyio.CancelScope(shield=True):
+                await inner.aclose()
+
+    def _probe_transport(self, backend: Backend) -> httpx.AsyncBaseTransport:
+        return self._ainner.get(backend)
 
     @property
     def _needs_background(self) -> bool:
@@ -665,7 +797,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                     if core.discovery is not None:
                         await tg.start(_run_discovery, core.discovery, core.pool)
                     if core.health_check is not None:
-                        tg.start_soon(_run_checks, core.pool, core.health_check, core.rng)
+                        tg.start_soon(self._run_checks, core.health_check)
                     self._started.set()
         except Exception as exc:  # discovery failed before it could start
             log.exception("background tasks of the transport failed")
@@ -673,6 +805,19 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         finally:
             self._started.set()
             self._stopped.set()
+
+    async def _run_checks(self, policy: HealthCheck) -> None:
+        probe = async_http_probe(policy, self._probe_transport)
+
+        async def probe_and_tidy(backend: Backend) -> bool:
+            if self._ainner.has_parked:
+                await self._close_parked()
+            return await probe(backend)
+
+        core = self._core
+        await run_async_checks(
+            core.pool, policy, probe=probe_and_tidy, rng=random.Random(core.rng.random())
+        )
 
     async def __aenter__(self) -> AsyncBalancingTransport:
         await self.start()
@@ -700,34 +845,13 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
     # -- sending --------------------------------------------------------------------
 
-    async def _send(self, request: httpx.Request, lease: Lease) -> _Result:
-        core = self._core
-        routed = core.route(request, lease.backend)
-        url = lease.backend.url
-        core.metrics.in_flight(url, 1)
-        try:
-            if core.attempt_timeout is not None:
-                with anyio.fail_after(core.attempt_timeout):
-                    response, body = await self._exchange(lease.backend, routed)
-            else:
-                response, body = await self._exchange(lease.backend, routed)
-        except TimeoutError as exc:
-            return core.finish_error(lease, httpx.ReadTimeout(str(exc) or "attempt timed out"))
-        except httpx.TransportError as exc:
-            return core.finish_error(lease, exc)
-        except BaseException:
-            core.cancelled(lease)
-            raise
-        finally:
-            core.metrics.in_flight(url, -1)
-        return core.finish_response(lease, response, body, routed)
-
     async def _exchange(
         self, backend: Backend, routed: httpx.Request
     ) -> tuple[httpx.Response, bytes]:
+        """Send and read the whole answer (not decompressed: the headers still say how)."""
         response = await self._ainner.get(backend).handle_async_request(routed)
         try:
-            if hasattr(response, "_content"):  # already in memory (mock transports)
+            if hasattr(response, "_content"):  # in memory already (see the sync twin)
                 body = response.content
             else:
                 body = b"".join([chunk async for chunk in response.aiter_raw()])
@@ -735,76 +859,97 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             await response.aclose()
         return response, body
 
-    async def _send_hedged(self, request: httpx.Request, plan: _Plan, lease: Lease) -> _Result:
+    async def _attempt(
+        self, request: httpx.Request, lease: Lease, validate: Validator | None
+    ) -> AttemptResult:
+        """One attempt awaited directly (no deadline, no hedge)."""
         core = self._core
-        delay = core.hedge_delay()
-        if delay is None or not plan.resendable:
-            return await self._send(request, lease)
-        results: list[_Result] = []
-        winner: list[_Result] = []
+        routed = core.route(request, lease.backend, None)
+        try:
+            response, body = await self._exchange(lease.backend, routed)
+        except httpx.TransportError as exc:
+            return core.settle_error(lease, exc)
+        except BaseException:
+            core.abandon(lease)
+            raise
+        return core.settle_response(lease, response, body, routed, validate)
+
+    async def _race(
+        self, request: httpx.Request, flow: Flow, step: Step, validate: Validator | None
+    ) -> None:
+        """The async :meth:`BalancingTransport._race`: the same rules, in a task group."""
+        core = self._core
+        wall = time.monotonic
+        start = wall()
+        deadline = start + step.timeout if step.timeout is not None else math.inf
+        hedge_at = start + step.hedge_after if step.hedge_after is not None else math.inf
+        send, receive = anyio.create_memory_object_stream[
+            tuple[Lease, httpx.Request, tuple[httpx.Response, bytes] | None, Exception | None]
+        ](max_buffer_size=math.inf)
+        live: dict[int, Lease] = {}
+
+        async def run(lease: Lease, routed: httpx.Request) -> None:
+            try:
+                exchanged = await self._exchange(lease.backend, routed)
+            except Exception as exc:
+                send.send_nowait((lease, routed, None, exc))
+            else:
+                send.send_nowait((lease, routed, exchanged, None))
 
         async with anyio.create_task_group() as tg:
 
-            async def attempt(the_lease: Lease) -> None:
-                result = await self._send(request, the_lease)
-                results.append(result)
-                if not winner and (result.outcome is Outcome.SUCCESS or not result.retryable):
-                    winner.append(result)
-                    tg.cancel_scope.cancel()
+            def launch(lease: Lease) -> None:
+                left = None if deadline == math.inf else max(deadline - wall(), 0.001)
+                live[id(lease)] = lease
+                tg.start_soon(run, lease, core.route(request, lease.backend, left))
 
-            tg.start_soon(attempt, lease)
-            await anyio.sleep(delay)
-            if not results and core.allow_hedge():
-                try:
-                    second = core.pool.acquire(plan.cost, plan.exclude)
-                except NoBackendAvailable:
-                    second = None
-                if second is not None:
-                    plan.exclude.add(second.backend.url)
-                    tg.start_soon(attempt, second)
-        if winner:
-            return winner[0]
-        return results[-1]
+            launch(step.lease)
+            try:
+                while live:
+                    wake = min(deadline, hedge_at)
+                    got = None
+                    with anyio.move_on_after(math.inf if wake == math.inf else wake - wall()):
+                        got = await receive.receive()
+                    if got is not None:
+                        lease, routed, exchanged, error = got
+                        del live[id(lease)]
+                        if flow.record(core.settle(lease, routed, exchanged, error, validate)):
+                            break
+                        continue
+                    now = wall()
+                    if now >= deadline:
+                        for lease in live.values():
+                            flow.record(core.timed_out(lease, step.timeout))
+                        live.clear()
+                        break
+                    if now >= hedge_at:
+                        hedge_at = math.inf
+                        second = flow.hedge_lease()
+                        if second is not None:
+                            launch(second)
+            finally:
+                tg.cancel_scope.cancel()
+                for lease in live.values():
+                    core.abandon(lease)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._state != "running":
             await self.start()
+        if self._ainner.has_parked:
+            await self._close_parked()
         core = self._core
-        plan = core.plan(request)
-        last: _Result | None = None
-        why = "all attempts failed"
-        for n in range(core.retry.attempts):
-            if n and not core.allow_retry():
-                why = "retry budget exhausted"
-                break
-            try:
-                lease = core.pool.acquire(plan.cost, plan.exclude)
-            except NoBackendAvailable:
-                if not plan.attempts:
-                    raise
-                why = "no other backend to try"
-                break
-            plan.exclude.add(lease.backend.url)
-            if n == 0:
-                result = await self._send_hedged(request, plan, lease)
+        flow = core.begin(request)
+        validate = request.extensions.get(VALIDATE_EXTENSION)
+        while (step := flow.next_step()) is not None:
+            if step.timeout is None and step.hedge_after is None:
+                flow.record(await self._attempt(request, step.lease, validate))
             else:
-                result = await self._send(request, lease)
-            if result.response is not None and (
-                result.outcome is Outcome.SUCCESS or not result.retryable
-            ):
-                return result.response
-            last = result
-            if not core.record(plan, result):
-                break
-        raise core.give_up(plan, last, why) from (last.error if last else None)
+                await self._race(request, flow, step, validate)
+        return core.respond(flow)
 
 
 async def _run_discovery(discovery: Discovery, pool: BackendPool, *, task_status: Any) -> None:
     await discovery.arun(pool, task_status=task_status)
-
-
-async def _run_checks(pool: BackendPool, policy: HealthCheck, rng: random.Random) -> None:
-    await run_async_checks(pool, policy, rng=random.Random(rng.random()))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -820,15 +965,9 @@ def _target(backend: Backend, raw_path: bytes) -> tuple[httpx.URL, str]:
         scheme=backend.scheme, host=backend.host, port=backend.port, raw_path=prefix + raw_path
     )
     default_port = 443 if backend.scheme == "https" else 80
-    host = backend.host if ":" not in backend.host else f"[{backend.host}]"
+    name = backend.tls_server_name or backend.host
+    host = name if ":" not in name else f"[{name}]"
     return url, host if backend.port == default_port else f"{host}:{backend.port}"
-
-
-def _raw_body(response: httpx.Response) -> bytes:
-    """The body as it came off the wire (not decompressed: the headers still say how)."""
-    if hasattr(response, "_content"):  # already in memory (mock transports)
-        return response.content
-    return b"".join(response.iter_raw())
 
 
 _TASKS: set[asyncio.Task[None]] = set()

@@ -221,7 +221,7 @@ def test_prometheus_metrics_count_requests_and_ejections(servers):
         value("embedbalance_requests_total", {"backend": s.url, "outcome": "success"}) or 0
         for s in good
     )
-    assert ok_total == 28
+    assert ok_total == 30  # the two failed attempts were retried on a good backend
     assert value("embedbalance_request_duration_seconds_count", {"backend": good[0].url}) >= 10
     names = {m.name for m in registry.collect()}
     exported = {n.removesuffix("_total") for n in METRIC_NAMES}

@@ -1,0 +1,276 @@
+"""The one retry / hedge / deadline decision, shared by both transports.
+
+Why a separate, I/O-free object: the sync and async twins used to spell these rules
+out twice and drifted (a hedge that waited out its delay after a fast failure in one,
+a per-phase cap where the other had a whole-attempt deadline). Here every rule is
+written once; a twin only waits, sends and reads (stamina's attempt iterator and
+urllib3's ``Retry.increment`` are the models). A request's life:
+
+.. code-block:: python
+
+    flow = policy.begin(cost, resendable)
+    while (step := flow.next_step()) is not None:    # a lease, its timeout, a hedge delay
+        ...send step.lease's attempt; maybe flow.hedge_lease() after step.hedge_after...
+        flow.record(result)                           # per attempt that ended
+    return flow.finish()                              # the response, or raises
+
+Nothing here reads a clock of its own for waiting: deadlines are computed from the
+``wall`` clock the twins also wait with (real time), while leases keep the pool's
+injectable clock for latency bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .exceptions import AllAttemptsFailed, Attempt, DeadlineExceeded, NoBackendAvailable
+from .pool import BackendPool, Lease, Outcome
+from .retry import Hedge, LatencyWindow, Retry, RetryBudget, RetryBudgetPolicy
+
+__all__ = ["AttemptPolicy", "AttemptResult", "Flow", "Step"]
+
+log = logging.getLogger("embedbalance.transport")
+
+
+@attrs.define(eq=False)
+class AttemptResult:
+    """How one attempt ended, as the I/O edge saw it.
+
+    ``response`` is opaque here (an ``httpx.Response`` in the transports); ``answered``
+    says whether there is one. ``retryable``: worth another backend by the status or
+    error alone; ``sent``: the request may have reached the server (a connect error was
+    not sent, and so may be resent even when it is not idempotent).
+    """
+
+    lease: Lease
+    outcome: Outcome
+    description: str
+    response: Any = None
+    error: BaseException | None = None
+    retryable: bool = False
+    sent: bool = True
+
+    @property
+    def answered(self) -> bool:
+        return self.response is not None
+
+    @property
+    def final(self) -> bool:
+        """A result to hand back as it is: a success, or an answer not worth retrying."""
+        return self.outcome is Outcome.SUCCESS or (self.answered and not self.retryable)
+
+
+@attrs.frozen
+class Step:
+    """One attempt to start now: where (``lease``), for how long at most (``timeout``,
+    seconds of real time, ``None`` for no limit) and after how long a hedge copy may be
+    sent (``hedge_after``; ``None``: not hedged)."""
+
+    lease: Lease
+    number: int
+    timeout: float | None
+    hedge_after: float | None
+
+
+@attrs.define(eq=False)
+class AttemptPolicy:
+    """The I/O-free half of a transport: pool, retry and hedge policies, their budgets,
+    deadlines and counters. One per transport; thread-safe."""
+
+    pool: BackendPool
+    retry: Retry
+    hedge: Hedge | None
+    attempt_timeout: float | None
+    total_timeout: float | None
+    on_retry: Callable[[], None] = lambda: None
+    on_hedge: Callable[[], None] = lambda: None
+    on_budget_exhausted: Callable[[], None] = lambda: None
+    wall: Callable[[], float] = time.monotonic
+    budget: RetryBudget = attrs.field(init=False)
+    hedge_budget: RetryBudget = attrs.field(init=False)
+    latencies: LatencyWindow = attrs.field(init=False, factory=LatencyWindow)
+    requests: int = attrs.field(init=False, default=0)
+    retries: int = attrs.field(init=False, default=0)
+    hedges: int = attrs.field(init=False, default=0)
+    _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("attempt_timeout", "total_timeout"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+        clock = self.pool.clock
+        self.budget = RetryBudget(self.retry.budget, clock)
+        hedge = self.hedge
+        self.hedge_budget = RetryBudget(
+            RetryBudgetPolicy(ratio=hedge.budget_ratio, window=10.0, min_per_second=1.0)
+            if hedge is not None
+            else RetryBudgetPolicy(),
+            clock,
+        )
+
+    def begin(self, cost: float, resendable: bool, total_timeout: float | None = None) -> Flow:
+        """Start one request's flow; ``total_timeout`` overrides the transport's."""
+        with self._lock:
+            self.requests += 1
+        self.budget.deposit()
+        if self.hedge is not None:
+            self.hedge_budget.deposit()
+        total = self.total_timeout if total_timeout is None else total_timeout
+        if total is not None and not (total > 0 and math.isfinite(total)):
+            raise ValueError(f"total timeout must be a finite number > 0, got {total!r}")
+        now = self.wall()
+        return Flow(self, cost, resendable, now + total if total is not None else math.inf)
+
+    def hedge_delay(self) -> float | None:
+        """Seconds to wait before hedging, or None when not hedging now."""
+        if self.hedge is None or len(self.latencies) < self.hedge.min_samples:
+            return None
+        p = self.latencies.percentile(self.hedge.percentile)
+        return None if p is None else max(p, self.hedge.min_delay)
+
+    def _allow_retry(self) -> bool:
+        if self.budget.try_withdraw():
+            with self._lock:
+                self.retries += 1
+            self.on_retry()
+            return True
+        self.on_budget_exhausted()
+        return False
+
+    def _allow_hedge(self) -> bool:
+        if self.hedge_budget.try_withdraw():
+            with self._lock:
+                self.hedges += 1
+            self.on_hedge()
+            return True
+        return False
+
+
+@attrs.define(eq=False)
+class Flow:
+    """One request's attempts: which backend next, when to hedge, when to stop, and
+    what the caller gets. Used by one task or thread at a time."""
+
+    policy: AttemptPolicy
+    cost: float
+    resendable: bool
+    deadline: float
+    exclude: set[str] = attrs.Factory(set)
+    attempts: list[Attempt] = attrs.Factory(list)
+    results: list[AttemptResult] = attrs.Factory(list)
+    _number: int = 0
+    _final: AttemptResult | None = None
+    _why: str = "all attempts failed"
+    _stopped: bool = False
+
+    def _remaining(self) -> float | None:
+        if self.deadline == math.inf:
+            return None
+        return self.deadline - self.policy.wall()
+
+    def _attempt_timeout(self) -> float | None:
+        remaining = self._remaining()
+        per_attempt = self.policy.attempt_timeout
+        if remaining is None:
+            return per_attempt
+        return remaining if per_attempt is None else min(per_attempt, remaining)
+
+    def next_step(self) -> Step | None:
+        """The next attempt to make, or ``None`` when the request is done."""
+        if self._stopped or self._final is not None:
+            return None
+        n = self._number
+        if n:
+            last = self.results[-1] if self.results else None
+            if last is None or not self._may_resend(last):
+                self._stop()
+                return None
+            if n >= self.policy.retry.attempts:
+                self._stop("all attempts failed")
+                return None
+        timeout = self._attempt_timeout()
+        if timeout is not None and timeout <= 0:
+            self._stop("deadline exceeded")
+            return None
+        if n and not self.policy._allow_retry():
+            self._stop("retry budget exhausted")
+            return None
+        try:
+            lease = self.policy.pool.acquire(self.cost, self.exclude)
+        except NoBackendAvailable:
+            if not self.attempts:
+                raise
+            self._stop("no other backend to try")
+            return None
+        self.exclude.add(lease.backend.url)
+        self._number = n + 1
+        if n:
+            log.info(
+                "retrying on %s (attempt %d of %d; previous: %s)",
+                lease.backend.url,
+                n + 1,
+                self.policy.retry.attempts,
+                self.attempts[-1],
+            )
+        hedge_after = self.policy.hedge_delay() if n == 0 and self.resendable else None
+        if hedge_after is not None and timeout is not None and hedge_after >= timeout:
+            hedge_after = None
+        return Step(lease, n + 1, timeout, hedge_after)
+
+    def hedge_lease(self) -> Lease | None:
+        """A second backend for the step in flight, or None (no budget, none left)."""
+        if not self.resendable or self._final is not None or not self.policy._allow_hedge():
+            return None
+        try:
+            lease = self.policy.pool.acquire(self.cost, self.exclude)
+        except NoBackendAvailable:
+            return None
+        self.exclude.add(lease.backend.url)
+        log.debug("hedging on %s", lease.backend.url)
+        return lease
+
+    def record(self, result: AttemptResult) -> bool:
+        """Note how one attempt ended; True when it settles the request (stop waiting
+        for any other copy in flight)."""
+        self.results.append(result)
+        if result.final:
+            if self._final is None:
+                self._final = result
+            return True
+        self.attempts.append(Attempt(result.lease.backend.url, result.description))
+        return False
+
+    def _may_resend(self, result: AttemptResult) -> bool:
+        return result.retryable and (self.resendable or not result.sent)
+
+    def _stop(self, why: str | None = None) -> None:
+        if why is not None:
+            self._why = why
+        self._stopped = True
+        return None
+
+    def finish(self) -> Any:
+        """The response to hand back, or raise.
+
+        A settled answer is returned; otherwise the last attempt's answer when it had
+        one (a 503 after every retry comes back as the 503, as from a proxy); otherwise
+        :class:`~embedbalance.AllAttemptsFailed` (or its timeout form
+        :class:`~embedbalance.DeadlineExceeded`) from the last error.
+        """
+        if self._final is not None:
+            return self._final.response
+        answered = [r for r in self.results if r.answered]
+        if answered:
+            return answered[-1].response
+        last = self.results[-1] if self.results else None
+        error_type = DeadlineExceeded if self._why == "deadline exceeded" else AllAttemptsFailed
+        error = error_type(self.attempts, why=self._why)
+        raise error from (last.error if last is not None else None)
