@@ -135,7 +135,9 @@ def run(name: str, commit: str) -> dict[str, object]:
     stats = json.loads((work / "mutants" / "mutmut-cicd-stats.json").read_text())
     tested = int(stats.get("total", 0)) - int(stats.get("skipped", 0))
     caught = int(stats.get("killed", 0)) + int(stats.get("timeout", 0))
-    stats["score"] = round(100.0 * caught / tested, 1) if tested else None
+    judged = caught + int(stats.get("survived", 0))
+    # No mutant judged at all means the tests did not run clean on this commit.
+    stats["score"] = round(100.0 * caught / tested, 1) if judged else None
     survivors = subprocess.run(
         [*mutmut, "results"], cwd=work, env=env, capture_output=True, text=True, check=False
     ).stdout

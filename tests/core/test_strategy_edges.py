@@ -47,5 +47,5 @@ def test_tier_without_capacity_gets_nothing() -> None:
 
 def test_tier_shares_refuse_mismatched_inputs() -> None:
     """Available and total capacities of different lengths are a ValueError, not a silently truncated split."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="zip"):
         strategies.tier_shares([1.0], [1.0, 2.0], 1.4)
