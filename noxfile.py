@@ -59,9 +59,18 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build docs/ with warnings as errors and run every code example in them."""
-    _install(session, ".[test]", "mkdocs")
+    _install(session, ".[test,dns,prometheus]", "mkdocs")
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
     session.run("pytest", "tests/test_docs.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing per module against the fast tests that cover it (not in CI's
+    default run; about 30-40 minutes on 2 cores). Args: module names, e.g. `pool retry`."""
+    _install(session, ALL_EXTRAS, "mutmut==3.8.1")
+    _system_deps(session)
+    session.run("nice", "-n", "15", "python", "tools/mutation.py", *session.posargs, external=True)
 
 
 @nox.session(python=PYTHON)

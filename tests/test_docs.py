@@ -38,3 +38,9 @@ def test_docs_have_runnable_examples():
 def test_doc_example_runs(where: str, code: str) -> None:
     """The example at this place in the docs runs without error."""
     exec(compile(code, where, "exec"), {"__name__": "__doc_example__"})
+
+
+@pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[w for w, _ in BLOCKS])
+def test_doc_example_asserts_what_it_shows(where: str, code: str) -> None:
+    """A runnable example checks its own result: one that only prints or defines can drift and still pass."""
+    assert re.search(r"^\s*assert ", code, re.M), f"{where} asserts nothing"
