@@ -3,6 +3,10 @@
 Why the model loads in the background: the port is open (and ``/health`` says 503) while
 weights load, so orchestrators see a live but not-ready process instead of a refused
 connection they cannot tell from a crash.
+
+The order of work for an embedding request is the order of cost: auth, readiness and
+headers (free), admission (a counter), reading and parsing the body, tokenizing (bounded
+per text), then the batcher's queue bound. Each step can refuse before the next is paid.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
 
+import numpy as np
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -25,16 +31,40 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from embedbalance_worker.admission import Admission, Refused
 from embedbalance_worker.batcher import Batcher, BatchStats, Closed, Overloaded
 from embedbalance_worker.config import WorkerConfig
 from embedbalance_worker.errors import ApiError, error_response
+from embedbalance_worker.liveness import Liveness
 from embedbalance_worker.metrics import CONTENT_TYPE, WorkerMetrics
-from embedbalance_worker.model import EmbeddingModel, FloatArray, l2_normalize
-from embedbalance_worker.parsing import EmbedRequest, parse_openai, parse_tei, read_json
+from embedbalance_worker.model import (
+    EmbeddingModel,
+    FloatArray,
+    InputTooLong,
+    TokenizationFailed,
+    l2_normalize,
+)
+from embedbalance_worker.parsing import (
+    EmbedRequest,
+    check_headers,
+    decode_json,
+    parse_openai,
+    parse_tei,
+    read_body,
+)
 
 log = logging.getLogger("embedbalance_worker")
 
-ROUTES = ("/embed", "/v1/embeddings", "/health", "/info", "/metrics")
+ROUTES = ("/embed", "/v1/embeddings", "/embeddings", "/health", "/info", "/metrics")
+
+#: Requests with at most this many characters of text are tokenized on the event loop:
+#: a thread hand-off costs more than tokenizing them.
+INLINE_TOKENIZE_CHARS = 4096
+
+#: The longest shutdown waits for the batcher (its queue has been drained before).
+STOP_TIMEOUT_S = 5.0
+
+Parser = Callable[..., EmbedRequest]
 
 
 def worker_version() -> str:
@@ -43,6 +73,15 @@ def worker_version() -> str:
         return metadata.version("embedbalance")
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+def _json(body: Any, headers: dict[str, str] | None = None) -> Response:
+    """orjson straight from numpy rows: no per-float Python objects on the way out."""
+    return Response(
+        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 class WorkerState:
@@ -58,12 +97,26 @@ class WorkerState:
         self.load_error: BaseException | None = None
         self.batcher: Batcher | None = None
         self.in_flight = 0
+        self.max_batch_tokens: int | None = config.max_batch_tokens
+        self.admission = Admission(
+            max_requests=config.max_concurrent_requests,
+            max_intake_bytes=config.max_intake_bytes,
+            small_body_bytes=config.small_body_bytes,
+            max_body_bytes=config.max_body_bytes,
+        )
+        self.liveness = Liveness(
+            stuck_after_s=config.stuck_after_s,
+            failures_to_unhealthy=config.failures_to_unhealthy,
+            failure_window_s=config.failure_window_s,
+        )
         self.metrics = WorkerMetrics(
             queue_depth=lambda: float(self.batcher.queue_depth if self.batcher else 0),
             in_flight=lambda: float(self.in_flight),
         )
         self.on_fatal: Callable[[BaseException], None] | None = None
-        self._tokenizer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._tokenizer_threads = ThreadPoolExecutor(
+            max_workers=config.tokenization_workers, thread_name_prefix="tokenize"
+        )
         self._api_key = config.api_key.encode() if config.api_key else None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -73,6 +126,10 @@ class WorkerState:
         try:
             if self.model is None:
                 self.model = await loop.run_in_executor(None, EmbeddingModel, self.config)
+            if self.max_batch_tokens is None:
+                self.max_batch_tokens = await loop.run_in_executor(
+                    None, self.model.calibrate_batch_tokens
+                )
         except Exception as exc:
             self.phase = "failed"
             self.load_error = exc
@@ -83,10 +140,11 @@ class WorkerState:
         self.batcher = Batcher(
             self.model.forward,
             max_batch_size=self.config.max_batch_size,
-            max_batch_tokens=self.config.max_batch_tokens,
+            max_batch_tokens=self.max_batch_tokens,
             max_queue_tokens=self.config.max_queue_tokens,
             max_wait_s=self.config.max_wait_ms / 1000.0,
             on_batch=self._record_batch,
+            clock=time.monotonic,
         )
         self.batcher.start()
         if self.phase == "loading":
@@ -109,9 +167,12 @@ class WorkerState:
 
     async def stop(self) -> None:
         self.begin_drain()
+        self._tokenizer_threads.shutdown(wait=False)
         if self.batcher is not None:
-            await self.batcher.aclose()
-        self._tokenizer_thread.shutdown(wait=False)
+            try:  # a forward pass that never returns must not hold shutdown
+                await asyncio.wait_for(self.batcher.aclose(), STOP_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                log.warning("batcher did not stop within %.0fs; leaving it", STOP_TIMEOUT_S)
 
     def _record_batch(self, stats: BatchStats) -> None:
         m = self.metrics
@@ -121,6 +182,15 @@ class WorkerState:
         m.tokens.inc(stats.real_tokens)
         for seconds in stats.queue_times:
             m.queue_time.observe(seconds)
+
+    # -- health ------------------------------------------------------------------------
+    def unhealthy(self) -> tuple[str, str] | None:
+        """``None`` when this worker can embed now, else ``(error_type, message)``."""
+        if self.phase != "ready":
+            return self.phase, f"worker is {self.phase}"
+        if self.batcher is None:
+            return "loading", "worker is loading"
+        return self.liveness.verdict(self.batcher.progress(), time.monotonic())
 
     # -- request helpers ---------------------------------------------------------------
     def load_headers(self) -> dict[str, str]:
@@ -155,42 +225,109 @@ class WorkerState:
             503, "loading", "the model is still loading", {**headers, "Retry-After": "2"}
         )
 
-    async def embed(self, req: EmbedRequest) -> tuple[FloatArray, int]:
-        """Rows for the request's texts, in order, plus the tokens used."""
-        model = self.check_ready()
-        assert self.batcher is not None
-        loop = asyncio.get_running_loop()
-        ids = await loop.run_in_executor(self._tokenizer_thread, model.tokenize, req.texts)
+    def _token_ids(self, model: EmbeddingModel, req: EmbedRequest) -> list[list[int]]:
+        """Every input as token ids within the model's limit, in input order."""
+        try:
+            tokenized = iter(model.tokenize(req.texts, truncate=req.truncate))
+        except InputTooLong as exc:
+            index = [i for i, item in enumerate(req.items) if isinstance(item, str)][exc.index]
+            raise ApiError(
+                413,
+                "input_too_long",
+                f"input {index} has more than {exc.limit} tokens, the model's limit; "
+                "send truncate=true to cut it",
+            ) from None
+        except TokenizationFailed as exc:
+            index = [i for i, item in enumerate(req.items) if isinstance(item, str)][exc.index]
+            raise ApiError(422, "tokenization_failed", f"input {index}: {exc}") from None
         limit = model.max_input_length
-        for i, row in enumerate(ids):
-            if len(row) > limit:
+        out: list[list[int]] = []
+        for i, item in enumerate(req.items):
+            if isinstance(item, str):
+                out.append(next(tokenized))
+                continue
+            if max(item) >= model.vocab_size:
+                raise ApiError(
+                    422,
+                    "invalid_input",
+                    f"input {i} has token id {max(item)}, outside the vocabulary "
+                    f"(0..{model.vocab_size - 1})",
+                )
+            if len(item) > limit:
                 if not req.truncate:
                     raise ApiError(
                         413,
                         "input_too_long",
-                        f"input {i} has {len(row)} tokens, over the model's limit of {limit}; "
+                        f"input {i} has {len(item)} tokens, over the model's limit of {limit}; "
                         "send truncate=true to cut it",
                     )
-                ids[i] = model.truncate(row)
-        self.in_flight += 1
+                item = item[:limit]
+            out.append(list(item))
+        return out
+
+    async def embed(self, request: Request, parse: Parser) -> tuple[FloatArray, int, EmbedRequest]:
+        """Admit, read, parse, tokenize and batch one request: its rows and tokens used."""
+        self.check_auth(request)
+        model = self.check_ready()
+        cfg = self.config
+        declared = check_headers(request, cfg.max_body_bytes)
         try:
-            rows = await self.batcher.submit(ids)
-        except Overloaded as exc:
+            ticket = self.admission.enter(declared)
+        except Refused as exc:
             raise ApiError(
                 429,
                 "overloaded",
-                "the worker's queue is full; retry later or elsewhere",
-                {"Retry-After": str(exc.retry_after)},
+                f"the worker is at its admission limit ({exc.reason}); retry later or elsewhere",
+                {"Retry-After": "1"},
             ) from None
-        except Closed:
-            raise ApiError(
-                503, "draining", "the worker is shutting down", {"Retry-After": "1"}
-            ) from None
+        self.in_flight += 1
+        try:
+            payload = decode_json(await read_body(request, cfg.max_body_bytes))
+            req = parse(
+                payload,
+                max_inputs=cfg.max_inputs,
+                normalize=cfg.normalize,
+                truncate=cfg.auto_truncate,
+            )
+            del payload
+            if req.dimensions is not None and req.dimensions > model.dimension:
+                raise ApiError(
+                    422,
+                    "invalid_field",
+                    f"'dimensions' is {req.dimensions}, above the model's {model.dimension}",
+                )
+            if req.chars <= INLINE_TOKENIZE_CHARS:
+                ids = self._token_ids(model, req)
+            else:
+                loop = asyncio.get_running_loop()
+                ids = await loop.run_in_executor(
+                    self._tokenizer_threads, self._token_ids, model, req
+                )
+            ticket.end_intake()
+            assert self.batcher is not None
+            try:
+                rows = await self.batcher.submit(ids)
+            except Overloaded as exc:
+                raise ApiError(
+                    429,
+                    "overloaded",
+                    "the worker's queue is full; retry later or elsewhere",
+                    {"Retry-After": str(exc.retry_after)},
+                ) from None
+            except Closed:
+                raise ApiError(
+                    503, "draining", "the worker is shutting down", {"Retry-After": "1"}
+                ) from None
+            except Exception as exc:  # the forward pass failed: the worker's fault
+                raise ApiError(500, "backend", f"the forward pass failed: {exc!r}") from None
         finally:
             self.in_flight -= 1
+            ticket.close()
+        if req.dimensions is not None:
+            rows = np.ascontiguousarray(rows[:, : req.dimensions])
         if req.normalize:
             rows = l2_normalize(rows)
-        return rows, sum(len(x) for x in ids)
+        return rows, sum(len(x) for x in ids), req
 
 
 def _state(request: Request) -> WorkerState:
@@ -208,58 +345,92 @@ async def embed_tei(request: Request) -> Response:
     """POST /embed: TEI shape in, a list of vectors out."""
     state = _state(request)
     try:
-        state.check_auth(request)
-        state.check_ready()
-        payload = await read_json(request, state.config.max_body_bytes)
-        req = parse_tei(
-            payload, max_inputs=state.config.max_inputs, normalize=state.config.normalize
-        )
-        rows, _ = await state.embed(req)
+        rows, _, _ = await state.embed(request, parse_tei)
     except ApiError as exc:
         return _with_load(state, exc)
-    return JSONResponse(rows.tolist(), headers=state.load_headers())
+    return _json(rows, state.load_headers())
 
 
 async def embed_openai(request: Request) -> Response:
-    """POST /v1/embeddings: OpenAI shape, floats or base64 little-endian float32."""
+    """POST /v1/embeddings (and /embeddings): OpenAI shape, floats or base64 float32."""
     state = _state(request)
     try:
-        state.check_auth(request)
-        model = state.check_ready()
-        payload = await read_json(request, state.config.max_body_bytes)
-        req = parse_openai(
-            payload, max_inputs=state.config.max_inputs, normalize=state.config.normalize
-        )
-        rows, tokens = await state.embed(req)
+        rows, tokens, req = await state.embed(request, parse_openai)
     except ApiError as exc:
         return _with_load(state, exc)
-    data: list[dict[str, Any]] = []
-    for i, row in enumerate(rows):
-        embedding: Any
-        if req.encoding_format == "base64":
-            embedding = base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
-        else:
-            embedding = row.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": embedding})
+    assert state.model is not None
+    b64 = req.encoding_format == "base64"
+    data = [
+        {
+            "object": "embedding",
+            "index": i,
+            "embedding": base64.b64encode(row.astype("<f4").tobytes()).decode("ascii")
+            if b64
+            else row,
+        }
+        for i, row in enumerate(rows)
+    ]
     body = {
         "object": "list",
         "data": data,
-        "model": model.model_id,
+        "model": state.model.model_id,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return JSONResponse(body, headers=state.load_headers())
+    return _json(body, state.load_headers())
 
 
 async def health(request: Request) -> Response:
-    """GET /health: 200 only when the model is loaded, warm, and the worker not draining."""
+    """GET /health: 200 only while the worker can embed (loaded, not draining, batcher
+    moving, forward passes succeeding)."""
     state = _state(request)
-    if state.phase == "ready":
+    problem = state.unhealthy()
+    if problem is None:
         return JSONResponse({"status": "ok"})
+    error_type, message = problem
     return JSONResponse(
-        {"status": state.phase, "error": f"worker is {state.phase}", "error_type": state.phase},
+        {"status": error_type, "error": message, "error_type": error_type},
         status_code=503,
         headers={"Retry-After": "1"},
     )
+
+
+def info_body(state: WorkerState) -> dict[str, Any]:
+    """``/info``: TEI's field names, and the worker's own older names as aliases."""
+    cfg = state.config
+    model = state.model
+    pooling = model.pooling if model else (cfg.pooling or "from model config")
+    dtype = model.dtype_name if model else cfg.dtype
+    max_input_length = model.max_input_length if model else None
+    return {
+        # TEI's names
+        "model_id": model.model_id if model else cfg.resolved_model_id(),
+        "model_sha": None,
+        "model_dtype": dtype,
+        "model_type": {"embedding": {"pooling": pooling}},
+        "max_concurrent_requests": cfg.max_concurrent_requests,
+        "max_input_length": max_input_length,
+        "max_batch_tokens": state.max_batch_tokens,
+        "max_batch_requests": cfg.max_batch_size,
+        "max_client_batch_size": cfg.max_inputs,
+        "auto_truncate": cfg.auto_truncate,
+        "tokenization_workers": cfg.tokenization_workers,
+        "version": worker_version(),
+        "sha": None,
+        "docker_label": None,
+        # the worker's own names (kept for existing clients)
+        "dimension": model.dimension if model else None,
+        "dtype": dtype,
+        "device": str(model.device) if model else cfg.device,
+        "pooling": pooling,
+        "normalize": cfg.normalize,
+        "model_normalizes": model.normalizes if model else None,
+        "max_batch_size": cfg.max_batch_size,
+        "max_wait_ms": cfg.max_wait_ms,
+        "max_inputs_per_request": cfg.max_inputs,
+        "max_queue_tokens": cfg.max_queue_tokens,
+        "max_body_bytes": cfg.max_body_bytes,
+        "status": state.phase,
+    }
 
 
 async def info(request: Request) -> Response:
@@ -269,36 +440,17 @@ async def info(request: Request) -> Response:
         state.check_auth(request)
     except ApiError as exc:
         return exc.response()
-    cfg = state.config
-    model = state.model
-    return JSONResponse(
-        {
-            "model_id": model.model_id if model else cfg.resolved_model_id(),
-            "dimension": model.dimension if model else None,
-            "max_input_length": model.max_input_length if model else None,
-            "dtype": model.dtype_name if model else cfg.dtype,
-            "device": str(model.device) if model else cfg.device,
-            "pooling": cfg.pooling,
-            "normalize": cfg.normalize,
-            "max_batch_tokens": cfg.max_batch_tokens,
-            "max_batch_size": cfg.max_batch_size,
-            "max_wait_ms": cfg.max_wait_ms,
-            "max_inputs_per_request": cfg.max_inputs,
-            "max_queue_tokens": cfg.max_queue_tokens,
-            "max_body_bytes": cfg.max_body_bytes,
-            "status": state.phase,
-            "version": worker_version(),
-        }
-    )
+    return JSONResponse(info_body(state))
 
 
 async def metrics(request: Request) -> Response:
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format; open unless ``protect_metrics``."""
     state = _state(request)
-    try:
-        state.check_auth(request)
-    except ApiError as exc:
-        return exc.response()
+    if state.config.protect_metrics:
+        try:
+            state.check_auth(request)
+        except ApiError as exc:
+            return exc.response()
     return Response(state.metrics.render(), media_type=CONTENT_TYPE)
 
 
@@ -372,6 +524,7 @@ def create_app(
         routes=[
             Route("/embed", embed_tei, methods=["POST"]),
             Route("/v1/embeddings", embed_openai, methods=["POST"]),
+            Route("/embeddings", embed_openai, methods=["POST"]),
             Route("/health", health, methods=["GET"]),
             Route("/info", info, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),

@@ -12,6 +12,7 @@ another replica instead of waiting here.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import deque
@@ -24,6 +25,8 @@ import numpy as np
 from embedbalance_worker.model import FloatArray
 
 Forward = Callable[[Sequence[Sequence[int]]], FloatArray]
+
+log = logging.getLogger("embedbalance_worker")
 
 
 class Overloaded(Exception):
@@ -58,6 +61,23 @@ class _Piece:
     @property
     def length(self) -> int:
         return len(self.request.ids[self.row])
+
+
+@attrs.frozen
+class Progress:
+    """What the liveness check reads: is the batcher moving, and are passes succeeding.
+
+    Times are the batcher's clock. ``running_since``: start of the pass in progress;
+    ``waiting_since``: arrival of the oldest text not yet in a pass;
+    ``consecutive_failures``: failed passes since the last success.
+    """
+
+    alive: bool
+    running_since: float | None
+    waiting_since: float | None
+    consecutive_failures: int
+    last_failure_at: float | None
+    passes: int
 
 
 @attrs.frozen
@@ -111,6 +131,7 @@ class Batcher:
         max_queue_tokens: int,
         max_wait_s: float,
         on_batch: Callable[[BatchStats], None] | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self._forward = forward
         self.max_batch_size = max_batch_size
@@ -127,6 +148,11 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
         self._tokens_per_s = 0.0
         self._busy = False
+        self._clock = clock
+        self._running_since: float | None = None
+        self._failures = 0
+        self._last_failure_at: float | None = None
+        self._passes = 0
 
     # -- state read by the HTTP layer and metrics -------------------------------------
     @property
@@ -142,6 +168,18 @@ class Batcher:
     def idle(self) -> bool:
         """Nothing queued and no pass running."""
         return not self._pieces and not self._busy
+
+    def progress(self) -> Progress:
+        """A snapshot for the liveness check (see :class:`Progress`)."""
+        waiting = next((p.request.enqueued_at for p in self._pieces), None)
+        return Progress(
+            alive=self._task is not None and not self._task.done(),
+            running_since=self._running_since,
+            waiting_since=waiting,
+            consecutive_failures=self._failures,
+            last_failure_at=self._last_failure_at,
+            passes=self._passes,
+        )
 
     def retry_after(self) -> int:
         """Seconds until the queue has likely drained, from the measured token rate."""
@@ -161,11 +199,17 @@ class Batcher:
             self._wakeup.set()
 
     async def aclose(self) -> None:
-        """Refuse new work, finish the queue, stop the task and the thread."""
+        """Refuse new work, finish the queue, stop the task and the thread.
+
+        A forward pass that never returns keeps this waiting: callers bound it (the CLI's
+        drain deadline does), and the thread is not joined, so exit is never blocked.
+        """
         self.close()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        try:
+            if self._task is not None:
+                await self._task
+        finally:
+            self._executor.shutdown(wait=False)
 
     # -- admission -------------------------------------------------------------------
     async def submit(self, ids: list[list[int]]) -> FloatArray:
@@ -183,7 +227,7 @@ class Batcher:
         request = _Request(
             ids=ids,
             future=loop.create_future(),
-            enqueued_at=time.perf_counter(),
+            enqueued_at=self._clock(),
             remaining=len(ids),
             untaken=len(ids),
         )
@@ -243,23 +287,35 @@ class Batcher:
             # The model is idle: give concurrent callers a moment to join this pass.
             if self.max_wait_s > 0 and not self._closed and not self._batch_full():
                 deadline = self._pieces[0].request.enqueued_at + self.max_wait_s
-                while not self._batch_full() and (left := deadline - time.perf_counter()) > 0:
+                while not self._batch_full() and (left := deadline - self._clock()) > 0:
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), left)
                     except asyncio.TimeoutError:
                         break
-            batch = self._take()
-            if not batch:
-                continue
+            batch: list[_Piece] = []
             self._busy = True
             try:
-                await self._execute(loop, batch)
+                batch = self._take()
+                if batch:
+                    await self._execute(loop, batch)
+            except Exception as exc:  # the loop outlives any one batch
+                log.exception("batch failed outside the forward pass")
+                self._fail(batch, exc)
             finally:
                 self._busy = False
+                self._running_since = None
+
+    def _fail(self, batch: list[_Piece], exc: BaseException) -> None:
+        self._failures += 1
+        self._last_failure_at = self._clock()
+        for piece in batch:
+            if not piece.request.future.done():
+                piece.request.future.set_exception(exc)
 
     async def _execute(self, loop: asyncio.AbstractEventLoop, batch: list[_Piece]) -> None:
-        started = time.perf_counter()
+        started = self._clock()
+        self._running_since = started
         # A request's queue time ends when its last text enters a pass.
         finished = {id(p.request): p.request for p in batch if p.request.untaken == 0}
         queue_times = tuple(started - r.enqueued_at for r in finished.values())
@@ -268,11 +324,12 @@ class Batcher:
         try:
             rows, padded = await loop.run_in_executor(self._executor, self._forward_chunks, ids)
         except Exception as exc:  # a failed pass fails its callers, never the worker
-            for piece in batch:
-                if not piece.request.future.done():
-                    piece.request.future.set_exception(exc)
+            log.error("forward pass of %d texts failed: %r", len(batch), exc)
+            self._fail(batch, exc)
             return
-        seconds = time.perf_counter() - started
+        self._failures = 0
+        self._passes += 1
+        seconds = self._clock() - started
         real = sum(len(x) for x in ids)
         rate = real / max(seconds, 1e-6)
         self._tokens_per_s = (
@@ -289,7 +346,10 @@ class Batcher:
             if request.remaining == 0:
                 request.future.set_result(request.rows)
         if self._on_batch is not None:
-            self._on_batch(BatchStats(len(batch), real, padded, seconds, queue_times))
+            try:
+                self._on_batch(BatchStats(len(batch), real, padded, seconds, queue_times))
+            except Exception:
+                log.exception("batch statistics callback failed")
 
     def _forward_chunks(self, ids: list[list[int]]) -> tuple[FloatArray, int]:
         """Runs on the forward thread: one model call per similar-length chunk."""

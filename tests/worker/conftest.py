@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,6 +38,9 @@ def make_client(model: EmbeddingModel) -> Iterator[object]:
     def make(**overrides: object) -> TestClient:
         client = TestClient(create_app(WorkerConfig(**overrides), model=model))  # type: ignore[arg-type]
         client.__enter__()
+        deadline = time.monotonic() + 60
+        while client.get("/health").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
         clients.append(client)
         return client
 

@@ -47,7 +47,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("missing field openai", "/v1/embeddings", {"json": {"inputs": "a"}}, 422, "missing_field"),
     ("non-string item", "/embed", {"json": {"inputs": ["a", 3]}}, 422, "invalid_input"),
     ("nested list", "/embed", {"json": {"inputs": [["a"]]}}, 422, "invalid_input"),
-    ("token ids openai", "/v1/embeddings", {"json": {"input": [1, 2, 3]}}, 422, "invalid_input"),
+    ("token id out of vocabulary", "/v1/embeddings", {"json": {"input": [1, 10**6]}}, 422, "invalid_input"),
     ("number instead of text", "/embed", {"json": {"inputs": 5}}, 422, "invalid_input"),
     ("empty list", "/embed", {"json": {"inputs": []}}, 422, "empty_input"),
     ("empty string", "/embed", {"json": {"inputs": ""}}, 422, "empty_input"),
@@ -129,14 +129,23 @@ def test_too_long_input_is_truncated_when_asked(client: TestClient) -> None:
 
 
 def test_api_key_guards_everything_but_health(make_client: Any) -> None:
-    """With an API key, a wrong or missing bearer token is 401 and /health stays open."""
+    """With an API key, a wrong or missing bearer token is 401; /health and /metrics stay open."""
     client = make_client(api_key="s3cret")
     _assert_error(client.post("/embed", json=GOOD), 401, "unauthorized")
     bad = {"Authorization": "Bearer wrong"}
     _assert_error(client.post("/embed", json=GOOD, headers=bad), 401, "unauthorized")
     _assert_error(client.get("/info", headers=bad), 401, "unauthorized")
-    _assert_error(client.get("/metrics"), 401, "unauthorized")
+    assert client.get("/metrics").status_code == 200, "metrics must be open by default"
     assert client.get("/health").status_code == 200
     ok = {"Authorization": "Bearer s3cret"}
     assert client.post("/embed", json=GOOD, headers=ok).status_code == 200
     assert client.post("/v1/embeddings", json={"input": "a"}, headers=ok).status_code == 200
+
+
+def test_protect_metrics_puts_metrics_behind_the_api_key(make_client: Any) -> None:
+    """protect_metrics=True makes /metrics need the bearer token, as it did before it was open."""
+    client = make_client(api_key="s3cret", protect_metrics=True)
+    _assert_error(client.get("/metrics"), 401, "unauthorized")
+    ok = client.get("/metrics", headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+    assert "embedbalance_worker_requests_total" in ok.text
