@@ -10,7 +10,8 @@ time drawn from a lognormal distribution with the given mean and coefficient of
 variation.
 
 Endpoints: any ``POST`` (``/embed`` in the benchmarks) is served as above and answered
-with a tiny JSON body and ``X-Queue-Depth``; ``GET /health`` answers at once;
+with a tiny JSON body, ``X-Queue-Depth`` and ``X-In-Flight`` (the worker's load
+headers); ``GET /health`` answers at once;
 ``POST /admin/slowdown?factor=F`` multiplies every later service time by ``F`` (the
 "latency degrades midway" scenario). Raw asyncio streams instead of an ASGI stack keep
 the per-request CPU cost small.
@@ -156,8 +157,13 @@ async def _handle(
             elif method == "POST":
                 served = await state.serve_one()
                 body = b'{"embeddings":[[0.0,0.0,0.0,0.0]],"served_s":%.6f}' % served
-                depth = state.waiting + state.busy
-                out = _response(200, body, {"X-Queue-Depth": str(depth)})
+                # The worker's contract (docs/worker.md): requests waiting for a slot,
+                # and requests admitted and not yet answered (this one included).
+                hints = {
+                    "X-Queue-Depth": str(state.waiting),
+                    "X-In-Flight": str(state.waiting + state.busy + 1),
+                }
+                out = _response(200, body, hints)
             else:
                 out = _response(404, b'{"error":"not found"}')
             writer.write(out)

@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._backend import Backend
 from ._clock import ManualClock
+from ._hints import ServerHints
+from ._state import BackendView
 from .balancers import (
     Balancer,
     GpuPriority,
@@ -75,6 +77,7 @@ __all__ = [
     "Backend",
     "BackendPool",
     "BackendStats",
+    "BackendView",
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
@@ -105,6 +108,7 @@ __all__ = [
     "Retry",
     "RetryBudgetPolicy",
     "RoundRobin",
+    "ServerHints",
     "ShortestExpectedDelay",
     "SlowStart",
     "StaticDiscovery",

@@ -14,11 +14,14 @@ from typing import Any
 import attrs
 
 from ._backend import Backend
+from ._hints import ServerHints
 from .health import ActiveCheckState, SlowStart
 
-__all__ = ["BackendState"]
+__all__ = ["BackendState", "BackendView"]
 
 LATENCY_WINDOW = 1024
+#: Relative step of the streaming high-percentile estimate.
+QUANTILE_STEP = 0.1
 
 
 @attrs.define(slots=True, eq=False, repr=False)
@@ -30,19 +33,20 @@ class BackendState:
     tier: int
     admitted_at: float
     slow_start: SlowStart
-    # load
+    # load: generic facts every metric may read
     pending: int = 0
     outstanding_cost: float = 0.0
-    rtt: float = 0.0  # peak-EWMA estimate, seconds; 0.0 until the metric seeds it
-    rtt_stamp: float = 0.0
-    rtt_samples: int = 0
     penalty: float = 0.0  # decaying count of recent failures
     penalty_stamp: float = 0.0
     queue_depth: float | None = None  # server-reported, from response headers
+    hints: ServerHints | None = None  # the last response's load hints
+    answered_at: float = -math.inf  # when the last success arrived
     swrr_current: float = 0.0  # smooth weighted round-robin accumulator
-    delay_unit: float = 0.0  # expected-delay metric: seconds per unit of work in flight
-    delay_stamp: float = 0.0
-    delay_samples: int = 0
+    #: The load metric's own record of this backend (its type is the metric's business).
+    metric_state: Any = None
+    #: Streaming estimate of a high percentile (about p99) of recent latencies, seconds.
+    latency_high: float = 0.0
+    latency_high_samples: int = 0
     # Leases in acquisition order (released ones are dropped from the front), so the
     # age of the oldest request still in flight is an O(1) read.
     in_flight: deque[Any] = attrs.Factory(deque)
@@ -62,12 +66,21 @@ class BackendState:
     cancelled: int = 0
     total_ejections: int = 0
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=LATENCY_WINDOW))
+    _view: BackendView | None = None
 
     def __repr__(self) -> str:
         return (
             f"<BackendState {self.backend.url} pending={self.pending} "
-            f"rtt={self.rtt * 1000:.1f}ms ejected_until={self.ejected_until}>"
+            f"metric={self.metric_state!r} ejected_until={self.ejected_until}>"
         )
+
+    @property
+    def view(self) -> BackendView:
+        """The read-only public view of this record (one per record, made on first use)."""
+        view = self._view
+        if view is None:
+            view = self._view = BackendView(self)
+        return view
 
     @property
     def url(self) -> str:
@@ -80,6 +93,33 @@ class BackendState:
         while queue and queue[0].released:
             queue.popleft()
         return now - queue[0].started_at if queue else 0.0
+
+    def oldest_started(self) -> float:
+        """When the oldest request still in flight was placed (-inf when idle)."""
+        queue = self.in_flight
+        while queue and queue[0].released:
+            queue.popleft()
+        return float(queue[0].started_at) if queue else -math.inf
+
+    def observe_latency(self, latency: float) -> None:
+        """Feed one success's latency into the streaming high-percentile estimate.
+
+        A stochastic-approximation quantile: above the estimate it rises by
+        ``QUANTILE_STEP × 0.99`` of itself, below it falls by ``QUANTILE_STEP × 0.01``,
+        so it settles where about 1% of answers exceed it, in O(1) per answer.
+        """
+        self.latencies.append(latency)
+        n = self.latency_high_samples
+        self.latency_high_samples = n + 1
+        high = self.latency_high
+        if n == 0:
+            self.latency_high = 2.0 * latency
+        elif latency > high:
+            self.latency_high = high + max(high, 1e-6) * QUANTILE_STEP * 0.99
+            if latency > self.latency_high and n < 16:
+                self.latency_high = latency  # while young, catch up with what it sees
+        else:
+            self.latency_high = high - high * QUANTILE_STEP * 0.01
 
     def effective_weight(self, now: float) -> float:
         """Weight scaled by slow start: a just-admitted backend counts for less."""
@@ -100,3 +140,88 @@ class BackendState:
         current = self.penalty_factor(now, decay) - 1.0
         self.penalty = current + 1.0
         self.penalty_stamp = now
+
+
+class BackendView:
+    """A read-only window on one backend's live state, what :meth:`Balancer.score
+    <embedbalance.Balancer.score>` receives: enough to score by, nothing to corrupt.
+
+    The pool's own record is mutable and private (its fields change with every
+    request); a user's scoring code reads this instead, so it cannot break the
+    pool's bookkeeping by assigning to it.
+    """
+
+    __slots__ = ("_state",)
+    _state: BackendState
+
+    def __init__(self, state: BackendState) -> None:
+        object.__setattr__(self, "_state", state)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"BackendView is read-only (tried to set {name!r})")
+
+    def __repr__(self) -> str:
+        s = self._state
+        return f"<BackendView {s.backend.url} pending={s.pending}>"
+
+    @property
+    def backend(self) -> Backend:
+        return self._state.backend
+
+    @property
+    def url(self) -> str:
+        return self._state.backend.url
+
+    @property
+    def weight(self) -> float:
+        return self._state.weight
+
+    @property
+    def tier(self) -> int:
+        return self._state.tier
+
+    @property
+    def pending(self) -> int:
+        """Requests in flight from this pool."""
+        return self._state.pending
+
+    @property
+    def outstanding_cost(self) -> float:
+        """Cost (tokens, say) in flight from this pool."""
+        return self._state.outstanding_cost
+
+    @property
+    def queue_depth(self) -> float | None:
+        """The server-reported queue depth from the last response that carried one."""
+        return self._state.queue_depth
+
+    @property
+    def hints(self) -> ServerHints | None:
+        """Every load hint of the last response that carried any."""
+        return self._state.hints
+
+    @property
+    def admitted_at(self) -> float:
+        return self._state.admitted_at
+
+    @property
+    def requests(self) -> int:
+        return self._state.requests
+
+    @property
+    def failures(self) -> int:
+        return self._state.failures
+
+    @property
+    def latency_high(self) -> float | None:
+        """About the p99 of recent latencies (seconds), None before the first answer."""
+        s = self._state
+        return s.latency_high if s.latency_high_samples else None
+
+    def effective_weight(self, now: float) -> float:
+        """Weight scaled by slow start."""
+        return self._state.effective_weight(now)
+
+    def penalty_factor(self, now: float, decay: float) -> float:
+        """``1 + recent failures``, decaying with time constant ``decay``."""
+        return self._state.penalty_factor(now, decay)

@@ -1,17 +1,22 @@
 """The user-facing balancers: each one strategy composed with one load metric.
 
 Subclass one and override :meth:`Balancer.score` (lower is better) to make your own;
-``docs/strategies.md`` shows one in a few lines. A balancer instance keeps per-pool
-state (a round-robin counter, per-tier inner balancers), so give each pool its own.
+``docs/strategies.md`` shows one in a few lines. ``score`` receives a read-only
+:class:`~embedbalance.BackendView`. A balancer instance keeps per-pool state (a
+round-robin counter, per-tier inner balancers, the pool's typical service time), so
+give each pool its own — pass the class (or any factory) as ``balancer=`` and the
+pool makes one.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Sequence
 
 from . import strategies
-from ._state import BackendState
+from ._hints import ServerHints
+from ._state import BackendState, BackendView
 from .load import ExpectedDelay, LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
 
 __all__ = [
@@ -42,12 +47,15 @@ class Balancer:
     #: Whether scores read the age of a backend's oldest request in flight (the pool
     #: tracks it only when asked).
     needs_oldest: bool = False
+    #: Set by the pool that uses this instance: one balancer, one pool.
+    _claimed: bool = False
 
-    def score(self, state: BackendState, now: float) -> float:
-        """Load of one backend as this balancer sees it; lower is better."""
+    def score(self, backend: BackendView, now: float) -> float:
+        """Load of one backend as this balancer sees it; lower is better. ``backend`` is
+        a read-only view of the pool's live record."""
         if self.metric is None:
             return 0.0
-        return self.metric.load(state, now)
+        return self.metric.load(backend._state, now)
 
     def pick(
         self,
@@ -62,16 +70,37 @@ class Balancer:
         or not), for balancers that reason about capacity, like :class:`GpuPriority`."""
         if len(candidates) == 1:
             return candidates[0]
-        loads = [self.score(s, now) for s in candidates]
+        metric = self.metric
+        if metric is not None and _plain_score(self):
+            loads = [metric.load(s, now) for s in candidates]
+        else:
+            loads = [self.score(s.view, now) for s in candidates]
         return candidates[strategies.least_loaded(loads, rng)]
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
-        """A request to ``state``'s backend succeeded in ``latency`` seconds, having
-        shared the backend with ``load_at_start`` units of work (its own included)."""
+        """A request of ``cost`` to ``state``'s backend succeeded in ``latency``
+        seconds, having shared the backend with ``load_at_start`` units of work (its
+        own included); ``hints`` is what the server reported about its load."""
         if self.metric is not None:
-            self.metric.observe(state, latency, now, load_at_start)
+            self.metric.observe(state, latency, now, load_at_start, cost, hints)
+
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        """The metric's learned latency for one unit of work here (for stats)."""
+        return None if self.metric is None else self.metric.estimate(state, now)
+
+    def concurrency(self, state: BackendState) -> float | None:
+        """The learned concurrency (knee) of this backend, where the metric learns one."""
+        metric = self.metric
+        knee = getattr(metric, "concurrency", None)
+        return None if knee is None else knee(state)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
@@ -106,8 +135,11 @@ class _P2C(Balancer):
         sa, sb = candidates[a], candidates[b]
         metric = self.metric
         # Skip one call layer when score is not overridden (it runs twice per pick).
-        score = metric.load if metric is not None and _plain_score(self) else self.score
-        return sb if score(sb, now) < score(sa, now) else sa
+        if metric is not None and _plain_score(self):
+            load = metric.load
+            return sb if load(sb, now) < load(sa, now) else sa
+        score = self.score
+        return sb if score(sb.view, now) < score(sa.view, now) else sa
 
 
 class RoundRobin(Balancer):
@@ -227,44 +259,65 @@ class PeakEwma(_P2C):
 
 
 class ShortestExpectedDelay(Balancer):
-    """Send each request where it is expected to be answered soonest, learning each
-    backend's drain rate from its answers (see :class:`~embedbalance.load.ExpectedDelay`).
+    """Send each request where it is expected to be answered soonest, from a model of
+    each backend with a concurrency knee (see :class:`~embedbalance.load.ExpectedDelay`).
 
-    Unlike peak-EWMA it tells *slow* from *busy*: a 2-slot CPU pod and an 8-slot GPU box
-    with the same queue get different scores, so the pod only gets work when waiting
-    for the GPU would take longer — no hand-set weights. It is cost-aware: with request
-    costs (the embedding client passes token counts) a big batch weighs what it is.
+    It learns each backend's service time and how many requests it serves at once. A
+    free slot on the fastest backend wins; when every fast slot is taken, the shortest
+    expected delay — a queue on a fast backend or a free slot on a slow one, whichever
+    answers sooner. Unlike peak-EWMA it tells *slow* from *busy*, and unlike a linear
+    model it tells a free slot from a queue, without hand-set weights. It is cost-aware:
+    with request costs (the embedding client passes token counts) a big batch weighs
+    what it is.
 
-    Picks are an exact scan up to ``scan_limit`` candidates; above it the best of
-    ``choices`` random ones (power of d choices), so the cost per pick stays flat at
-    thousands of backends. ``choices`` is 4 rather than 2 because backends here differ
-    in speed: with two samples, a pair of slow backends (a 1-in-16 chance when a
-    quarter are slow) forces a slow pick far more often than their capacity allows.
+    Backends whose expected delays are within ``tolerance`` (relative) of the best are
+    treated as equally good — the estimates are noisy, and a lasting preference for
+    the luckier of two identical backends would idle the other. Among those the least
+    loaded wins, ties at random; a slow-starting backend takes part with a
+    probability equal to its ramp, so its share grows with the ramp even in an idle
+    pool.
+
+    Picks are an exact scan up to ``scan_limit`` candidates; above it the same rule over
+    ``choices`` random ones, so the cost per pick stays flat at thousands of backends.
+    ``choices`` is 4 rather than 2 because backends here differ in speed: with two
+    samples, a pair of slow backends (a 1-in-16 chance when a quarter are slow) forces
+    a slow pick far more often than their capacity allows.
     """
 
     def __init__(
         self,
         *,
-        tau: float = 2.0,
-        idle_decay: float = 30.0,
+        better: float = 0.2,
+        worse: float = 0.1,
+        retest: float = 0.25,
         default_delay: float = 0.05,
+        tolerance: float = 0.5,
         scan_limit: int = 16,
         choices: int = 4,
     ) -> None:
         if choices < 2:
             raise ValueError(f"choices must be >= 2, got {choices!r}")
-        self.metric = ExpectedDelay(tau=tau, idle_decay=idle_decay, default_delay=default_delay)
+        if not (tolerance >= 0 and tolerance < 10):
+            raise ValueError(f"tolerance must be >= 0 and < 10, got {tolerance!r}")
+        self.metric = ExpectedDelay(
+            better=better, worse=worse, retest=retest, default_delay=default_delay
+        )
         self.needs_oldest = True
-        #: Average drain rate measured across the pool: the estimate for a backend not
-        #: yet measured (None until the first answer anywhere).
-        self.prior: float | None = None
+        #: The pool's typical ``(service, slots)``: a moving average over every answer,
+        #: the estimate for a backend not yet measured and the level a stale, worse
+        #: estimate relaxes toward (None until the first answer anywhere).
+        self.prior: tuple[float, float] | None = None
+        self.tolerance = tolerance
         self.scan_limit = max(scan_limit, choices)
         self.choices = choices
 
     def __repr__(self) -> str:
         m = self.metric
         assert isinstance(m, ExpectedDelay)
-        return f"ShortestExpectedDelay(tau={m.tau:g}, default_delay={m.default_delay:g})"
+        return (
+            f"ShortestExpectedDelay(retest={m.retest:g}, tolerance={self.tolerance:g}, "
+            f"default_delay={m.default_delay:g})"
+        )
 
     def pick(
         self,
@@ -280,30 +333,68 @@ class ShortestExpectedDelay(Balancer):
             return candidates[0]
         metric = self.metric
         assert isinstance(metric, ExpectedDelay)
+        if type(self).score is not ShortestExpectedDelay.score:  # a subclass's own score
+            loads = [self.score(s.view, now) for s in candidates]
+            return candidates[strategies.least_loaded(loads, rng)]
         if n > self.scan_limit:
-            best = candidates[int(rng.random() * n)]
-            prior = self.prior
-            best_delay = metric.delay(best, now, cost, prior)
-            for _ in range(self.choices - 1):
-                other = candidates[int(rng.random() * n)]
-                other_delay = metric.delay(other, now, cost, prior)
-                if other_delay < best_delay:
-                    best, best_delay = other, other_delay
-            return best
-        delays = [metric.delay(s, now, cost, self.prior) for s in candidates]
-        return candidates[strategies.least_loaded(delays, rng)]
+            random_ = rng.random
+            pool = [candidates[int(random_() * n)] for _ in range(self.choices)]
+        else:
+            pool = list(candidates)
+        assess = metric.assess
+        prior = self.prior
+        scored = [assess(s, now, cost, prior) for s in pool]
+        best = min(d for d, _ in scored)
+        limit = best * (1.0 + self.tolerance)
+        # Among backends about as good as the best: the least loaded, ties at random.
+        # Past its knee a backend's delay grows and it leaves this set; within it, the
+        # estimates' noise must not pick favourites. A slow-starting backend takes part
+        # with a probability equal to its ramp, so its share grows with the ramp even
+        # in an idle pool (where dividing its score by a small weight lost every tie).
+        chosen: list[int] = []
+        least = math.inf
+        for i, (d, _) in enumerate(scored):
+            if d <= limit:
+                s = pool[i]
+                if now - s.admitted_at < s.slow_start.window and rng.random() * s.weight >= (
+                    s.effective_weight(now)
+                ):
+                    continue
+                held = s.outstanding_cost
+                if held < least:
+                    least, chosen = held, [i]
+                elif held == least:
+                    chosen.append(i)
+        if not chosen:
+            chosen = [i for i, (d, _) in enumerate(scored) if d == best]
+        return pool[chosen[0] if len(chosen) == 1 else chosen[int(rng.random() * len(chosen))]]
 
-    def score(self, state: BackendState, now: float) -> float:
+    def score(self, backend: BackendView, now: float) -> float:
         metric = self.metric
         assert isinstance(metric, ExpectedDelay)
-        return metric.delay(state, now, 1.0, self.prior)
+        return metric.delay(backend._state, now, 1.0, self.prior)
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
-        sample = max(latency, 0.0) / max(load_at_start, 1e-9)
-        self.prior = sample if self.prior is None else 0.9 * self.prior + 0.1 * sample
-        super().observe(state, latency, now, load_at_start)
+        metric = self.metric
+        assert isinstance(metric, ExpectedDelay)
+        metric.observe(state, latency, now, load_at_start, cost, hints)
+        est = metric.record(state)
+        prior = self.prior
+        if prior is None:
+            self.prior = (est.service, est.slots)
+        else:
+            self.prior = (
+                prior[0] + (est.service - prior[0]) * 0.1,
+                prior[1] + (est.slots - prior[1]) * 0.1,
+            )
 
 
 class LeastOutstandingTokens(Balancer):
@@ -455,9 +546,21 @@ class GpuPriority(Balancer):
         )
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
-        self.tier_balancer(state.tier).observe(state, latency, now, load_at_start)
+        self.tier_balancer(state.tier).observe(state, latency, now, load_at_start, cost, hints)
 
-    def score(self, state: BackendState, now: float) -> float:
-        return self.tier_balancer(state.tier).score(state, now)
+    def score(self, backend: BackendView, now: float) -> float:
+        return self.tier_balancer(backend.tier).score(backend, now)
+
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        return self.tier_balancer(state.tier).estimate(state, now)
+
+    def concurrency(self, state: BackendState) -> float | None:
+        return self.tier_balancer(state.tier).concurrency(state)

@@ -5,6 +5,12 @@ job) — the separation tower and Finagle draw. Lower is less loaded. Every metr
 divides by the backend's effective weight (so a weight-4 GPU box at 4 pending looks
 like a weight-1 pod at 1) and multiplies by the backend's failure penalty (so a
 backend that fails in a millisecond never looks idle — the black-hole problem).
+
+Each metric owns its per-backend state (tower's ``PeakEwma`` keeps its ``RttEstimate``
+beside the endpoint): the shared :class:`~embedbalance._state.BackendState` holds only
+generic facts (pending, outstanding cost, failure penalty, weight, admission time,
+server hints) plus one slot, ``metric_state``, where the metric keeps its own record.
+A new metric is one class; two metrics never fight over a field.
 """
 
 from __future__ import annotations
@@ -14,19 +20,19 @@ from typing import Protocol
 
 import attrs
 
+from ._hints import ServerHints
 from ._state import BackendState
 
 __all__ = [
     "DEFAULT_FAILURE_DECAY",
+    "DelayEstimate",
     "ExpectedDelay",
     "LoadMetric",
     "OutstandingTokens",
     "PeakEwmaLatency",
     "PendingRequests",
+    "RttEstimate",
 ]
-
-#: How much more a never-measured backend costs per request it already holds.
-UNMEASURED_BUSY_FACTOR = 4.0
 
 #: Time constant (seconds) of the failure penalty's decay.
 DEFAULT_FAILURE_DECAY = 5.0
@@ -40,10 +46,22 @@ class LoadMetric(Protocol):
         ...
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
         """Feed one successful response's latency (seconds); ``load_at_start`` is the
-        work in flight on the backend when the request was placed, its own included."""
+        work in flight on the backend when the request was placed, its own included;
+        ``cost`` the request's own; ``hints`` what the server said about its load."""
+        ...
+
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        """The metric's learned latency for one unit of work on this backend (seconds),
+        or None when it learns nothing (for stats)."""
         ...
 
 
@@ -69,8 +87,17 @@ class PendingRequests:
         return load
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
+        return None
+
+    def estimate(self, state: BackendState, now: float) -> float | None:
         return None
 
 
@@ -95,9 +122,35 @@ class OutstandingTokens:
         return load
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
         return None
+
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        return None
+
+
+@attrs.define(slots=True, eq=False)
+class RttEstimate:
+    """:class:`PeakEwmaLatency`'s record of one backend: the estimate (seconds), when it
+    was last moved, and how many samples it has seen."""
+
+    rtt: float = 0.0
+    stamp: float = 0.0
+    samples: int = 0
+
+
+def _rtt(state: BackendState) -> RttEstimate:
+    est = state.metric_state
+    if type(est) is not RttEstimate:
+        est = state.metric_state = RttEstimate()
+    return est
 
 
 @attrs.frozen
@@ -117,6 +170,8 @@ class PeakEwmaLatency:
       ``default_rtt × recent failures`` before the failure penalty multiplies it, so a
       backend that fails instantly never looks fast.
 
+    Its per-backend record is an :class:`RttEstimate` in ``state.metric_state``.
+
     Where it misleads: latency is a proxy for load only if requests cost about the
     same; mixed huge and tiny batches make it noisy (use
     :class:`~embedbalance.LeastOutstandingTokens` there).
@@ -132,38 +187,48 @@ class PeakEwmaLatency:
         if not (self.default_rtt > 0 and math.isfinite(self.default_rtt)):
             raise ValueError(f"default_rtt must be a finite number > 0, got {self.default_rtt!r}")
 
-    def _seed(self, state: BackendState, now: float) -> None:
-        if state.rtt_samples == 0 and state.rtt == 0.0:
-            state.rtt = self.default_rtt
-            state.rtt_stamp = now
+    def _seed(self, est: RttEstimate, now: float) -> None:
+        if est.samples == 0 and est.rtt == 0.0:
+            est.rtt = self.default_rtt
+            est.stamp = now
 
-    def estimate(self, state: BackendState, now: float) -> float:
-        """The estimate decayed to ``now`` (mutates the state, as Finagle does)."""
-        self._seed(state, now)
-        self._update(state, 0.0, now)
-        return state.rtt
+    def decayed(self, state: BackendState, now: float) -> float:
+        """The estimate decayed to ``now`` (mutates the record, as Finagle does)."""
+        est = _rtt(state)
+        self._seed(est, now)
+        self._update(est, 0.0, now)
+        return est.rtt
 
-    def _update(self, state: BackendState, sample: float, now: float) -> None:
-        if sample > state.rtt:
-            state.rtt = sample
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        est = state.metric_state
+        if type(est) is not RttEstimate or est.samples == 0:
+            return None
+        return est.rtt
+
+    def _update(self, est: RttEstimate, sample: float, now: float) -> None:
+        if sample > est.rtt:
+            est.rtt = sample
         else:
-            elapsed = now - state.rtt_stamp
+            elapsed = now - est.stamp
             if elapsed > 0:
                 w = math.exp(-elapsed / self.tau)
-                state.rtt = state.rtt * w + sample * (1.0 - w)
-        if now > state.rtt_stamp:
-            state.rtt_stamp = now
+                est.rtt = est.rtt * w + sample * (1.0 - w)
+        if now > est.stamp:
+            est.stamp = now
 
     def load(self, state: BackendState, now: float) -> float:
-        # This runs twice per pick; it is estimate(), penalty_factor() and
+        # This runs twice per pick; it is decayed(), penalty_factor() and
         # effective_weight() inlined (the tests pin it against those).
-        rtt = state.rtt
-        if rtt == 0.0 and state.rtt_samples == 0:
-            rtt = state.rtt = self.default_rtt
-            state.rtt_stamp = now
-        elif now > state.rtt_stamp:
-            rtt = state.rtt = rtt * math.exp((state.rtt_stamp - now) / self.tau)
-            state.rtt_stamp = now
+        est = state.metric_state
+        if type(est) is not RttEstimate:
+            est = state.metric_state = RttEstimate()
+        rtt = est.rtt
+        if rtt == 0.0 and est.samples == 0:
+            rtt = est.rtt = self.default_rtt
+            est.stamp = now
+        elif now > est.stamp:
+            rtt = est.rtt = rtt * math.exp((est.stamp - now) / self.tau)
+            est.stamp = now
         if state.penalty > 0.0:
             penalty = state.penalty_factor(now, self.failure_decay)
             # Failures feed no latency sample, so a backend that only fails sees its
@@ -176,119 +241,312 @@ class PeakEwmaLatency:
         return rtt * (state.pending + 1) / state.weight
 
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
         # _seed() then _update(), inlined: this runs once per successful request.
+        est = state.metric_state
+        if type(est) is not RttEstimate:
+            est = state.metric_state = RttEstimate()
         sample = latency if latency > 0.0 else 0.0
-        rtt = state.rtt
-        if rtt == 0.0 and state.rtt_samples == 0:
+        rtt = est.rtt
+        if rtt == 0.0 and est.samples == 0:
             rtt = self.default_rtt
-            state.rtt_stamp = now
+            est.stamp = now
         if sample > rtt:
             rtt = sample
-        elif now > state.rtt_stamp:
-            w = math.exp((state.rtt_stamp - now) / self.tau)
+        elif now > est.stamp:
+            w = math.exp((est.stamp - now) / self.tau)
             rtt = rtt * w + sample * (1.0 - w)
-        state.rtt = rtt
-        if now > state.rtt_stamp:
-            state.rtt_stamp = now
-        state.rtt_samples += 1
+        est.rtt = rtt
+        if now > est.stamp:
+            est.stamp = now
+        est.samples += 1
+
+
+@attrs.define(slots=True, eq=False)
+class DelayEstimate:
+    """:class:`ExpectedDelay`'s record of one backend.
+
+    ``service``: seconds per unit of cost while the backend has a free slot (its base
+    service time); ``slots``: its concurrency in units of cost — the knee past which
+    requests queue; ``stamp``: when the last answer arrived; ``samples``: answers seen.
+    """
+
+    service: float = 0.0
+    slots: float = 1.0
+    stamp: float = 0.0
+    samples: int = 0
+    #: Mean absolute relative deviation of service samples: the backend's own noise,
+    #: so a slow-by-chance answer is not read as a queue.
+    spread: float = 0.0
+
+
+#: The least a sample must exceed the service estimate by (relative) to count as
+#: having queued; the margin also widens with the backend's own noise (``spread``).
+QUEUE_MARGIN = 0.2
+#: How many mean absolute deviations of a backend's service times count as noise.
+NOISE_SPREADS = 2.5
 
 
 @attrs.frozen
 class ExpectedDelay:
-    """How long a new request would take here: seconds per unit of work in flight ×
-    (work in flight + its own cost), and never less than the age of the oldest request
-    still waiting.
+    """How long a new request would take here, from a model of the backend with a knee.
 
-    - Each success yields a sample ``latency / load_at_start``: the latency divided by the
-      work it shared the backend with. On a saturated backend with ``c`` slots and
-      service time ``s`` that is ``s / c`` — its *drain rate*, which is what decides how
-      soon one more request gets served. Raw latency (what peak-EWMA tracks) mixes
-      speed with queue length and cannot tell a slow 2-slot box from a fast 8-slot one
-      with a queue; this can, without anyone setting weights.
-    - Samples are averaged with weight ``exp(-Δt/tau)`` on the old value (no peak
-      replacement: samples vary with concurrency, and one uncrowded request must not
-      make a big server look slow).
-    - The oldest request still in flight bounds the estimate from below: a backend that
-      has stopped answering (or was never measured) cannot keep looking cheap while its
-      requests age — the fast-failure and the long-stall cases both.
-    - An estimate not refreshed for a while decays toward zero with time constant
-      ``idle_decay`` so a backend that was slow once is probed again.
-    - Before a backend's first answer its unit is the *prior* the balancer passes (the
-      average of what the pool measures), else ``default_delay``: a new backend looks
-      like a typical one, gets work and is measured. A fixed guess would be wrong by
-      orders of magnitude once costs are token counts, and a new backend would starve.
-      While it has no answer yet, each request it holds makes it much dearer, so it is
-      probed a request at a time instead of being handed a burst.
+    A batching server's latency is flat while it has a free slot and grows with the
+    queue once its slots are full. The metric learns both numbers per backend from the
+    answers it sees — no hand-set weights:
 
-    Cost-aware: with per-request costs (tokens), the unit is seconds per token and the
-    estimate covers the new request's own size (see :class:`~embedbalance.ShortestExpectedDelay`).
-    The idea is IPVS's "shortest expected delay" scheduler with learned service rates.
+    - **service** ``s`` (seconds per unit of cost on a free slot) and **slots** ``K`` (the
+      concurrency, in units of cost, past which latency grows). The expected delay of a
+      request of cost ``c`` placed on a backend holding ``W`` units is
+      ``s × c × max(1, (W + c) / K)``: its service time while ``W + c <= K``, and beyond
+      the knee the queue adds in proportion (a saturated ``K``-slot server drains ``K``
+      requests per service time).
+    - **Learning from an answer** of latency ``y`` to a request placed when ``L`` units
+      were in flight (its own included): when ``y`` is within the backend's noise of
+      what a free slot gives (``s × c``; the margin is ``QUEUE_MARGIN`` or, for a noisy
+      backend, ``NOISE_SPREADS`` mean deviations), it is a service sample, and if ``L``
+      exceeded ``K`` the backend evidently held ``L`` without queueing, so ``K`` moves
+      up toward ``L``. When it is slower and other work shared the backend, the excess
+      is read as queueing: ``K`` moves toward ``L × s × c / y`` (the concurrency that
+      explains it), and ``s`` moves only a little. Alone on the backend, a slow answer
+      is a slow service time.
+    - **Server hints win over guesses**: TEI's ``x-inference-time`` is the service time
+      and ``x-queue-time`` the queueing, exactly; our worker's ``X-Queue-Depth`` of 0
+      makes the answer a service sample, and ``X-In-Flight - X-Queue-Depth`` (what it
+      serves at once while others wait) is the knee.
+    - **Recovery asymmetry** (peak-EWMA's, mirrored): an answer under half the estimate
+      moves it by the share it improves on it (one good answer after a slow spell counts
+      almost in full), one over twice the estimate by half that; ordinary noise moves it
+      by ``better`` (down) or ``worse`` (up).
+    - **Stale knowledge is re-tested, not only decayed**: an estimate worse than the
+      pool's typical one relaxes toward it with time constant ``retest`` while the
+      backend gets no answers, so it is probed again — sooner the longer it has gone
+      unmeasured — and the first answer after ``Δt`` of silence replaces
+      ``1 - exp(-Δt/retest)`` of the old estimate.
+    - **Silence bounds the estimate from below**: a backend holding work that has not
+      answered anything for ``t`` seconds is expected to take at least ``t`` — a hung
+      backend stops looking cheap, while one with a rare straggler but other answers
+      flowing does not.
+    - **Unmeasured backends** start at the *prior* the balancer passes (the pool's
+      typical service time and concurrency), else ``default_delay`` and one slot, and
+      are probed a request at a time until they answer.
+    - **Slow start ramps concurrency, not delay**: a newly admitted backend's slots are
+      scaled by its slow-start factor, so while it has a free (ramped) slot its delay is
+      its service time and it competes on equal terms (the balancer lets it take part
+      in a pick with a probability equal to its ramp) — it gets a growing share even in
+      an idle pool, where a delay divided by a small weight lost every tie.
+
+    The idea is IPVS's "shortest expected delay" scheduler with learned service rates
+    and a concurrency knee. Its per-backend record is a :class:`DelayEstimate` in
+    ``state.metric_state``.
     """
 
-    tau: float = 2.0
-    idle_decay: float = 30.0
+    better: float = 0.2
+    worse: float = 0.1
+    retest: float = 0.25
     default_delay: float = 0.05
     failure_decay: float = DEFAULT_FAILURE_DECAY
 
     def __attrs_post_init__(self) -> None:
-        for name in ("tau", "idle_decay", "default_delay"):
+        for name in ("retest", "default_delay"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("better", "worse"):
+            value = getattr(self, name)
+            if not 0 < value <= 1:
+                raise ValueError(f"{name} must be > 0 and <= 1, got {value!r}")
 
-    def unit(self, state: BackendState, now: float, prior: float | None = None) -> float:
-        """Seconds per unit of work in flight, decayed for idleness; ``prior`` (what the
-        rest of the pool measures) stands in before the first sample, else
-        ``default_delay``."""
-        if state.delay_samples == 0:
-            return self.default_delay if prior is None else prior
-        idle = now - state.delay_stamp
-        if idle <= 0.0:
-            return state.delay_unit
-        return state.delay_unit * math.exp(-idle / self.idle_decay)
+    def record(self, state: BackendState) -> DelayEstimate:
+        """This metric's record of ``state``'s backend (created on first use)."""
+        est = state.metric_state
+        if type(est) is not DelayEstimate:
+            est = state.metric_state = DelayEstimate()
+        return est
 
-    def delay(
-        self, state: BackendState, now: float, cost: float = 1.0, prior: float | None = None
-    ) -> float:
-        """Expected seconds until a request of ``cost`` placed now would be answered,
-        scaled by weight and failure penalty like every metric here."""
-        expected = self.unit(state, now, prior) * (state.outstanding_cost + cost)
-        if state.delay_samples == 0 and state.pending:
-            # Never measured and already busy: its speed is a guess, so one request at
-            # a time probes it rather than a queue of them (a slow newcomer would
-            # otherwise collect a burst before its first answer says what it is).
-            expected *= 1.0 + UNMEASURED_BUSY_FACTOR * state.pending
-        if state.pending:
-            age = state.oldest_age(now)
-            if age > expected:
-                expected = age
+    def assess(
+        self,
+        state: BackendState,
+        now: float,
+        cost: float = 1.0,
+        prior: tuple[float, float] | None = None,
+    ) -> tuple[float, float]:
+        """``(expected delay, free room)`` for a request of ``cost`` placed now: the
+        seconds until it would be answered (scaled by weight and failure penalty like
+        every metric here), and the units of cost the backend can still take before it
+        queues (0 when it is past its knee)."""
+        est = state.metric_state
+        if type(est) is DelayEstimate and est.samples > 0:
+            service, slots = est.service, est.slots
+            if prior is not None and service > prior[0]:
+                age = now - est.stamp
+                if age > 0.0:  # stale and worse than the pool: relax toward it
+                    w = math.exp(-age / self.retest)
+                    service = service * w + prior[0] * (1.0 - w)
+            if now - state.admitted_at < state.slow_start.window:
+                slots *= state.effective_weight(now) / state.weight
+        else:
+            # Never answered: its speed is the pool's typical one (or a guess), and
+            # one request at a time probes it rather than a queue of them.
+            service = self.default_delay if prior is None else prior[0]
+            slots = 1.0
+        if slots < cost:
+            slots = cost
+        work = state.outstanding_cost + cost
+        expected = service * cost
+        if work > slots:
+            expected *= work / slots
+            room = 0.0
+        else:
+            room = slots - work + cost
+        if state.pending and state.in_flight:
+            # Silence: how long it has held work without answering anything.
+            since = state.oldest_started()
+            if state.answered_at > since:
+                since = state.answered_at
+            silence = now - since
+            if silence > expected:
+                expected = silence
         if state.penalty > 0.0:
             penalty = state.penalty_factor(now, self.failure_decay)
             # A failure carries no latency sample: each recent one counts as at least one
-            # typical request's worth of work (the pool's average unit when known — a
-            # fixed guess would dwarf a fast pool's units and shun a recovered backend).
-            floor = self.default_delay if prior is None else prior * (cost + 1.0)
+            # typical request's worth of work (the pool's when known — a fixed guess
+            # would dwarf a fast pool's units and shun a recovered backend).
+            floor = self.default_delay if prior is None else prior[0] * (cost + 1.0)
             expected = max(expected, floor * (penalty - 1.0)) * penalty
-        if now - state.admitted_at < state.slow_start.window:
-            return expected / state.effective_weight(now)
-        return expected / state.weight
+            room /= penalty
+        return expected / state.weight, room
+
+    def delay(
+        self,
+        state: BackendState,
+        now: float,
+        cost: float = 1.0,
+        prior: tuple[float, float] | None = None,
+    ) -> float:
+        """Expected seconds until a request of ``cost`` placed now would be answered."""
+        return self.assess(state, now, cost, prior)[0]
 
     def load(self, state: BackendState, now: float) -> float:
         return self.delay(state, now, 1.0)
 
+    def estimate(self, state: BackendState, now: float) -> float | None:
+        est = state.metric_state
+        if type(est) is not DelayEstimate or est.samples == 0:
+            return None
+        return est.service
+
+    def concurrency(self, state: BackendState) -> float | None:
+        """The learned knee (units of cost), or None before the first answer."""
+        est = state.metric_state
+        if type(est) is not DelayEstimate or est.samples == 0:
+            return None
+        return est.slots
+
     def observe(
-        self, state: BackendState, latency: float, now: float, load_at_start: float = 1.0
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: ServerHints | None = None,
     ) -> None:
-        sample = max(latency, 0.0) / max(load_at_start, 1e-9)
-        if state.delay_samples == 0:
-            state.delay_unit = sample
+        est = state.metric_state
+        if type(est) is not DelayEstimate:
+            est = state.metric_state = DelayEstimate()
+        unit = cost if cost > 0.0 else 1.0
+        y = latency if latency > 0.0 else 0.0
+        work = load_at_start if load_at_start > unit else unit
+        sample = y / unit  # seconds per unit of cost, queueing included
+        queue_factor: float | None = None  # y / service time, when a hint says it
+        if hints is not None:
+            if hints.inference_time is not None:
+                run = hints.inference_time
+                waited = hints.queue_time or 0.0
+                if run > 0.0:
+                    sample = run / unit
+                    queue_factor = (run + waited) / run
+            elif hints.queue_depth is not None and hints.queue_depth <= 0.0:
+                queue_factor = 1.0  # the server had no queue: this was a service time
+        if est.samples == 0:
+            # One point cannot split speed from queueing: take it as a service time
+            # at a concurrency of everything in flight (which reproduces it exactly);
+            # later answers below and above the knee pull the two apart.
+            est.service = sample
+            est.slots = work
+            if queue_factor is not None and queue_factor > 1.0 + QUEUE_MARGIN:
+                est.slots = max(unit, work / queue_factor)
+            if hints is not None and hints.in_flight is not None and hints.queue_depth:
+                serving = hints.in_flight - hints.queue_depth
+                if serving >= 1.0:
+                    est.slots = serving * unit
+            est.stamp = now
+            est.samples = 1
+            return
+        service, slots = est.service, est.slots
+        age = now - est.stamp
+        stale = 1.0 - math.exp(-age / self.retest) if age > 0.0 else 0.0
+        margin = NOISE_SPREADS * est.spread
+        if margin < QUEUE_MARGIN:
+            margin = QUEUE_MARGIN
+        elif margin > 0.8:
+            margin = 0.8
+        clear = True  # whether the sample is unambiguous evidence of the service time
+        if queue_factor is None:
+            ratio = sample / service if service > 0.0 else 1.0
+            if work <= unit or ratio <= 1.0 + margin:
+                # Alone on the backend a slow answer is a slow service time; with
+                # company, an answer within the noise shows no queue.
+                queue_factor = 1.0
+            else:
+                # Slower than a free slot gives, with company: read it as queueing
+                # (at most as much as serving everything in flight one by one).
+                queue_factor = min(ratio, work / unit)
+                sample /= queue_factor
+                clear = False
+        if clear and service > 0.0 and work <= slots:
+            # Noise is measured below the knee only (and the margin is capped): past
+            # it, queueing would pass for noise and widen the margin that hides it.
+            deviation = abs(sample / service - 1.0)
+            est.spread += ((deviation if deviation < 1.0 else 1.0) - est.spread) * 0.05
+        # Recovery asymmetry: a sample far better than the estimate (under half of it)
+        # moves it by the share it improves on it — one good answer after a slow spell
+        # counts almost in full; a far worse one (over twice) by half that. Ordinary
+        # noise moves it by ``better`` or ``worse``.
+        ratio = sample / service if service > 0.0 else 1.0
+        if ratio < 1.0:
+            w = 1.0 - ratio if ratio < 0.5 else self.better
         else:
-            elapsed = now - state.delay_stamp
-            w = math.exp(-elapsed / self.tau) if elapsed > 0 else 1.0
-            # Always let a sample count for something, even at the same instant.
-            w = min(w, 0.9)
-            state.delay_unit = state.delay_unit * w + sample * (1.0 - w)
-        state.delay_stamp = now
-        state.delay_samples += 1
+            w = 0.5 * (1.0 - 1.0 / ratio) if ratio > 2.0 else self.worse
+        if not clear:
+            w *= 0.5
+        if stale > w:
+            w = stale
+        est.service = service + (sample - service) * w
+        # The knee.
+        if hints is not None and hints.in_flight is not None and hints.queue_depth:
+            serving = hints.in_flight - hints.queue_depth
+            if serving >= 1.0:
+                est.slots = slots + (serving * unit - slots) * 0.5
+        elif queue_factor <= 1.0 + margin:
+            if work > slots:
+                # It held more than we thought without queueing. The tolerance lets
+                # picks go a little past a backend's knee, so a knee learned too low
+                # (during a bad spell, say) is tested and grows back this way.
+                est.slots = slots + (work - slots) * 0.5
+        else:
+            target = work / queue_factor
+            if target < unit:
+                target = unit
+            est.slots = slots + (target - slots) * 0.25
+        if now > est.stamp:
+            est.stamp = now
+        est.samples += 1

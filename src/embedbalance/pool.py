@@ -23,6 +23,7 @@ import numpy as np
 
 from ._backend import Backend, BackendLike, as_backend
 from ._clock import Clock, monotonic
+from ._hints import ServerHints
 from ._state import BackendState
 from .balancers import Balancer, ShortestExpectedDelay
 from .discovery import diff
@@ -111,6 +112,13 @@ class BackendStats:
     latency_p50: float | None
     latency_p99: float | None
     queue_depth: float | None
+    #: The balancer's learned latency for one unit of work (seconds): peak-EWMA's
+    #: estimate, or the default's service time on a free slot; None if it learns none.
+    estimate: float | None = None
+    #: The learned concurrency (knee, in units of cost), for balancers that learn one.
+    concurrency: float | None = None
+    #: About the p99 of recent latencies (seconds), a streaming estimate.
+    latency_high: float | None = None
 
 
 @attrs.frozen
@@ -132,7 +140,10 @@ class PoolStats:
 class BackendPool:
     """Backends plus everything needed to choose among them, thread-safe.
 
-    - ``balancer``: who gets picked (default :class:`~embedbalance.ShortestExpectedDelay`).
+    - ``balancer``: who gets picked (default :class:`~embedbalance.ShortestExpectedDelay`):
+      a :class:`~embedbalance.Balancer`, or a factory (the class itself, a lambda) the
+      pool calls once — a balancer learns per-pool state, so an instance already used
+      by another pool is refused.
     - ``outlier_detection``: passive ejection from real traffic (``None`` disables).
     - ``health_check``: the active-check policy whose ``rise``/``fall`` apply to
       :meth:`report_check` (the checks themselves run in an I/O edge).
@@ -147,7 +158,7 @@ class BackendPool:
         self,
         backends: Iterable[BackendLike] = (),
         *,
-        balancer: Balancer | None = None,
+        balancer: Balancer | Callable[[], Balancer] | None = None,
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         health_check: HealthCheck | None = None,
         slow_start: SlowStart | None = SlowStart(),
@@ -157,7 +168,7 @@ class BackendPool:
     ) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
             raise ValueError(f"panic_threshold must be between 0 and 1, got {panic_threshold!r}")
-        self.balancer = balancer if balancer is not None else ShortestExpectedDelay()
+        self.balancer = _make_balancer(balancer)
         self.outlier_detection = outlier_detection or OutlierDetection(enabled=False)
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)
@@ -360,8 +371,12 @@ class BackendPool:
         """Pick a backend for one request of ``cost`` (tokens, say), avoiding the URLs
         in ``exclude`` (where earlier attempts of the same request failed).
 
-        Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why.
+        Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why,
+        and ``ValueError`` for a cost that is not a finite number >= 0 (a NaN would
+        poison every estimate it touched).
         """
+        if not 0.0 <= cost < math.inf:
+            raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
         events: list[PoolEvent] | None = None
         with self._lock:
             now = self._now()
@@ -399,13 +414,19 @@ class BackendPool:
         latency: float | None = None,
         retry_after: float | None = None,
         queue_depth: float | None = None,
+        hints: ServerHints | None = None,
     ) -> None:
         """Report how a leased request ended.
 
-        ``latency`` defaults to the pool clock's time since :meth:`acquire`;
-        ``retry_after`` (seconds) is honoured for :attr:`Outcome.OVERLOADED`;
-        ``queue_depth`` is the server-reported queue length, where it sent one.
+        ``latency`` defaults to the pool clock's time since :meth:`acquire` (a given one
+        must be a finite number; negative reads as 0); ``retry_after`` (seconds) is
+        honoured for :attr:`Outcome.OVERLOADED`; ``queue_depth`` is the server-reported
+        queue length, where it sent one; ``hints`` every load hint of the response
+        (:func:`~embedbalance._hints.parse_hints`), which the balancer trusts over its
+        guesses (its ``queue_depth`` stands in for a missing ``queue_depth``).
         """
+        if latency is not None and not -math.inf < latency < math.inf:
+            raise ValueError(f"latency must be a finite number, got {latency!r}")
         events: list[PoolEvent] | None = None
         with self._lock:
             if lease.released:
@@ -423,15 +444,24 @@ class BackendPool:
                 s.outstanding_cost = 0.0  # no float drift while idle
                 if s.removed:
                     self._draining.pop(s.url, None)
+            if hints is not None:
+                s.hints = hints
+                if queue_depth is None:
+                    queue_depth = hints.queue_depth
+            elif queue_depth is not None:
+                hints = ServerHints(queue_depth=queue_depth)
             if queue_depth is not None:
                 s.queue_depth = queue_depth
             if outcome is _SUCCESS:
                 if latency is None:
                     latency = now - lease.started_at
+                if latency < 0.0:
+                    latency = 0.0  # a clock step back: the answer took no time, not less
                 s.successes += 1
                 s.consecutive_failures = 0
-                s.latencies.append(latency)
-                self.balancer.observe(s, latency, now, lease.load_at_start)
+                s.answered_at = now
+                s.observe_latency(latency)
+                self.balancer.observe(s, latency, now, lease.load_at_start, lease.cost, hints)
             elif outcome is _FAILURE:
                 s.failures += 1
                 s.consecutive_failures += 1
@@ -563,6 +593,7 @@ class BackendPool:
         else:
             state = "healthy"
         p50 = p99 = None
+        estimate = self.balancer.estimate(s, now)
         if s.latencies:
             p50, p99 = (float(x) for x in np.percentile(np.fromiter(s.latencies, float), [50, 99]))
         return BackendStats(
@@ -580,8 +611,60 @@ class BackendPool:
             cancelled=s.cancelled,
             ejections=s.total_ejections,
             ejected_until=s.ejected_until if state == "ejected" else None,
-            rtt_estimate=s.rtt if s.rtt_samples else None,
+            rtt_estimate=estimate,
             latency_p50=p50,
             latency_p99=p99,
             queue_depth=s.queue_depth,
+            estimate=estimate,
+            concurrency=self.balancer.concurrency(s),
+            latency_high=s.latency_high if s.latency_high_samples else None,
         )
+
+    def attempt_deadline(
+        self, backend: BackendLike, *, multiple: float = 3.0, ceiling: float | None = None
+    ) -> float | None:
+        """Seconds to give one attempt on ``backend`` before answering it elsewhere:
+        ``multiple`` × its recent p99 (a streaming estimate over its answers), at most
+        ``ceiling`` (the caller's timeout). Before it has answered 20 times, the largest
+        p99 among the pool's backends stands in; with no answer anywhere, ``ceiling``.
+
+        For a transport's adaptive per-attempt deadline and hedge delay: a request stuck
+        on a straggler or a hung backend is retried or hedged after about the pool's
+        p99, not after the caller's whole timeout.
+        """
+        if not (multiple > 0 and math.isfinite(multiple)):
+            raise ValueError(f"multiple must be a finite number > 0, got {multiple!r}")
+        url = as_backend(backend).url
+        with self._lock:
+            s = self._states.get(url) or self._draining.get(url)
+            if s is not None and s.latency_high_samples >= 20:
+                high = s.latency_high
+            else:
+                highs = [o.latency_high for o in self._states.values() if o.latency_high_samples]
+                if not highs:
+                    return ceiling
+                high = max(highs)
+        deadline = multiple * high
+        return deadline if ceiling is None or deadline < ceiling else ceiling
+
+
+def _make_balancer(balancer: Balancer | Callable[[], Balancer] | None) -> Balancer:
+    """The pool's own balancer: the default, a fresh one from a factory, or the given
+    instance if no other pool has claimed it (its learned state is per pool)."""
+    if balancer is None:
+        made: object = ShortestExpectedDelay()
+    elif isinstance(balancer, Balancer):
+        made = balancer
+    elif callable(balancer):
+        made = balancer()
+    else:
+        raise TypeError(f"balancer must be a Balancer or a factory of one, got {balancer!r}")
+    if not isinstance(made, Balancer):
+        raise TypeError(f"the balancer factory returned {made!r}, not a Balancer")
+    if getattr(made, "_claimed", False):
+        raise ValueError(
+            f"{made!r} already balances another pool; pass a factory (the class, say) so "
+            "that each pool learns its own backends"
+        )
+    made._claimed = True
+    return made

@@ -1,5 +1,6 @@
-"""ExpectedDelay / ShortestExpectedDelay: drain-rate learning, the oldest-request bound,
-cost awareness, and telling a slow backend from a busy one."""
+"""ExpectedDelay / ShortestExpectedDelay: the model with a knee (service time and
+concurrency learned per unit of cost), server hints, re-testing stale knowledge, equal
+shares for identical backends, and telling a slow backend from a busy one."""
 
 from __future__ import annotations
 
@@ -11,53 +12,150 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import embedbalance as eb
-from embedbalance.load import ExpectedDelay
+from embedbalance.load import DelayEstimate, ExpectedDelay
 
+from ._sim import open_loop, shares
 from .conftest import make_state, pool_of
 
 
-def test_sample_is_latency_per_unit_of_work_and_averages_with_time() -> None:
-    """A sample is latency ÷ work in flight at send; later samples blend with weight exp(-Δt/τ)."""
-    m = ExpectedDelay(tau=2.0)
-    s = make_state()
-    m.observe(s, latency=0.8, now=10.0, load_at_start=4.0)
-    assert s.delay_unit == pytest.approx(0.2)
-    m.observe(s, latency=0.1, now=12.0, load_at_start=1.0)
-    w = math.exp(-2.0 / 2.0)
-    assert s.delay_unit == pytest.approx(0.2 * w + 0.1 * (1 - w))
+def learned(state: object) -> DelayEstimate:
+    record = state.metric_state  # type: ignore[attr-defined]
+    assert isinstance(record, DelayEstimate)
+    return record
 
 
-def test_unmeasured_backend_uses_the_default_and_idle_estimates_decay() -> None:
-    """No sample yet means default_delay; an estimate left unrefreshed decays with idle_decay."""
-    m = ExpectedDelay(default_delay=0.05, idle_decay=30.0)
-    s = make_state()
-    assert m.unit(s, 0.0) == 0.05
-    m.observe(s, latency=0.3, now=0.0)
-    assert m.unit(s, 0.0) == pytest.approx(0.3)
-    assert m.unit(s, 30.0) == pytest.approx(0.3 * math.exp(-1.0))
+def teach(m: ExpectedDelay, state: object, service: float, slots: float, now: float) -> None:
+    """Give ``state`` a learned record directly."""
+    state.metric_state = DelayEstimate(service=service, slots=slots, stamp=now, samples=50)  # type: ignore[attr-defined]
 
 
-def test_delay_covers_work_in_flight_and_the_new_request_cost() -> None:
-    """Expected delay is unit × (outstanding cost + the new request's cost), divided by weight."""
+def test_delay_is_service_time_below_the_knee_and_grows_past_it() -> None:
+    """With a free slot the expected delay is the service time; past the knee it is scaled by work ÷ slots (divided by weight)."""
     m = ExpectedDelay()
     s = make_state(weight=2.0)
-    m.observe(s, latency=1.0, now=0.0, load_at_start=10.0)  # 0.1 s per unit
-    s.outstanding_cost = 30.0
-    assert m.delay(s, 0.0, cost=10.0) == pytest.approx(0.1 * 40.0 / 2.0)
-    assert m.delay(s, 0.0, cost=1.0) == pytest.approx(0.1 * 31.0 / 2.0)
+    teach(m, s, service=0.1, slots=8.0, now=0.0)
+    for held in (0.0, 3.0, 7.0):
+        s.outstanding_cost = held
+        assert m.delay(s, 0.0, cost=1.0) == pytest.approx(0.1 / 2.0)
+    s.outstanding_cost = 15.0
+    assert m.delay(s, 0.0, cost=1.0) == pytest.approx(0.1 * 16.0 / 8.0 / 2.0)
+    s.outstanding_cost = 0.0  # a request bigger than the knee costs its own size
+    assert m.delay(s, 0.0, cost=16.0) == pytest.approx(0.1 * 16.0 / 2.0)
 
 
-def test_oldest_request_in_flight_bounds_the_estimate(clock: eb.ManualClock) -> None:
-    """A backend whose oldest request has waited 5 s is expected to take at least 5 s, however fast it was."""
+@settings(max_examples=40, deadline=None)
+@given(
+    slots=st.integers(1, 16),
+    service=st.floats(0.005, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_knee_is_learned_from_a_synthetic_latency_curve(
+    slots: int, service: float, seed: int
+) -> None:
+    """Answers from a server with K slots and service time S (flat up to K in flight, then growing with the queue, ±10% noise) teach S within 25% and K within 40%."""
+    m = ExpectedDelay()
+    s = make_state()
+    rng = random.Random(seed)
+    now = 0.0
+    for _ in range(600):
+        work = float(rng.randint(1, 3 * slots))
+        y = service * max(1.0, work / slots) * rng.uniform(0.9, 1.1)
+        now += 0.01
+        m.observe(s, y, now, load_at_start=work)
+    est = learned(s)
+    assert est.service == pytest.approx(service, rel=0.25)
+    assert est.slots == pytest.approx(slots, rel=0.4, abs=1.0)
+
+
+def test_tei_timing_hints_are_trusted_over_guesses() -> None:
+    """With TEI's x-inference-time / x-queue-time the service time is the inference time per unit of cost, and queueing lowers the knee, whatever the raw latency says."""
+    m = ExpectedDelay()
+    s = make_state()
+    hints = eb.ServerHints(queue_time=0.0, inference_time=0.2)
+    for i in range(30):  # 4 units each; raw latency inflated by the network
+        m.observe(s, 0.5, float(i), load_at_start=4.0, cost=4.0, hints=hints)
+    assert learned(s).service == pytest.approx(0.05, rel=0.01)
+    queued = eb.ServerHints(queue_time=0.6, inference_time=0.2)  # waited 3x its run
+    for i in range(60):
+        m.observe(s, 0.9, 30.0 + i, load_at_start=16.0, cost=4.0, hints=queued)
+    assert learned(s).slots == pytest.approx(4.0, rel=0.2)  # 16 units at 4x: a knee of 4
+
+
+def test_worker_queue_hints_give_the_knee() -> None:
+    """Our worker's X-In-Flight minus X-Queue-Depth is how many it serves at once: the knee moves there; a zero queue makes the answer a service sample."""
+    m = ExpectedDelay()
+    s = make_state()
+    for i in range(40):
+        m.observe(
+            s,
+            0.3,
+            float(i),
+            load_at_start=6.0,
+            hints=eb.ServerHints(queue_depth=4.0, in_flight=10.0),
+        )
+    assert learned(s).slots == pytest.approx(6.0, rel=0.05)
+    for i in range(40):
+        m.observe(
+            s,
+            0.1,
+            40.0 + i,
+            load_at_start=5.0,
+            hints=eb.ServerHints(queue_depth=0.0, in_flight=5.0),
+        )
+    assert learned(s).service == pytest.approx(0.1, rel=0.05)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    fast=st.floats(0.001, 1.0),
+    slower=st.lists(st.tuples(st.floats(1.0, 50.0), st.integers(1, 16)), min_size=1, max_size=10),
+    fast_slots=st.integers(2, 16),
+    seed=st.integers(0, 2**16),
+)
+def test_a_free_slot_on_the_fastest_backend_beats_any_queue(
+    fast: float, slower: list[tuple[float, int]], fast_slots: int, seed: int
+) -> None:
+    """A backend with a free slot and the lowest service time wins over backends that are no faster and already past their knee."""
+    balancer = eb.ShortestExpectedDelay()
+    m = balancer.metric
+    assert isinstance(m, ExpectedDelay)
+    rng = random.Random(seed)
+    best = make_state(0)
+    teach(m, best, fast, float(fast_slots), 0.0)
+    best.outstanding_cost = float(rng.randint(0, fast_slots - 1))
+    states = [best]
+    for i, (factor, slots) in enumerate(slower, start=1):
+        s = make_state(i)
+        teach(m, s, fast * factor, float(slots), 0.0)
+        s.outstanding_cost = float(slots + rng.randint(0, 20))  # at or past the knee
+        states.append(s)
+    rng_pick = random.Random(seed)
+    for _ in range(5):
+        chosen = balancer.pick(states, cost=1.0, now=0.0, rng=rng_pick, population=states)
+        assert chosen is best
+
+
+def test_silence_bounds_the_estimate_but_a_straggler_does_not(clock: eb.ManualClock) -> None:
+    """A backend holding work that has answered nothing for 5 s is expected to take at least 5 s; one whose oldest request straggles while others come back is not shunned for it."""
     pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay())
+    metric = pool.balancer.metric
+    assert isinstance(metric, ExpectedDelay)
     stuck = pool.acquire()
     clock.advance(5.0)
     state = stuck._state
-    assert pool.balancer.metric.delay(state, clock(), 1.0) >= 5.0  # type: ignore[union-attr]
-    for _ in range(20):  # every new request avoids the stalled backend
+    assert metric.delay(state, clock(), 1.0) >= 5.0
+    for _ in range(20):  # every new request avoids the silent backend
         lease = pool.acquire()
         assert lease.backend != stuck.backend
         pool.release(lease, eb.Outcome.SUCCESS, latency=0.01)
+    # The same backend answers other requests while the old one straggles on.
+    for _ in range(5):
+        lease = pool.acquire(
+            exclude=[u for u in (b.url for b in pool.backends) if u != stuck.backend.url]
+        )
+        clock.advance(0.01)
+        pool.release(lease, eb.Outcome.SUCCESS)
+    assert metric.delay(state, clock(), 1.0) < 1.0
     pool.release(stuck)
     assert state.oldest_age(clock()) == 0.0
 
@@ -66,22 +164,19 @@ def test_tells_a_slow_backend_from_a_busy_one(clock: eb.ManualClock) -> None:
     """A fast 8-slot backend with a queue still beats an idle slow 2-slot one until its queue would take longer."""
     pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay())
     fast_url, slow_url = (b.url for b in pool.backends)
-    # Teach the pool: the fast one drains 8 requests per 0.15 s, the slow one 2 per 0.9 s.
-    for url, latency, load in ((fast_url, 0.15, 8.0), (slow_url, 0.9, 2.0)):
-        state = next(s for s in pool._states.values() if s.url == url)
-        for _ in range(5):
-            pool.balancer.observe(state, latency, clock(), load)
-            clock.advance(0.1)
+    metric = pool.balancer.metric
+    assert isinstance(metric, ExpectedDelay)
     fast = next(s for s in pool._states.values() if s.url == fast_url)
-    # Fast queue of 10: 0.019 × 11 ≈ 0.21 s beats the idle slow one's 0.45 s.
-    fast.pending = 10
-    fast.outstanding_cost = 10.0
+    slow = next(s for s in pool._states.values() if s.url == slow_url)
+    teach(metric, fast, 0.15, 8.0, clock())
+    teach(metric, slow, 0.9, 2.0, clock())
+    # Fast queue of 20: 0.15 × 21/8 ≈ 0.39 s beats the idle slow one's 0.9 s.
+    fast.pending, fast.outstanding_cost = 20, 20.0
     lease = pool.acquire()
     assert lease.backend.url == fast_url
     pool.release(lease, eb.Outcome.CANCELLED)
-    # Fast queue of 30: 0.019 × 31 ≈ 0.58 s — now the slow one is the sooner answer.
-    fast.pending = 30
-    fast.outstanding_cost = 30.0
+    # Fast queue of 60: 0.15 × 61/8 ≈ 1.14 s — now the slow one is the sooner answer.
+    fast.pending, fast.outstanding_cost = 60, 60.0
     assert pool.acquire().backend.url == slow_url
 
 
@@ -103,45 +198,51 @@ def test_black_hole_backend_gets_almost_nothing(clock: eb.ManualClock) -> None:
 
 @settings(max_examples=60, deadline=None)
 @given(
-    units=st.lists(st.floats(0.001, 1.0), min_size=2, max_size=12),
+    services=st.lists(st.floats(0.001, 1.0), min_size=2, max_size=12),
     pendings=st.lists(st.integers(0, 20), min_size=12, max_size=12),
     cost=st.floats(1.0, 500.0),
     seed=st.integers(0, 2**16),
 )
-def test_scan_picks_a_minimum_expected_delay(units, pendings, cost, seed) -> None:
-    """Up to scan_limit candidates, the pick has the least expected delay for the request's cost."""
+def test_scan_picks_within_tolerance_of_the_least_expected_delay(
+    services, pendings, cost, seed
+) -> None:
+    """Up to scan_limit candidates, the pick's expected delay is within the tolerance of the least one for the request's cost."""
     balancer = eb.ShortestExpectedDelay()
     metric = balancer.metric
+    assert isinstance(metric, ExpectedDelay)
     states = []
-    for i, unit in enumerate(units):
+    for i, service in enumerate(services):
         s = make_state(i)
-        s.delay_unit, s.delay_samples, s.delay_stamp = unit, 1, 0.0
+        teach(metric, s, service, 4.0, 0.0)
         s.pending = pendings[i]
         s.outstanding_cost = float(pendings[i])
         states.append(s)
     chosen = balancer.pick(states, cost=cost, now=0.0, rng=random.Random(seed), population=states)
-    delays = [metric.delay(s, 0.0, cost) for s in states]  # type: ignore[union-attr]
-    assert metric.delay(chosen, 0.0, cost) == min(delays)  # type: ignore[union-attr]
+    delays = [metric.delay(s, 0.0, cost) for s in states]
+    assert metric.delay(chosen, 0.0, cost) <= min(delays) * (1 + balancer.tolerance) * (1 + 1e-12)
 
 
 def test_many_backends_use_sampled_choices_and_stay_away_from_slow_ones() -> None:
     """Above scan_limit the pick samples `choices` candidates; slow backends are rarely chosen."""
     balancer = eb.ShortestExpectedDelay(scan_limit=16, choices=4)
+    metric = balancer.metric
+    assert isinstance(metric, ExpectedDelay)
     states = []
     for i in range(200):
         s = make_state(i)
-        s.delay_unit, s.delay_samples = (0.45 if i % 4 == 3 else 0.02), 1
+        teach(metric, s, 0.45 if i % 4 == 3 else 0.02, 4.0, 0.0)
         states.append(s)
     rng = random.Random(3)
     slow = sum(
-        balancer.pick(states, cost=1.0, now=0.0, rng=rng, population=states).delay_unit == 0.45
+        learned(balancer.pick(states, cost=1.0, now=0.0, rng=rng, population=states)).service
+        == 0.45
         for _ in range(4000)
     )
     assert slow / 4000 < 0.25**4 * 2  # only when all four samples are slow
 
 
 def test_new_backend_is_not_starved_when_costs_are_tokens(clock: eb.ManualClock) -> None:
-    """With costs in tokens, a backend added after the others were measured still gets work (its estimate starts at the pool's average, not a fixed guess)."""
+    """With costs in tokens, a backend added after the others were measured still gets work (it starts at the pool's typical service time, not a fixed guess)."""
     pool = pool_of(2, clock, balancer=eb.ShortestExpectedDelay(), slow_start=None)
     for _ in range(50):  # two measured backends: 10 ms per 400-token request
         lease = pool.acquire(cost=400.0)
@@ -163,3 +264,115 @@ def test_unmeasured_backend_is_probed_one_request_at_a_time(clock: eb.ManualCloc
     pool = pool_of(3, clock, balancer=eb.ShortestExpectedDelay())
     leases = [pool.acquire() for _ in range(3)]
     assert len({lease.backend.url for lease in leases}) == 3  # one probe each, no pile-up
+
+
+def test_stale_worse_estimate_relaxes_toward_the_pool_and_one_answer_resets_it() -> None:
+    """An estimate far worse than the pool's decays toward the pool's with time constant `retest` while unmeasured, and the first answer after a long silence replaces it almost entirely."""
+    m = ExpectedDelay(retest=0.25)
+    s = make_state()
+    teach(m, s, service=0.8, slots=8.0, now=0.0)
+    prior = (0.1, 8.0)
+    delays = [m.delay(s, t, 1.0, prior) for t in (0.0, 0.25, 0.5, 1.0, 2.0)]
+    assert delays == sorted(delays, reverse=True)
+    assert delays[0] == pytest.approx(0.8)
+    assert delays[1] == pytest.approx(0.8 * math.exp(-1) + 0.1 * (1 - math.exp(-1)))
+    assert delays[-1] < 0.11
+    # A backend better than the pool is not dragged up toward it.
+    fast = make_state(1)
+    teach(m, fast, service=0.05, slots=8.0, now=0.0)
+    assert m.delay(fast, 5.0, 1.0, prior) == pytest.approx(0.05)
+    # After 2 s without answers, one good answer moves the estimate almost all the way.
+    m.observe(s, 0.1, 2.0, load_at_start=1.0)
+    assert learned(s).service < 0.1 + 0.7 * 0.01
+
+
+def test_a_better_answer_counts_more_than_a_worse_one() -> None:
+    """Recovery asymmetry: an answer at a quarter of the estimate moves it further than one at four times moves it up."""
+    m = ExpectedDelay()
+    down, up = make_state(0), make_state(1)
+    teach(m, down, 0.4, 8.0, 0.0)
+    teach(m, up, 0.4, 8.0, 0.0)
+    m.observe(down, 0.1, 0.0, load_at_start=1.0)
+    m.observe(up, 1.6, 0.0, load_at_start=1.0)
+    moved_down = 0.4 - learned(down).service
+    moved_up = learned(up).service - 0.4
+    assert moved_down / 0.3 > moved_up / 1.2
+
+
+def _four_equal(clock: eb.ManualClock, seed: int) -> eb.BackendPool:
+    return eb.BackendPool(
+        [f"http://b{i}.test" for i in range(4)],
+        balancer=eb.ShortestExpectedDelay,
+        clock=clock,
+        rng=random.Random(seed),
+    )
+
+
+def _lognormal(mean: float, cv: float) -> tuple[float, float]:
+    sigma2 = math.log1p(cv * cv)
+    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.85])
+def test_identical_backends_converge_to_equal_shares(clock: eb.ManualClock, rho: float) -> None:
+    """Four identical 8-slot backends under a seeded random latency stream (cv 0.3) get shares within ±20% of each other: the estimates' noise makes no lasting favourite."""
+    pool = _four_equal(clock, seed=11)
+    mu, sigma = _lognormal(0.1, 0.3)
+    rate = rho * 320.0
+    records = open_loop(
+        pool,
+        clock,
+        slots=[8] * 4,
+        service=lambda b, now, rng: rng.lognormvariate(mu, sigma),
+        rate=rate,
+        arrivals=int(rate * 10),
+        seed=5,
+    )
+    late = [r for r in records if r.at > records[0].at + 2.0]
+    got = shares(late, 4)
+    assert max(got) <= 1.2 * min(got), got
+
+
+def test_slowed_then_restored_backend_regains_its_fair_share(clock: eb.ManualClock) -> None:
+    """One of four equal backends 8x slower for 5 s at 0.7 load: during the spell it is avoided, and after 2 s of recovery its share is back to at least 0.8x fair within 700 requests."""
+    pool = _four_equal(clock, seed=3)
+    start = clock()
+    mu, sigma = _lognormal(0.1, 0.3)
+
+    def service(b: int, now: float, rng: random.Random) -> float:
+        x = rng.lognormvariate(mu, sigma)
+        return x * 8.0 if b == 0 and start + 4.0 <= now < start + 9.0 else x
+
+    rate = 0.7 * 320.0
+    records = open_loop(
+        pool, clock, slots=[8] * 4, service=service, rate=rate, arrivals=int(rate * 15), seed=9
+    )
+    during = [r for r in records if start + 5.0 <= r.at < start + 9.0]
+    after = [r for r in records if start + 11.0 <= r.at][:700]
+    assert shares(during, 4)[0] < 0.1
+    assert len(after) == 700
+    assert shares(after, 4)[0] >= 0.8 * 0.25
+
+
+def test_slow_start_ramps_and_never_starves_in_an_idle_pool(clock: eb.ManualClock) -> None:
+    """A backend added to an idle pool (one request at a time) gets requests from the start, and a larger share later in its ramp than early in it."""
+    pool = pool_of(
+        3, clock, balancer=eb.ShortestExpectedDelay(), slow_start=eb.SlowStart(window=10.0)
+    )
+    for _ in range(30):
+        lease = pool.acquire()
+        clock.advance(0.05)
+        pool.release(lease)
+    pool.add("http://new.test:8000")
+    first = second = 0
+    for i in range(400):  # 20 s of one request at a time
+        lease = pool.acquire()
+        clock.advance(0.05)
+        pool.release(lease)
+        if lease.backend.url == "http://new.test:8000":
+            if i < 100:
+                first += 1
+            else:
+                second += 1
+    assert first > 0
+    assert second / 300 > 0.15  # about its 1/4 once ramped

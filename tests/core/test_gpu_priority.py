@@ -74,8 +74,11 @@ def test_spills_when_tier_zero_is_saturated(clock: eb.ManualClock) -> None:
     """GPU backends at their saturation point push new requests to the CPU tier; once
     both tiers are saturated the preferred tier takes the excess."""
     pool = tiered_pool(clock, gpus=2, cpus=2, saturation=4.0)
-    held = [pool.acquire() for _ in range(8)]
+    held = [pool.acquire() for _ in range(6)]  # 3 + 3: no GPU saturated yet
     assert {lease.backend.tier for lease in held} == {0}
+    cpus = ["http://cpu0.test", "http://cpu1.test"]
+    held += [pool.acquire(exclude=cpus) for _ in range(2)]  # both GPUs at 4
+    assert {s.pending for s in pool.stats().backends if s.tier == 0} == {4}
     assert {pool.acquire().backend.tier for _ in range(8)} == {1}
     assert {pool.acquire().backend.tier for _ in range(4)} == {0}
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import embedbalance as eb
 from embedbalance._state import BackendState
-from embedbalance.load import OutstandingTokens, PeakEwmaLatency, PendingRequests
+from embedbalance.load import OutstandingTokens, PeakEwmaLatency, PendingRequests, RttEstimate
 
 from .conftest import make_state
 
@@ -27,9 +27,9 @@ def test_peak_replaces_the_estimate_at_once() -> None:
     metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
     state = make_state()
     metric.observe(state, 0.2, 1.0)
-    assert metric.estimate(state, 1.0) == pytest.approx(0.2)
+    assert metric.decayed(state, 1.0) == pytest.approx(0.2)
     metric.observe(state, 0.9, 1.0)
-    assert metric.estimate(state, 1.0) == pytest.approx(0.9)
+    assert metric.decayed(state, 1.0) == pytest.approx(0.9)
 
 
 def test_lower_sample_decays_with_exp_of_elapsed_over_tau() -> None:
@@ -40,8 +40,8 @@ def test_lower_sample_decays_with_exp_of_elapsed_over_tau() -> None:
     metric.observe(state, 0.1, 3.0)
     w = math.exp(-2.0 / 10.0)
     expected = 0.2 * w + 0.1 * (1 - w)
-    assert state.rtt == pytest.approx(expected)
-    assert metric.estimate(state, 3.0) == pytest.approx(expected)  # no time passed: no decay
+    assert state.metric_state.rtt == pytest.approx(expected)
+    assert metric.decayed(state, 3.0) == pytest.approx(expected)  # no time passed: no decay
 
 
 def test_reading_decays_toward_zero() -> None:
@@ -49,7 +49,7 @@ def test_reading_decays_toward_zero() -> None:
     metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
     state = make_state(pending=1)
     metric.observe(state, 0.2, 0.0)
-    assert metric.estimate(state, 10.0) == pytest.approx(0.2 * math.exp(-1.0))
+    assert metric.decayed(state, 10.0) == pytest.approx(0.2 * math.exp(-1.0))
     # A second read 5 s later decays only over those 5 s, not again from the start.
     assert metric.load(state, 15.0) == pytest.approx(0.2 * math.exp(-1.5) * 2)
 
@@ -94,10 +94,10 @@ def test_peak_ewma_failures_floor_a_decayed_estimate() -> None:
     look cheaper than an unmeasured one."""
     metric = PeakEwmaLatency(tau=10.0, default_rtt=0.05)
     failing, fresh = make_state(0), make_state(1)
-    metric.estimate(failing, 0.0)
+    metric.decayed(failing, 0.0)
     for t in range(1, 300):
         failing.add_penalty(float(t), 5.0)
-    assert metric.estimate(failing, 300.0) < 1e-12
+    assert metric.decayed(failing, 300.0) < 1e-12
     assert metric.load(failing, 300.0) > metric.load(fresh, 300.0)
 
 
@@ -120,6 +120,7 @@ def test_pool_feeds_latency_into_peak_ewma(clock: eb.ManualClock) -> None:
     assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.25)
     pool.release(pool.acquire(), latency=0.5)
     assert pool.stats().backends[0].rtt_estimate == pytest.approx(0.5)
+    assert pool.stats().backends[0].estimate == pytest.approx(0.5)
 
 
 @settings(max_examples=200, deadline=None)
@@ -164,13 +165,15 @@ def test_fast_paths_match_the_reference_formulas(
     for latency, gap in samples:
         t += gap
         ewma.observe(fast, latency, t)
-        ewma._seed(ref, t)
-        ewma._update(ref, latency, t)
-        ref.rtt_samples += 1
-        assert fast.rtt == pytest.approx(ref.rtt)
+        record = ref.metric_state if isinstance(ref.metric_state, RttEstimate) else RttEstimate()
+        ref.metric_state = record
+        ewma._seed(record, t)
+        ewma._update(record, latency, t)
+        record.samples += 1
+        assert fast.metric_state.rtt == pytest.approx(record.rtt)
     t += read_after
     penalty = ref.penalty_factor(t, 5.0)
-    estimate = max(ewma.estimate(ref, t), 0.05 * (penalty - 1.0))
+    estimate = max(ewma.decayed(ref, t), 0.05 * (penalty - 1.0))
     expected = estimate * (pending + 1) / ref.effective_weight(t) * penalty
     assert ewma.load(fast, t) == pytest.approx(expected, rel=1e-9, abs=1e-300)
     factor = ref.penalty_factor(t, 5.0) / ref.effective_weight(t)

@@ -1,0 +1,91 @@
+"""A tiny discrete-event driver for pool-level tests: open-loop Poisson arrivals into
+real pools, backends with K slots and FIFO queues, all on a manual clock.
+
+It drives the real :class:`~embedbalance.BackendPool` and balancer; only the network
+is gone. Deterministic for a seed, and bounded by the number of arrivals.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable, Sequence
+
+import attrs
+
+import embedbalance as eb
+
+
+@attrs.frozen
+class Placement:
+    """One request: when it arrived, which backend served it, how long it took."""
+
+    at: float
+    backend: int
+    latency: float
+
+
+def open_loop(
+    pool: eb.BackendPool,
+    clock: eb.ManualClock,
+    *,
+    slots: Sequence[int],
+    service: Callable[[int, float, random.Random], float],
+    rate: float,
+    arrivals: int,
+    seed: int = 0,
+) -> list[Placement]:
+    """Poisson arrivals at ``rate`` per second; backend ``i`` serves ``slots[i]`` at a time
+    for ``service(i, now, rng)`` seconds each, queueing the rest FIFO."""
+    rng = random.Random(seed)
+    urls = [b.url for b in pool.backends]
+    index = {u: i for i, u in enumerate(urls)}
+    busy = [0] * len(urls)
+    queues: list[deque[tuple[int, float]]] = [deque() for _ in urls]
+    heap: list[tuple[float, int, int]] = []
+    leases: dict[int, eb.Lease] = {}
+    started_at: dict[int, float] = {}
+    out: list[Placement] = []
+    t = clock()
+
+    def start(req: int, b: int, now: float) -> None:
+        busy[b] += 1
+        heapq.heappush(heap, (now + service(b, now, rng), req, b))
+
+    def finish_until(limit: float) -> None:
+        while heap and heap[0][0] <= limit:
+            done_at, req, b = heapq.heappop(heap)
+            clock.advance(max(0.0, done_at - clock()))
+            latency = done_at - started_at[req]
+            pool.release(leases.pop(req), eb.Outcome.SUCCESS, latency=latency)
+            out.append(Placement(started_at.pop(req), b, latency))
+            busy[b] -= 1
+            if queues[b]:
+                nxt, _ = queues[b].popleft()
+                start(nxt, b, done_at)
+
+    for req in range(arrivals):
+        t += rng.expovariate(rate)
+        finish_until(t)
+        clock.advance(max(0.0, t - clock()))
+        lease = pool.acquire()
+        b = index[lease.backend.url]
+        leases[req] = lease
+        started_at[req] = t
+        if busy[b] < slots[b]:
+            start(req, b, t)
+        else:
+            queues[b].append((req, t))
+    finish_until(float("inf"))
+    out.sort(key=lambda p: p.at)
+    return out
+
+
+def shares(records: Sequence[Placement], n: int) -> list[float]:
+    """Share of ``records`` each of ``n`` backends served."""
+    counts = [0] * n
+    for r in records:
+        counts[r.backend] += 1
+    total = max(1, len(records))
+    return [c / total for c in counts]
