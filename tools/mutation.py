@@ -72,7 +72,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/core/test_overload.py",
         ],
     ),
-    "_batching": ("src/embedbalance/_batching.py", ["tests/client/test_batching.py"]),
+    "_batching": (
+        "src/embedbalance/_batching.py",
+        ["tests/client/test_batching.py", "tests/client/test_batching_edges.py"],
+    ),
     "dns": ("src/embedbalance/dns.py", ["tests/dns"]),
     "health_runner": ("src/embedbalance/health_runner.py", ["tests/transport/test_promises.py"]),
     "transport": (
