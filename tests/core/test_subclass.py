@@ -6,7 +6,7 @@ import random
 from collections import Counter
 
 import embedbalance as eb
-from embedbalance._state import BackendState
+from embedbalance import BackendView
 
 from .conftest import pool_of
 
@@ -14,7 +14,7 @@ from .conftest import pool_of
 class AvoidZoneB(eb.LeastConnections):
     """Least connections, but backends labelled zone=b look ten times as loaded."""
 
-    def score(self, state: BackendState, now: float) -> float:
+    def score(self, state: BackendView, now: float) -> float:
         base = super().score(state, now)
         return base * 10 if state.backend.labels.get("zone") == "b" else base
 
@@ -22,7 +22,7 @@ class AvoidZoneB(eb.LeastConnections):
 class PreferQueueDepth(eb.PowerOfTwoChoices):
     """p2c on the server-reported queue depth."""
 
-    def score(self, state: BackendState, now: float) -> float:
+    def score(self, state: BackendView, now: float) -> float:
         return state.queue_depth or 0.0
 
 
