@@ -138,7 +138,7 @@ def test_hanging_backend_times_out_and_is_ejected_sync(servers):
         [s.url for s in [*ok, hung]],
         health_check=None,
         outlier_detection=eb.OutlierDetection(consecutive_failures=3),
-        attempt_timeout=0.3,
+        attempt_timeout=1.0,
         balancer=eb.RoundRobin(),
     )
     with httpx.Client(transport=transport, base_url="http://e") as client:
@@ -160,7 +160,7 @@ async def test_hanging_backend_times_out_and_is_ejected_async(servers):
         [s.url for s in [*ok, hung]],
         health_check=None,
         outlier_detection=eb.OutlierDetection(consecutive_failures=3),
-        attempt_timeout=0.3,
+        attempt_timeout=1.0,
         balancer=eb.RoundRobin(),
     )
     async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
