@@ -673,6 +673,30 @@ class EmbeddingClient:
                 pending.cancel()
             bar.close()
 
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "EMBEDBALANCE_",
+        *,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> EmbeddingClient:
+        """Build from ``EMBEDBALANCE_*`` environment variables (``docs/config.md`` lists
+        them); keyword ``overrides`` win (objects such as ``metrics=``, ``transport=``).
+        Raises :class:`~embedbalance.config.ConfigError` naming a wrong variable."""
+        from .config import from_env
+
+        return cls(**{**from_env(prefix, environ).client_kwargs(), **overrides})
+
+    @classmethod
+    def from_config(cls, mapping: dict[str, Any], **overrides: Any) -> EmbeddingClient:
+        """Build from a plain mapping (a YAML or JSON file loaded into one; keys in
+        ``docs/config.md``); keyword ``overrides`` win. Raises
+        :class:`~embedbalance.config.ConfigError` naming a wrong setting."""
+        from .config import from_config
+
+        return cls(**{**from_config(mapping).client_kwargs(), **overrides})
+
 
 class AsyncEmbeddingClient:
     """The async twin, for asyncio and trio apps (FastAPI, Starlette, anyio code).
@@ -882,3 +906,27 @@ class AsyncEmbeddingClient:
                 yield await self._run(chunk, bar)
         finally:
             bar.close()
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "EMBEDBALANCE_",
+        *,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> AsyncEmbeddingClient:
+        """Build from ``EMBEDBALANCE_*`` environment variables (``docs/config.md`` lists
+        them); keyword ``overrides`` win (objects such as ``metrics=``, ``transport=``).
+        Raises :class:`~embedbalance.config.ConfigError` naming a wrong variable."""
+        from .config import from_env
+
+        return cls(**{**from_env(prefix, environ).client_kwargs(), **overrides})
+
+    @classmethod
+    def from_config(cls, mapping: dict[str, Any], **overrides: Any) -> AsyncEmbeddingClient:
+        """Build from a plain mapping (a YAML or JSON file loaded into one; keys in
+        ``docs/config.md``); keyword ``overrides`` win. Raises
+        :class:`~embedbalance.config.ConfigError` naming a wrong setting."""
+        from .config import from_config
+
+        return cls(**{**from_config(mapping).client_kwargs(), **overrides})

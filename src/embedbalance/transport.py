@@ -667,6 +667,30 @@ class BalancingTransport(httpx.BaseTransport):
                 self._race(request, flow, step, validate)
         return core.respond(flow)
 
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "EMBEDBALANCE_",
+        *,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> BalancingTransport:
+        """Build from ``EMBEDBALANCE_*`` environment variables (``docs/config.md`` lists
+        them); keyword ``overrides`` win (objects such as ``metrics=``, ``transport=``).
+        Raises :class:`~embedbalance.config.ConfigError` naming a wrong variable."""
+        from .config import from_env
+
+        return cls(**{**from_env(prefix, environ).transport_kwargs(), **overrides})
+
+    @classmethod
+    def from_config(cls, mapping: dict[str, Any], **overrides: Any) -> BalancingTransport:
+        """Build from a plain mapping (a YAML or JSON file loaded into one; keys in
+        ``docs/config.md``); keyword ``overrides`` win. Raises
+        :class:`~embedbalance.config.ConfigError` naming a wrong setting."""
+        from .config import from_config
+
+        return cls(**{**from_config(mapping).transport_kwargs(), **overrides})
+
 
 def _run_into(future: Future[T], fn: Callable[..., T], *args: Any) -> None:
     """Run ``fn(*args)`` and put its result or exception into ``future``."""
@@ -946,6 +970,30 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             else:
                 await self._race(request, flow, step, validate)
         return core.respond(flow)
+
+    @classmethod
+    def from_env(
+        cls,
+        prefix: str = "EMBEDBALANCE_",
+        *,
+        environ: dict[str, str] | None = None,
+        **overrides: Any,
+    ) -> AsyncBalancingTransport:
+        """Build from ``EMBEDBALANCE_*`` environment variables (``docs/config.md`` lists
+        them); keyword ``overrides`` win (objects such as ``metrics=``, ``transport=``).
+        Raises :class:`~embedbalance.config.ConfigError` naming a wrong variable."""
+        from .config import from_env
+
+        return cls(**{**from_env(prefix, environ).transport_kwargs(), **overrides})
+
+    @classmethod
+    def from_config(cls, mapping: dict[str, Any], **overrides: Any) -> AsyncBalancingTransport:
+        """Build from a plain mapping (a YAML or JSON file loaded into one; keys in
+        ``docs/config.md``); keyword ``overrides`` win. Raises
+        :class:`~embedbalance.config.ConfigError` naming a wrong setting."""
+        from .config import from_config
+
+        return cls(**{**from_config(mapping).transport_kwargs(), **overrides})
 
 
 async def _run_discovery(discovery: Discovery, pool: BackendPool, *, task_status: Any) -> None:
