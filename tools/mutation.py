@@ -32,6 +32,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "src/embedbalance/health.py",
         [
             "tests/core/test_health.py",
+            "tests/core/test_health_edges.py",
             "tests/core/test_backend.py",
             "tests/core/test_slow_start.py",
         ],
