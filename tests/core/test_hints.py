@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from embedbalance._hints import QUEUE_DEPTH_HEADER, parse_queue_depth, parse_retry_after
+from embedbalance._hints import (
+    IN_FLIGHT_HEADER,
+    INFERENCE_TIME_HEADER,
+    QUEUE_DEPTH_HEADER,
+    QUEUE_TIME_HEADER,
+    ServerHints,
+    parse_hints,
+    parse_queue_depth,
+    parse_retry_after,
+)
 
 # A string float() rejects and that no HTTP-date parser reads as a date.
 garbage = st.text(alphabet="abcxyz!?#@;", min_size=1, max_size=12)
@@ -138,3 +147,64 @@ def test_zero_queue_depth_is_kept() -> None:
     assert got == 0.0
     assert got is not None
     assert not math.isnan(got)
+
+
+HINT_HEADERS = st.sampled_from(
+    ["x-queue-depth", "x-in-flight", "x-queue-time", "x-inference-time", "x-other"]
+)
+
+
+def test_no_hints_is_none() -> None:
+    """A response without any hint header yields None (no hint object for the balancer to trust)."""
+    assert parse_hints({}) is None
+    assert parse_hints({"content-type": "application/json"}) is None
+
+
+@given(
+    depth=st.none() | st.integers(0, 1000),
+    in_flight=st.none() | st.integers(0, 1000),
+    queue_ms=st.none() | st.integers(0, 10**6),
+    inference_ms=st.none() | st.integers(0, 10**6),
+)
+def test_each_hint_is_read_on_its_own_and_times_become_seconds(
+    depth: int | None, in_flight: int | None, queue_ms: int | None, inference_ms: int | None
+) -> None:
+    """Each hint header fills exactly its own field; TEI's millisecond timings come back in seconds."""
+    sent = {
+        QUEUE_DEPTH_HEADER: depth,
+        IN_FLIGHT_HEADER: in_flight,
+        QUEUE_TIME_HEADER: queue_ms,
+        INFERENCE_TIME_HEADER: inference_ms,
+    }
+    headers = {k: str(v) for k, v in sent.items() if v is not None}
+    hints = parse_hints(headers)
+    if not headers:
+        assert hints is None
+        return
+    assert hints == ServerHints(
+        queue_depth=None if depth is None else float(depth),
+        in_flight=None if in_flight is None else float(in_flight),
+        queue_time=None if queue_ms is None else queue_ms / 1000.0,
+        inference_time=None if inference_ms is None else inference_ms / 1000.0,
+    )
+
+
+@given(name=HINT_HEADERS, value=garbage | st.sampled_from(["-1", "nan", "inf", "-0.5"]))
+def test_malformed_hints_count_as_absent(name: str, value: str) -> None:
+    """A malformed, negative or non-finite hint is ignored, never an exception, and never hides the valid ones."""
+    assert parse_hints({name: value, "x-queue-depth-unrelated": "1"}) is None
+    other = QUEUE_TIME_HEADER if name == IN_FLIGHT_HEADER else IN_FLIGHT_HEADER
+    hints = parse_hints({name: value, other: "3"})
+    assert hints is not None
+    if other == IN_FLIGHT_HEADER:
+        assert hints == ServerHints(in_flight=3.0)
+    else:
+        assert hints == ServerHints(queue_time=0.003)
+
+
+def test_zero_hints_are_readings() -> None:
+    """Zeros (an idle server) are readings, not absences."""
+    assert parse_hints({IN_FLIGHT_HEADER: "0"}) == ServerHints(in_flight=0.0)
+    assert parse_hints({QUEUE_TIME_HEADER: "0", INFERENCE_TIME_HEADER: "0"}) == ServerHints(
+        queue_time=0.0, inference_time=0.0
+    )
