@@ -5,26 +5,34 @@ not a loop of HTTP requests. The client cuts the input into sub-batches by an
 estimated token budget, sends them concurrently through a
 :class:`~embedbalance.BalancingTransport` (each carrying its token count as its
 cost, so token-aware balancers see real work), and puts the rows back in input
-order. Retries, ejection and hedging stay in the transport: the client only plans,
-checks and reassembles.
+order. Retries, ejection and hedging stay in the transport: the client plans,
+checks answers and reassembles.
 
 Rows can never be mixed across sub-batches: each sub-batch carries the input
 positions of its texts, the sub-batches partition the input, and an answer must have
-exactly one row per text, of the client's one dimension, or the whole call fails.
+exactly one row per text, of the client's one dimension, every value a finite number.
+That check runs as the transport's answer check (``VALIDATE_EXTENSION``): a replica
+that answers garbage fails that attempt, which is retried on another replica, so a
+job succeeds with every row in order while at least one replica can embed.
+
+Servers' limits are respected rather than guessed: the first call reads ``GET /info``
+(TEI's ``max_client_batch_size`` and ``max_batch_tokens``) and caps sub-batches to
+them, and a ``413`` ("too many inputs", "payload too large") splits the sub-batch in
+two and remembers the smaller size.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
+import logging
 import random
+import re
 import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 import anyio
 import attrs
@@ -36,14 +44,25 @@ from ._backend import Backend, BackendLike
 from ._batching import Encoder, TokenCounter, plan, token_counter
 from ._clock import Clock, monotonic
 from ._progress import DEFAULT_THRESHOLD, Progress, open_progress
+from ._wire import Options, WireApi, api_for, normalize_rows
 from .balancers import Balancer
 from .discovery import Discovery
-from .exceptions import DimensionMismatch, EmbedbalanceError, ResponseFormatError
+from .exceptions import (
+    AllAttemptsFailed,
+    Attempt,
+    DimensionMismatch,
+    EmbedbalanceError,
+    ResponseFormatError,
+)
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .retry import Hedge, Retry
 from .transport import (
+    ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
+    TOTAL_TIMEOUT_EXTENSION,
+    VALIDATE_EXTENSION,
+    VALIDATED_EXTENSION,
     AsyncBalancingTransport,
     BalancingTransport,
     MetricsSink,
@@ -52,8 +71,11 @@ from .transport import (
 
 __all__ = ["AsyncEmbeddingClient", "BatchEvent", "EmbeddingClient", "EmbeddingRequestError"]
 
+log = logging.getLogger("embedbalance.client")
+
 Api = Literal["tei", "openai"]
 FloatMatrix = npt.NDArray[np.float32]
+Dtype = Literal["float32", "float16"]
 
 #: Where each API shape lives on a server.
 PATHS: dict[str, str] = {"tei": "/embed", "openai": "/v1/embeddings"}
@@ -61,21 +83,31 @@ PATHS: dict[str, str] = {"tei": "/embed", "openai": "/v1/embeddings"}
 _BASE_URL = "http://embedbalance.invalid"
 #: Below this many texts per backend, splitting costs more in overhead than it saves.
 _MIN_SPLIT_TEXTS = 8
-#: Sub-batches in flight per backend when ``max_concurrency`` is not given.
+#: Sub-batches in flight per live backend when ``max_concurrency`` is not given.
 _PER_BACKEND = 2
+#: Sub-batches in flight while no backend is known yet (discovery still resolving).
 _FALLBACK_CONCURRENCY = 8
+#: TEI's 413 message for too many inputs names the server's limit.
+_TEI_BATCH_LIMIT = re.compile(r"maximum allowed batch size (\d+)")
 
 
-class EmbeddingRequestError(EmbedbalanceError):
+class EmbeddingRequestError(EmbedbalanceError, httpx.HTTPStatusError):
     """A backend refused a request with a 4xx (an input too long, a wrong model name,
     a missing API key): resending it elsewhere would fail the same way.
 
     ``status`` is the HTTP status, ``url`` the backend, ``detail`` the server's message.
+    Also an ``httpx.HTTPStatusError`` carrying the request and the response.
     """
 
-    def __init__(self, url: str, status: int, detail: str) -> None:
+    def __init__(
+        self, url: str, status: int, detail: str, response: httpx.Response | None = None
+    ) -> None:
         self.url, self.status, self.detail = url, status, detail
-        super().__init__(f"backend {url} answered HTTP {status}: {detail}")
+        message = f"backend {url} answered HTTP {status}: {detail}"
+        if response is None:
+            request = httpx.Request("POST", url)
+            response = httpx.Response(status, request=request)
+        super().__init__(message, request=response.request, response=response)
 
 
 @attrs.frozen
@@ -104,28 +136,48 @@ class _Job:
         return [texts[i] for i in self.indices]
 
 
+class _Split(Exception):
+    """A server refused a sub-batch as too large (413): send it in two halves."""
+
+
 def _assemble(n: int, jobs: list[_Job], parts: list[FloatMatrix]) -> FloatMatrix:
     """Put every sub-batch's rows back at its texts' input positions.
 
     Every position is written exactly once: the jobs partition ``range(n)`` and each
     answer was checked to have one row per text and the client's one dimension.
     """
-    out = np.empty((n, parts[0].shape[1]), dtype=np.float32)
+    out = np.empty((n, parts[0].shape[1]), dtype=parts[0].dtype)
     for job, rows in zip(jobs, parts, strict=True):
         out[job.indices] = rows
     return out
+
+
+@attrs.frozen
+class _Unique:
+    """The distinct texts of one call, and where each input position finds its row:
+    identical texts are embedded once (RAG corpora repeat boilerplate)."""
+
+    texts: list[str]
+    inverse: npt.NDArray[np.intp] | None  # None: every text was distinct
+
+    @classmethod
+    def of(cls, texts: list[str]) -> _Unique:
+        first: dict[str, int] = {}
+        inverse = [first.setdefault(t, len(first)) for t in texts]
+        if len(first) == len(texts):
+            return cls(texts, None)
+        return cls(list(first), np.asarray(inverse, dtype=np.intp))
+
+    def expand(self, rows: FloatMatrix) -> FloatMatrix:
+        return rows if self.inverse is None else rows[self.inverse]
 
 
 @attrs.define
 class _Config:
     """The I/O-free half shared by both clients: request shapes, planning, checks."""
 
-    api: Api
-    model: str | None
-    path: str
-    normalize: bool | None
-    truncate: bool
-    encoding_format: Literal["float", "base64"]
+    wire: WireApi
+    options: Options
     batch_tokens: int
     batch_size: int
     count_tokens: TokenCounter
@@ -134,7 +186,14 @@ class _Config:
     progress_threshold: int
     on_batch: Callable[[BatchEvent], None] | None
     dimension: int | None
-    _dim_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    dtype: Dtype
+    timeout: float | None
+    probe_info: bool
+    #: Limits learned from servers (``/info``, 413 answers); None until known.
+    server_texts: int | None = None
+    server_tokens: int | None = None
+    info_done: bool = False
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     @classmethod
     def build(
@@ -144,7 +203,9 @@ class _Config:
         model: str | None,
         path: str | None,
         normalize: bool | None,
-        truncate: bool,
+        truncate: bool | None,
+        dimensions: int | None,
+        dtype: str,
         encoding_format: str,
         batch_tokens: int,
         batch_size: int,
@@ -154,24 +215,34 @@ class _Config:
         progress_threshold: int,
         on_batch: Callable[[BatchEvent], None] | None,
         dimension: int | None,
+        timeout: float | None,
+        probe_info: bool,
     ) -> _Config:
-        if api not in PATHS:
-            raise ValueError(f"api must be 'tei' or 'openai', got {api!r}")
+        wire = api_for(api, path)
         if encoding_format not in ("float", "base64"):
             raise ValueError(
                 f"encoding_format must be 'float' or 'base64', got {encoding_format!r}"
             )
         if batch_tokens < 1 or batch_size < 1:
             raise ValueError("batch_tokens and batch_size must be >= 1")
-        if dimension is not None and dimension < 1:
-            raise ValueError(f"dimension must be >= 1, got {dimension!r}")
+        for name, value in (("dimension", dimension), ("dimensions", dimensions)):
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if dimension is not None and dimensions is not None and dimension != dimensions:
+            raise ValueError(f"dimension={dimension} contradicts dimensions={dimensions}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
         return cls(
-            api=api,  # type: ignore[arg-type]
-            model=model,
-            path=path or PATHS[api],
-            normalize=normalize,
-            truncate=truncate,
-            encoding_format=encoding_format,  # type: ignore[arg-type]
+            wire=wire,
+            options=Options(
+                model=model,
+                normalize=normalize,
+                truncate=truncate,
+                dimensions=dimensions,
+                encoding_format=encoding_format,
+            ),
             batch_tokens=batch_tokens,
             batch_size=batch_size,
             count_tokens=token_counter(tokenizer),
@@ -179,7 +250,10 @@ class _Config:
             progress=progress,
             progress_threshold=progress_threshold,
             on_batch=on_batch,
-            dimension=dimension,
+            dimension=dimension if dimension is not None else dimensions,
+            dtype=dtype,  # type: ignore[arg-type]
+            timeout=timeout,
+            probe_info=probe_info,
         )
 
     # -- input -------------------------------------------------------------------------
@@ -195,11 +269,8 @@ class _Config:
 
     @staticmethod
     def check_iterable(texts: object) -> None:
-        if isinstance(texts, (str, bytes)):
-            raise TypeError(
-                "texts must be an iterable of str, not a single "
-                f"{type(texts).__name__}: wrap it in a list"
-            )
+        if isinstance(texts, bytes):
+            raise TypeError("texts must be str or an iterable of str, not bytes")
 
     def collect(self, texts: Iterable[str]) -> list[str]:
         """Every item, checked, before any request is made."""
@@ -209,6 +280,8 @@ class _Config:
     def chunks(self, texts: Iterable[str], size: int) -> Iterator[list[str]]:
         """Checked lists of ``size`` items; only one is held at a time."""
         self.check_iterable(texts)
+        if isinstance(texts, str):
+            raise TypeError("embed_iter takes an iterable of str; use embed() for one text")
         chunk: list[str] = []
         for i, t in enumerate(texts):
             chunk.append(self.check_item(i, t))
@@ -236,6 +309,17 @@ class _Config:
         if pending:
             yield pending
 
+    # -- planning ----------------------------------------------------------------------
+
+    def limits(self) -> tuple[int, int]:
+        """Texts and tokens per sub-batch: the caller's, capped by what servers said."""
+        texts, tokens = self.batch_size, self.batch_tokens
+        if self.server_texts is not None:
+            texts = min(texts, self.server_texts)
+        if self.server_tokens is not None:
+            tokens = min(tokens, self.server_tokens)
+        return texts, tokens
+
     def plan(self, texts: list[str], backends: int) -> list[_Job]:
         """Sub-batches of similar length, split at least once per backend when there is
         enough work for each.
@@ -252,9 +336,8 @@ class _Config:
         )
         ordered = [tokens[i] for i in order]
         min_parts = min(backends, len(texts) // _MIN_SPLIT_TEXTS)
-        slices = plan(
-            ordered, max_tokens=self.batch_tokens, max_texts=self.batch_size, min_parts=min_parts
-        )
+        max_texts, max_tokens = self.limits()
+        slices = plan(ordered, max_tokens=max_tokens, max_texts=max_texts, min_parts=min_parts)
         return [_Job(order[s], sum(ordered[s])) for s in slices]
 
     def open_progress(self, total: int | None) -> Progress:
@@ -262,81 +345,111 @@ class _Config:
             self.progress, total, threshold=self.progress_threshold, desc="embedding"
         )
 
-    # -- wire format -------------------------------------------------------------------
+    # -- what servers say about themselves -----------------------------------------------
 
-    def body(self, texts: list[str]) -> dict[str, Any]:
-        if self.api == "tei":
-            body: dict[str, Any] = {"inputs": texts, "truncate": self.truncate}
-            if self.normalize is not None:
-                body["normalize"] = self.normalize
-            return body
-        body = {"input": texts, "encoding_format": self.encoding_format}
-        if self.model is not None:
-            body["model"] = self.model
-        if self.truncate:
-            body["truncate"] = True  # not OpenAI's; sent only when asked for
-        return body
-
-    def parse(self, response: httpx.Response, n: int) -> tuple[FloatMatrix, str]:
-        """The rows of one answer, checked for count and dimension, and who sent them."""
-        url = backend_url(response)
+    def learn_info(self, response: httpx.Response) -> None:
+        """Cap sub-batches by a server's ``/info`` (TEI's field names); pin the dimension
+        when the server states it. Any failure only means nothing is learned."""
         if not response.is_success:
-            raise EmbeddingRequestError(url, response.status_code, _error_detail(response))
+            log.debug(
+                "GET /info answered HTTP %d: using the configured limits", response.status_code
+            )
+            return
+        try:
+            info = response.json()
+        except ValueError:
+            return
+        if not isinstance(info, dict):
+            return
+        texts = _positive_int(info.get("max_client_batch_size"))
+        tokens = _positive_int(info.get("max_batch_tokens"))
+        with self._lock:
+            if texts is not None:
+                self.server_texts = min(texts, self.server_texts or texts)
+            if tokens is not None:
+                self.server_tokens = min(tokens, self.server_tokens or tokens)
+
+    def learn_too_large(self, texts: int, detail: str) -> None:
+        """A 413 for ``texts`` texts: remember the server's stated limit, else fewer."""
+        match = _TEI_BATCH_LIMIT.search(detail)
+        limit = int(match.group(1)) if match else max(1, texts // 2)
+        with self._lock:
+            self.server_texts = min(limit, self.server_texts or limit)
+        log.info(
+            "a backend refused %d texts at once: sub-batches now hold at most %d", texts, limit
+        )
+
+    # -- wire ----------------------------------------------------------------------------
+
+    def request(self, texts: list[str], cost: int, model: str | None) -> dict[str, Any]:
+        """Keyword arguments for ``http.post``: the body, and the transport extensions
+        carrying the cost, the answer check and the sub-batch's deadline."""
+        options = self.options if model is None else attrs.evolve(self.options, model=model)
+        extensions: dict[str, Any] = {
+            COST_EXTENSION: cost,
+            VALIDATE_EXTENSION: lambda response: self.rows(response, len(texts)),
+        }
+        if self.timeout is not None:
+            extensions[TOTAL_TIMEOUT_EXTENSION] = self.timeout
+        return {"json": self.wire.body(texts, options), "extensions": extensions}
+
+    def rows(self, response: httpx.Response, n: int) -> FloatMatrix:
+        """The rows of one 2xx answer, checked for shape: ``n`` rows of finite numbers.
+
+        This is the transport's answer check: what it raises
+        (:class:`~embedbalance.ResponseFormatError`) fails that attempt, which is then
+        retried on another replica. The dimension is checked later, in
+        :meth:`outcome`: a replica serving another model is a deployment error to name,
+        not a failure to route around silently.
+        """
+        url = backend_url(response)
         try:
             payload = response.json()
         except ValueError as exc:
             raise ResponseFormatError(f"backend {url} answered invalid JSON: {exc}") from None
-        rows = (
-            self._rows_tei(payload, url) if self.api == "tei" else self._rows_openai(payload, url)
-        )
+        rows = self.wire.rows(payload, url)
         if rows.shape[0] != n:
             raise ResponseFormatError(f"backend {url} answered {rows.shape[0]} rows for {n} texts")
+        return rows
+
+    def finish(self, rows: FloatMatrix, url: str) -> FloatMatrix:
+        """Client-side ``dimensions`` and ``normalize`` where the server did not apply
+        them, the dimension check, and the output dtype."""
+        wanted = self.options.dimensions
+        renormalize = False
+        if wanted is not None and rows.shape[1] > wanted:
+            # A server that ignores ``dimensions``: Matryoshka truncation here instead.
+            rows = rows[:, :wanted]
+            renormalize = self.options.normalize is not False
+        if renormalize or (self.options.normalize and not self.wire.normalizes):
+            rows = normalize_rows(rows)
         self.check_dimension(url, rows.shape[1])
-        return rows, url
+        return rows.astype(self.dtype, copy=False)
 
-    def _matrix(self, rows: object, url: str) -> FloatMatrix:
-        try:
-            matrix = np.asarray(rows, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise ResponseFormatError(
-                f"backend {url} answered rows that are not equal-length lists of numbers"
-            ) from None
-        if matrix.ndim != 2 or matrix.shape[1] == 0:
-            raise ResponseFormatError(
-                f"backend {url} answered an array of shape {matrix.shape}, expected (n, dim)"
-            )
-        return matrix
-
-    def _rows_tei(self, payload: object, url: str) -> FloatMatrix:
-        if not isinstance(payload, list):
-            raise ResponseFormatError(
-                f"backend {url} answered {type(payload).__name__}, not a list"
-            )
-        return self._matrix(payload, url)
-
-    def _rows_openai(self, payload: object, url: str) -> FloatMatrix:
-        data = payload.get("data") if isinstance(payload, dict) else None
-        if not isinstance(data, list):
-            raise ResponseFormatError(f"backend {url} answered no 'data' list")
-        by_index: dict[int, object] = {}
-        for item in data:
-            if not isinstance(item, dict) or not isinstance(item.get("index"), int):
-                raise ResponseFormatError(f"backend {url} answered a data item without an index")
-            by_index[item["index"]] = item.get("embedding")
-        if sorted(by_index) != list(range(len(data))):
-            raise ResponseFormatError(f"backend {url} answered indices that are not 0..n-1")
-        rows = [by_index[i] for i in range(len(data))]
-        if rows and all(isinstance(r, str) for r in rows):
-            try:
-                decoded = [np.frombuffer(base64.b64decode(r), dtype="<f4") for r in rows]  # type: ignore[arg-type]
-            except (binascii.Error, ValueError):
-                raise ResponseFormatError(f"backend {url} answered invalid base64") from None
-            return self._matrix(decoded, url)
-        return self._matrix(rows, url)
+    def outcome(self, response: httpx.Response, n: int) -> tuple[FloatMatrix, str]:
+        """The rows the transport checked, or the error that the final answer means."""
+        url = backend_url(response)
+        validated = response.extensions.get(VALIDATED_EXTENSION)
+        if isinstance(validated, np.ndarray):
+            return self.finish(validated, url), url
+        status = response.status_code
+        if status == 413 and n > 1:
+            self.learn_too_large(n, _error_detail(response))
+            raise _Split
+        if response.is_success:
+            # Wrong on every replica tried: raise what made the last one fail.
+            return self.finish(self.rows(response, n), url), url
+        if 400 <= status < 500 and status not in (424, 429):
+            raise EmbeddingRequestError(url, status, _error_detail(response), response)
+        attempts = [
+            *response.extensions.get(ATTEMPTS_EXTENSION, ()),
+            Attempt(url, f"HTTP {status}: {_error_detail(response)}"),
+        ]
+        raise AllAttemptsFailed(attempts)
 
     def check_dimension(self, url: str, got: int) -> None:
         """Pin the first dimension seen (or the one given) and refuse any other."""
-        with self._dim_lock:
+        with self._lock:
             if self.dimension is None:
                 self.dimension = got
                 return
@@ -349,11 +462,12 @@ class _Config:
         why = f"HTTP {response.status_code}"
         if response.is_success:
             try:
-                value = response.json().get("dimension")
-            except (ValueError, AttributeError):
-                value = None
+                payload = response.json()
+            except ValueError:
+                payload = None
+            value = payload.get("dimension") if isinstance(payload, dict) else None
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                with self._dim_lock:
+                with self._lock:
                     if self.dimension is None:
                         self.dimension = value
                     return self.dimension
@@ -366,6 +480,21 @@ class _Config:
     def emit(self, url: str, texts: int, tokens: int, started: float) -> None:
         if self.on_batch is not None:
             self.on_batch(BatchEvent(url, texts, tokens, started, time.monotonic() - started))
+
+    def empty(self) -> FloatMatrix:
+        assert self.dimension is not None
+        return np.empty((0, self.dimension), dtype=self.dtype)
+
+
+def _positive_int(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _halves(texts: list[str]) -> tuple[list[str], list[str]]:
+    mid = len(texts) // 2
+    return texts[:mid], texts[mid:]
 
 
 def backend_url(response: httpx.Response) -> str:
@@ -383,7 +512,7 @@ def _error_detail(response: httpx.Response) -> str:
     except ValueError:
         return response.text[:500] or "(empty body)"
     if isinstance(payload, dict):
-        err = payload.get("error")
+        err = payload.get("error", payload.get("message"))
         if isinstance(err, dict):  # OpenAI: {"error": {"message": ...}}
             err = err.get("message")
         if isinstance(err, str):
@@ -399,35 +528,52 @@ _CLIENT_DOC = """
       ``panic_threshold``, ``retry``, ``hedge``, ``attempt_timeout``, ``transport``
       (the inner one), ``metrics``, ``clock``, ``rng``: passed to the balancing
       transport unchanged.
-    - ``timeout``: seconds for one whole sub-batch, retries included (httpx's timeout).
+    - ``timeout``: seconds one sub-batch may take in all, every retry included (the
+      transport's ``total_timeout`` for it; also the cap of each httpx phase).
+      ``None``: no limit.
     - ``headers``: sent with every request (an ``Authorization`` header, say).
 
     What is sent:
 
     - ``api``: ``"tei"`` (``POST /embed``, Hugging Face TEI and the reference worker) or
-      ``"openai"`` (``POST /v1/embeddings``); ``path`` overrides the route.
-    - ``model``: the OpenAI ``model`` field (``None``: not sent).
-    - ``normalize``: TEI's flag (``None``: not sent, the server's default applies).
+      ``"openai"`` (``POST /v1/embeddings``: OpenAI, vLLM, infinity); ``path``
+      overrides the route.
+    - ``model``: the OpenAI ``model`` field (``None``: not sent); ``embed(model=...)``
+      overrides it per call.
+    - ``normalize``: unit-length rows. Sent to TEI-shaped servers; done here for the
+      OpenAI API, which has no such field (``None``: the server's default).
     - ``truncate``: cut inputs longer than the model's limit instead of failing with a
-      4xx (``False``, like the servers).
+      4xx. ``None`` (the default) sends nothing, so the server's own setting applies.
+    - ``dimensions``: Matryoshka truncation to this many dimensions: sent to the server,
+      and done here (then renormalised) when a server returns more.
+    - ``dtype``: ``"float32"`` (default) or ``"float16"`` rows.
     - ``encoding_format``: OpenAI only, ``"float"`` or ``"base64"`` (smaller, faster).
 
     How work is split:
 
     - ``batch_tokens`` / ``batch_size``: the most estimated tokens / texts in one
-      sub-batch. Keep ``batch_size`` at or under the server's per-request limit (the
-      worker's ``max_inputs_per_request``, TEI's ``max_client_batch_size``: 32 by default).
+      sub-batch. ``probe_info`` (default ``True``) reads ``GET /info`` once and caps
+      both at the server's ``max_batch_tokens`` / ``max_client_batch_size``; a 413
+      answer halves a sub-batch and caps later ones at the server's stated limit.
     - ``tokenizer``: counts tokens exactly, an object with ``encode(text)`` (a Hugging
       Face tokenizer, tiktoken) or a ``str -> int`` function; ``None`` estimates about
       four characters per token, which is enough to weigh sub-batches.
     - ``sort_by_length``: group texts of similar length into the same sub-batch, so
       workers pad less (``True``); rows still come back in input order.
-    - ``max_concurrency``: sub-batches in flight at once (``None``: two per backend).
+    - ``max_concurrency``: sub-batches in flight at once (``None``: two per live
+      backend, following the pool as discovery grows or shrinks it).
     - ``dimension``: the expected embedding size; ``None`` pins the first one seen.
+    - Identical texts within one call are sent once; each still gets its row.
 
     Feedback: ``progress`` (``True``: a tqdm bar; ``False``: never; ``None``: for jobs
     of ``progress_threshold`` texts or more, when tqdm is installed) and ``on_batch``, a
     function called with a :class:`BatchEvent` for every sub-batch answered.
+
+    Errors: a 4xx is :class:`EmbeddingRequestError`; answers that stay wrong on every
+    replica tried raise :class:`~embedbalance.ResponseFormatError` or
+    :class:`~embedbalance.DimensionMismatch`; a sub-batch that failed everywhere raises
+    :class:`~embedbalance.AllAttemptsFailed`; none reachable,
+    :class:`~embedbalance.NoBackendAvailable`.
 """
 
 
@@ -435,13 +581,19 @@ _CLIENT_DOC = """
 class _Pending:
     """One list of texts submitted to the thread pool and not yet gathered."""
 
-    n: int
+    unique: _Unique
     jobs: list[_Job]
     futures: list[Future[FloatMatrix]]
 
     def cancel(self) -> None:
         for fut in self.futures:
             fut.cancel()
+
+
+def _concurrency(given: int | None, live: int) -> int:
+    if given is not None:
+        return given
+    return _PER_BACKEND * live if live else _FALLBACK_CONCURRENCY
 
 
 class EmbeddingClient:
@@ -461,7 +613,9 @@ class EmbeddingClient:
         model: str | None = None,
         path: str | None = None,
         normalize: bool | None = None,
-        truncate: bool = False,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        dtype: Dtype = "float32",
         encoding_format: Literal["float", "base64"] = "float",
         batch_tokens: int = 4096,
         batch_size: int = 32,
@@ -469,12 +623,13 @@ class EmbeddingClient:
         sort_by_length: bool = True,
         max_concurrency: int | None = None,
         dimension: int | None = None,
+        probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
-        balancer: Balancer | None = None,
+        balancer: Balancer | Callable[[], Balancer] | None = None,
         health_check: HealthCheck | None = HealthCheck(),
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
@@ -482,7 +637,7 @@ class EmbeddingClient:
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
@@ -495,6 +650,8 @@ class EmbeddingClient:
             path=path,
             normalize=normalize,
             truncate=truncate,
+            dimensions=dimensions,
+            dtype=dtype,
             encoding_format=encoding_format,
             batch_tokens=batch_tokens,
             batch_size=batch_size,
@@ -504,10 +661,12 @@ class EmbeddingClient:
             progress_threshold=progress_threshold,
             on_batch=on_batch,
             dimension=dimension,
+            timeout=timeout,
+            probe_info=probe_info,
         )
         self.transport = BalancingTransport(
             backends,
-            balancer=balancer,
+            balancer=balancer,  # type: ignore[arg-type]
             health_check=health_check,
             outlier_detection=outlier_detection,
             slow_start=slow_start,
@@ -525,11 +684,12 @@ class EmbeddingClient:
         )
         self._max_concurrency = max_concurrency
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
         self._lock = threading.Lock()
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<EmbeddingClient api={self._cfg.api!r} {self.transport.pool!r}>"
+        return f"<EmbeddingClient api={self._cfg.wire.name!r} {self.transport.pool!r}>"
 
     @property
     def dimension(self) -> int | None:
@@ -566,16 +726,22 @@ class EmbeddingClient:
         self._http.close()
 
     def _pool(self) -> ThreadPoolExecutor:
+        """The sub-batch thread pool, sized from the pool's *live* membership: with DNS
+        discovery the first call may find few or no backends, and the pool grows later.
+        A resize swaps in a new executor; the old one finishes what it was given."""
         with self._lock:
             if self._closed:
                 raise RuntimeError("the client is closed")
-            if self._executor is None:
-                n = self._max_concurrency
-                if n is None:
-                    known = len(self.transport.pool.backends)
-                    n = _PER_BACKEND * known if known else _FALLBACK_CONCURRENCY
-                self._executor = ThreadPoolExecutor(n, thread_name_prefix="embedbalance-client")
-            return self._executor
+            n = _concurrency(self._max_concurrency, len(self.transport.pool.backends))
+            executor = self._executor
+            if executor is None or n > self._executor_size or n * 2 <= self._executor_size:
+                if executor is not None:
+                    executor.shutdown(wait=False)
+                executor = self._executor = ThreadPoolExecutor(
+                    n, thread_name_prefix="embedbalance-client"
+                )
+                self._executor_size = n
+            return executor
 
     # -- requests --------------------------------------------------------------------------
 
@@ -584,33 +750,47 @@ class EmbeddingClient:
         response = self._http.get("/info")
         if not response.is_success:
             raise EmbeddingRequestError(
-                backend_url(response), response.status_code, _error_detail(response)
+                backend_url(response), response.status_code, _error_detail(response), response
             )
         payload = response.json()
         if not isinstance(payload, dict):
             raise ResponseFormatError(f"backend {backend_url(response)}: /info is not an object")
         return payload
 
-    def _embed_batch(self, texts: list[str], tokens: int) -> FloatMatrix:
+    def _learn_limits(self) -> None:
+        cfg = self._cfg
+        if cfg.info_done or not cfg.probe_info:
+            return
+        cfg.info_done = True
+        try:
+            cfg.learn_info(self._http.get("/info"))
+        except httpx.HTTPError as exc:
+            log.debug("GET /info failed (%s): using the configured limits", exc)
+
+    def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
+        cfg = self._cfg
         started = time.monotonic()
-        response = self._http.post(
-            self._cfg.path, json=self._cfg.body(texts), extensions={COST_EXTENSION: tokens}
-        )
-        rows, url = self._cfg.parse(response, len(texts))
-        self._cfg.emit(url, len(texts), tokens, started)
+        response = self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        try:
+            rows, url = cfg.outcome(response, len(texts))
+        except _Split:
+            parts = [
+                self._embed_batch(half, max(1, tokens * len(half) // len(texts)), model)
+                for half in _halves(texts)
+            ]
+            return np.concatenate(parts)
+        cfg.emit(url, len(texts), tokens, started)
         return rows
 
-    def _empty(self) -> FloatMatrix:
-        if self._cfg.dimension is None:
-            self._cfg.dimension_from_info(self._http.get("/info"))
-        assert self._cfg.dimension is not None
-        return np.empty((0, self._cfg.dimension), dtype=np.float32)
-
-    def _submit(self, texts: list[str]) -> _Pending:
+    def _submit(self, texts: list[str], model: str | None) -> _Pending:
+        self._learn_limits()
         pool = self._pool()
-        jobs = self._cfg.plan(texts, len(self.transport.pool.backends))
-        futures = [pool.submit(self._embed_batch, job.texts(texts), job.cost) for job in jobs]
-        return _Pending(len(texts), jobs, futures)
+        unique = _Unique.of(texts)
+        jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
+        futures = [
+            pool.submit(self._embed_batch, job.texts(unique.texts), job.cost, model) for job in jobs
+        ]
+        return _Pending(unique, jobs, futures)
 
     @staticmethod
     def _gather(pending: _Pending, bar: Progress) -> FloatMatrix:
@@ -626,29 +806,52 @@ class EmbeddingClient:
         except BaseException:
             pending.cancel()
             raise
-        return _assemble(pending.n, pending.jobs, [p for p in parts if p is not None])
+        unique = pending.unique
+        rows = unique.expand(
+            _assemble(len(unique.texts), pending.jobs, [p for p in parts if p is not None])
+        )
+        bar.update(len(rows) - len(unique.texts))  # the repeats, answered with their first
+        return rows
 
-    def embed(self, texts: Iterable[str]) -> FloatMatrix:
-        """One float32 row per text, in input order: shape ``(len(texts), dimension)``.
+    @overload
+    def embed(self, texts: str, *, model: str | None = None) -> npt.NDArray[Any]: ...
+    @overload
+    def embed(self, texts: Iterable[str], *, model: str | None = None) -> npt.NDArray[Any]: ...
+
+    def embed(self, texts: str | Iterable[str], *, model: str | None = None) -> npt.NDArray[Any]:
+        """One row per text, in input order: shape ``(len(texts), dimension)``; a single
+        ``str`` gives one row, shape ``(dimension,)`` (as sentence-transformers does).
 
         Every item is checked before any request: a non-``str`` raises ``TypeError``, an
         empty string ``ValueError``. An empty input returns shape ``(0, dimension)``
         without an embedding request (the dimension comes from ``dimension=``, an earlier
         answer, or ``GET /info``; failing all three raises ``ResponseFormatError``).
-        Raises ``DimensionMismatch`` when backends disagree on the size,
-        ``ResponseFormatError`` on a malformed answer, ``EmbeddingRequestError`` on a 4xx,
-        and the transport's ``AllAttemptsFailed`` / ``NoBackendAvailable``.
+        ``model`` overrides the client's for this call (OpenAI API). Raises
+        ``DimensionMismatch`` when backends disagree on the size,
+        ``ResponseFormatError`` on answers malformed on every replica tried,
+        ``EmbeddingRequestError`` on a 4xx, and the transport's ``AllAttemptsFailed`` /
+        ``NoBackendAvailable``.
         """
+        if isinstance(texts, str):
+            row: npt.NDArray[Any] = self.embed([texts], model=model)[0]
+            return row
         items = self._cfg.collect(texts)
         if not items:
             return self._empty()
         bar = self._cfg.open_progress(len(items))
         try:
-            return self._gather(self._submit(items), bar)
+            return self._gather(self._submit(items, model), bar)
         finally:
             bar.close()
 
-    def embed_iter(self, texts: Iterable[str], *, chunk_size: int = 1024) -> Iterator[FloatMatrix]:
+    def _empty(self) -> FloatMatrix:
+        if self._cfg.dimension is None:
+            self._cfg.dimension_from_info(self._http.get("/info"))
+        return self._cfg.empty()
+
+    def embed_iter(
+        self, texts: Iterable[str], *, chunk_size: int = 1024, model: str | None = None
+    ) -> Iterator[FloatMatrix]:
         """Embed a corpus of any size with bounded memory: yields one array per
         ``chunk_size`` texts (the last may be shorter), in input order.
 
@@ -663,7 +866,7 @@ class EmbeddingClient:
         window: deque[_Pending] = deque()
         try:
             for chunk in self._cfg.chunks(texts, chunk_size):
-                window.append(self._submit(chunk))
+                window.append(self._submit(chunk, model))
                 if len(window) == 2:
                     yield self._gather(window.popleft(), bar)
             while window:
@@ -702,8 +905,9 @@ class AsyncEmbeddingClient:
     """The async twin, for asyncio and trio apps (FastAPI, Starlette, anyio code).
 
     Sub-batches of one call run in an anyio task group, at most ``max_concurrency``
-    at once across all calls of this client (a semaphore), over one
-    ``httpx.AsyncClient``. Use ``async with`` or call :meth:`aclose`."""
+    at once across all calls of this client (a capacity limiter that follows the
+    pool's live membership), over one ``httpx.AsyncClient``. Use ``async with`` or
+    call :meth:`aclose`."""
 
     __doc__ = (__doc__ or "") + _CLIENT_DOC
 
@@ -715,7 +919,9 @@ class AsyncEmbeddingClient:
         model: str | None = None,
         path: str | None = None,
         normalize: bool | None = None,
-        truncate: bool = False,
+        truncate: bool | None = None,
+        dimensions: int | None = None,
+        dtype: Dtype = "float32",
         encoding_format: Literal["float", "base64"] = "float",
         batch_tokens: int = 4096,
         batch_size: int = 32,
@@ -723,12 +929,13 @@ class AsyncEmbeddingClient:
         sort_by_length: bool = True,
         max_concurrency: int | None = None,
         dimension: int | None = None,
+        probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
-        balancer: Balancer | None = None,
+        balancer: Balancer | Callable[[], Balancer] | None = None,
         health_check: HealthCheck | None = HealthCheck(),
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
@@ -736,7 +943,9 @@ class AsyncEmbeddingClient:
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx.AsyncBaseTransport
+        | Callable[[Backend], httpx.AsyncBaseTransport]
+        | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
@@ -749,6 +958,8 @@ class AsyncEmbeddingClient:
             path=path,
             normalize=normalize,
             truncate=truncate,
+            dimensions=dimensions,
+            dtype=dtype,
             encoding_format=encoding_format,
             batch_tokens=batch_tokens,
             batch_size=batch_size,
@@ -758,10 +969,12 @@ class AsyncEmbeddingClient:
             progress_threshold=progress_threshold,
             on_batch=on_batch,
             dimension=dimension,
+            timeout=timeout,
+            probe_info=probe_info,
         )
         self.transport = AsyncBalancingTransport(
             backends,
-            balancer=balancer,
+            balancer=balancer,  # type: ignore[arg-type]
             health_check=health_check,
             outlier_detection=outlier_detection,
             slow_start=slow_start,
@@ -779,11 +992,11 @@ class AsyncEmbeddingClient:
         )
         self._max_concurrency = max_concurrency
         # Created on first use, inside the event loop that will use it.
-        self._semaphore: anyio.Semaphore | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<AsyncEmbeddingClient api={self._cfg.api!r} {self.transport.pool!r}>"
+        return f"<AsyncEmbeddingClient api={self._cfg.wire.name!r} {self.transport.pool!r}>"
 
     @property
     def dimension(self) -> int | None:
@@ -813,56 +1026,73 @@ class AsyncEmbeddingClient:
         self._closed = True
         await self._http.aclose()
 
-    def _limit(self) -> anyio.Semaphore:
+    def _limit(self) -> anyio.CapacityLimiter:
+        """The limiter on sub-batches in flight, resized to the live membership."""
         if self._closed:
             raise RuntimeError("the client is closed")
-        if self._semaphore is None:
-            n = self._max_concurrency
-            if n is None:
-                known = len(self.transport.pool.backends)
-                n = _PER_BACKEND * known if known else _FALLBACK_CONCURRENCY
-            self._semaphore = anyio.Semaphore(n)
-        return self._semaphore
+        n = _concurrency(self._max_concurrency, len(self.transport.pool.backends))
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(n)
+        elif self._limiter.total_tokens != n:
+            self._limiter.total_tokens = n
+        return self._limiter
 
     async def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
         response = await self._http.get("/info")
         if not response.is_success:
             raise EmbeddingRequestError(
-                backend_url(response), response.status_code, _error_detail(response)
+                backend_url(response), response.status_code, _error_detail(response), response
             )
         payload = response.json()
         if not isinstance(payload, dict):
             raise ResponseFormatError(f"backend {backend_url(response)}: /info is not an object")
         return payload
 
-    async def _embed_batch(self, texts: list[str], tokens: int) -> FloatMatrix:
+    async def _learn_limits(self) -> None:
+        cfg = self._cfg
+        if cfg.info_done or not cfg.probe_info:
+            return
+        cfg.info_done = True
+        try:
+            cfg.learn_info(await self._http.get("/info"))
+        except httpx.HTTPError as exc:
+            log.debug("GET /info failed (%s): using the configured limits", exc)
+
+    async def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
+        cfg = self._cfg
         started = time.monotonic()
-        response = await self._http.post(
-            self._cfg.path, json=self._cfg.body(texts), extensions={COST_EXTENSION: tokens}
-        )
-        rows, url = self._cfg.parse(response, len(texts))
-        self._cfg.emit(url, len(texts), tokens, started)
+        response = await self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        try:
+            rows, url = cfg.outcome(response, len(texts))
+        except _Split:
+            parts = [
+                await self._embed_batch(half, max(1, tokens * len(half) // len(texts)), model)
+                for half in _halves(texts)
+            ]
+            return np.concatenate(parts)
+        cfg.emit(url, len(texts), tokens, started)
         return rows
 
     async def _empty(self) -> FloatMatrix:
         if self._cfg.dimension is None:
             self._cfg.dimension_from_info(await self._http.get("/info"))
-        assert self._cfg.dimension is not None
-        return np.empty((0, self._cfg.dimension), dtype=np.float32)
+        return self._cfg.empty()
 
-    async def _run(self, texts: list[str], bar: Progress) -> FloatMatrix:
+    async def _run(self, texts: list[str], bar: Progress, model: str | None) -> FloatMatrix:
         """All sub-batches of ``texts`` concurrently; the first failure cancels the rest
         and is raised as itself, not wrapped in an exception group."""
-        semaphore = self._limit()
-        jobs = self._cfg.plan(texts, len(self.transport.pool.backends))
+        await self._learn_limits()
+        limiter = self._limit()
+        unique = _Unique.of(texts)
+        jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
         parts: list[FloatMatrix | None] = [None] * len(jobs)
         errors: list[Exception] = []
 
         async def one(i: int, job: _Job, scope: anyio.CancelScope) -> None:
-            async with semaphore:
+            async with limiter:
                 try:
-                    parts[i] = await self._embed_batch(job.texts(texts), job.cost)
+                    parts[i] = await self._embed_batch(job.texts(unique.texts), job.cost, model)
                 except Exception as exc:
                     errors.append(exc)
                     scope.cancel()
@@ -874,21 +1104,41 @@ class AsyncEmbeddingClient:
                 tg.start_soon(one, i, job, tg.cancel_scope)
         if errors:
             raise errors[0]
-        return _assemble(len(texts), jobs, [p for p in parts if p is not None])
+        rows = unique.expand(
+            _assemble(len(unique.texts), jobs, [p for p in parts if p is not None])
+        )
+        bar.update(len(rows) - len(unique.texts))  # the repeats, answered with their first
+        return rows
 
-    async def embed(self, texts: Iterable[str]) -> FloatMatrix:
-        """One float32 row per text, in input order; see :meth:`EmbeddingClient.embed`."""
+    @overload
+    async def embed(self, texts: str, *, model: str | None = None) -> npt.NDArray[Any]: ...
+    @overload
+    async def embed(
+        self, texts: Iterable[str], *, model: str | None = None
+    ) -> npt.NDArray[Any]: ...
+
+    async def embed(
+        self, texts: str | Iterable[str], *, model: str | None = None
+    ) -> npt.NDArray[Any]:
+        """One row per text, in input order; see :meth:`EmbeddingClient.embed`."""
+        if isinstance(texts, str):
+            row: npt.NDArray[Any] = (await self.embed([texts], model=model))[0]
+            return row
         items = self._cfg.collect(texts)
         if not items:
             return await self._empty()
         bar = self._cfg.open_progress(len(items))
         try:
-            return await self._run(items, bar)
+            return await self._run(items, bar, model)
         finally:
             bar.close()
 
     async def embed_iter(
-        self, texts: Iterable[str] | AsyncIterable[str], *, chunk_size: int = 1024
+        self,
+        texts: Iterable[str] | AsyncIterable[str],
+        *,
+        chunk_size: int = 1024,
+        model: str | None = None,
     ) -> AsyncIterator[FloatMatrix]:
         """Yields one array per ``chunk_size`` texts, in order, holding one chunk at a time.
 
@@ -903,7 +1153,7 @@ class AsyncEmbeddingClient:
         bar = self._cfg.open_progress(total)
         try:
             async for chunk in self._cfg.achunks(texts, chunk_size):
-                yield await self._run(chunk, bar)
+                yield await self._run(chunk, bar, model)
         finally:
             bar.close()
 

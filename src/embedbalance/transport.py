@@ -330,6 +330,7 @@ class _Core:
         )
         description = f"HTTP {status}"
         if validate is not None and outcome is Outcome.SUCCESS and 200 <= status < 300:
+            rebuilt.read()  # in memory already: this only marks the content as read
             try:
                 rebuilt.extensions[VALIDATED_EXTENSION] = validate(rebuilt)
             except (ValueError, EmbedbalanceError) as exc:
@@ -911,6 +912,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             tuple[Lease, httpx.Request, tuple[httpx.Response, bytes] | None, Exception | None]
         ](max_buffer_size=math.inf)
         live: dict[int, Lease] = {}
+        failure: Exception | None = None  # raised after the task group, not wrapped
 
         async def run(lease: Lease, routed: httpx.Request) -> None:
             try:
@@ -937,7 +939,12 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                     if got is not None:
                         lease, routed, exchanged, error = got
                         del live[id(lease)]
-                        if flow.record(core.settle(lease, routed, exchanged, error, validate)):
+                        try:
+                            result = core.settle(lease, routed, exchanged, error, validate)
+                        except Exception as exc:
+                            failure = exc
+                            break
+                        if flow.record(result):
                             break
                         continue
                     now = wall()
@@ -955,6 +962,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                 tg.cancel_scope.cancel()
                 for lease in live.values():
                     core.abandon(lease)
+        if failure is not None:
+            raise failure
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._state != "running":

@@ -14,18 +14,47 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
+class InFlight:
+    """Embed requests in flight across several fake backends, and the most at once."""
+
+    def __init__(self) -> None:
+        self.now = self.peak = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.now -= 1
+
+
 class FakeBackend:
     """Serves ``/embed``, ``/v1/embeddings``, ``/info`` and ``/health`` on 127.0.0.1.
 
     ``mode``: ``ok`` (``dim``-sized vectors whose first value is the text's length),
     ``wrong_rows`` (one row short), ``not_json``, ``ragged`` (rows of unequal size),
-    ``no_data`` (OpenAI shape without ``data``). ``delay``: seconds before each embed
-    answer. Records every request as ``(method, path, body)`` and the highest number
-    of embed requests it held at once.
+    ``no_data`` (OpenAI shape without ``data``), ``nan`` / ``null`` / ``string`` (one
+    value of each row is NaN, null or a string), ``424`` (TEI's answer when its model
+    fails: ``{"error", "error_type": "Backend"}``). ``delay``: seconds before each embed
+    answer. ``max_batch``: like TEI's ``--max-client-batch-size``: stated in ``/info``
+    and enforced with TEI's 413. Records every request as ``(method, path, body)`` and
+    the highest number of embed requests it held at once.
     """
 
-    def __init__(self, *, dim: int = 7, mode: str = "ok", delay: float = 0.0) -> None:
-        self.dim, self.mode, self.delay = dim, mode, delay
+    def __init__(
+        self,
+        *,
+        dim: int = 7,
+        mode: str = "ok",
+        delay: float = 0.0,
+        max_batch: int | None = None,
+        group: InFlight | None = None,
+    ) -> None:
+        self.dim, self.mode, self.delay, self.max_batch = dim, mode, delay, max_batch
+        self.group = group
         self.requests: list[tuple[str, str, Any]] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -57,6 +86,10 @@ class FakeBackend:
             return rows[:-1]
         if self.mode == "ragged" and rows:
             rows[0] = [*rows[0], 1.0]
+        poison = {"nan": float("nan"), "null": None, "string": "0.5"}
+        if self.mode in poison:
+            for row in rows:
+                row[-1] = poison[self.mode]  # type: ignore[call-overload]
         return rows
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
@@ -80,7 +113,10 @@ class FakeBackend:
                 with fake._lock:
                     fake.requests.append(("GET", self.path, None))
                 if self.path == "/info":
-                    self._send(200, {"dimension": fake.dim, "model_id": "fake"})
+                    info: dict[str, Any] = {"dimension": fake.dim, "model_id": "fake"}
+                    if fake.max_batch is not None:
+                        info["max_client_batch_size"] = fake.max_batch
+                    self._send(200, info)
                 elif self.path == "/health":
                     self._send(200, {"status": "ok"})
                 else:
@@ -93,6 +129,8 @@ class FakeBackend:
                     fake.requests.append(("POST", self.path, body))
                     fake._in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake._in_flight)
+                if fake.group is not None:
+                    fake.group.enter()
                 try:
                     if fake.delay:
                         time.sleep(fake.delay)
@@ -100,10 +138,23 @@ class FakeBackend:
                 finally:
                     with fake._lock:
                         fake._in_flight -= 1
+                    if fake.group is not None:
+                        fake.group.leave()
 
             def _answer(self, body: Any) -> None:
                 if fake.mode == "not_json":
                     self._send(200, None, raw=b"<html>surprise</html>")
+                    return
+                if fake.mode == "424":
+                    error = {"error": "Backend error: model failed", "error_type": "Backend"}
+                    self._send(424, error)
+                    return
+                texts = body.get("inputs", body.get("input", []))
+                if fake.max_batch is not None and len(texts) > fake.max_batch:
+                    message = (
+                        f"batch size {len(texts)} > maximum allowed batch size {fake.max_batch}"
+                    )
+                    self._send(413, {"error": message, "error_type": "Validation"})
                     return
                 if self.path == "/embed":
                     self._send(200, fake._vectors(body["inputs"]))

@@ -148,7 +148,7 @@ def test_empty_input_without_info_is_a_documented_error(fake: FakeBackend) -> No
     [
         (["fine", 3], TypeError, r"texts\[1\] is int"),
         (["fine", b"bytes"], TypeError, r"texts\[1\] is bytes"),
-        ("a single string", TypeError, "not a single str"),
+        (b"bytes", TypeError, "not bytes"),
         (["fine", ""], ValueError, r"texts\[1\] is an empty string"),
     ],
 )

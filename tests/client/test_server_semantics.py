@@ -1,0 +1,176 @@
+"""The client against servers that misbehave the way real ones do: TEI's 424 and 413,
+NaN/null rows, limits stated in ``/info``; and the call-shape promises (one ``str``,
+repeats sent once, ``truncate`` only when set, client-side ``normalize``/``dimensions``,
+concurrency that follows the pool's live membership). Every server is a real HTTP
+server on loopback (``FakeBackend``), so requests cross a socket."""
+
+from __future__ import annotations
+
+import httpx
+import numpy as np
+import pytest
+from tests.client.fake_server import FakeBackend, InFlight
+
+import embedbalance as eb
+from embedbalance import EmbeddingClient, EmbeddingRequestError
+
+QUIET = {"health_check": None, "balancer": eb.RoundRobin}
+TEXTS = [f"text number {i} " + "x" * i for i in range(24)]
+
+
+def _expected(dim: int, texts: list[str]) -> np.ndarray:
+    return np.array([[float(len(t))] + [0.5] * (dim - 1) for t in texts], dtype=np.float32)
+
+
+@pytest.mark.parametrize("mode", ["nan", "null", "string", "424", "not_json", "wrong_rows"])
+def test_a_replica_answering_garbage_is_routed_around(mode: str) -> None:
+    """A replica that answers NaN/null/non-number rows, TEI's 424, or a malformed body
+    fails its attempts, which land on the good replicas: every row comes back right."""
+    with (
+        FakeBackend() as good1,
+        FakeBackend() as good2,
+        FakeBackend(mode=mode) as bad,
+        EmbeddingClient([good1.url, bad.url, good2.url], batch_size=4, **QUIET) as client,
+    ):
+        rows = client.embed(TEXTS)
+        stats = client.stats().pool.by_url()
+    np.testing.assert_array_equal(rows, _expected(7, TEXTS))
+    assert bad.embed_requests, "the bad replica was tried"
+    assert stats[bad.url].failures >= 1
+    assert stats[bad.url].successes == 0
+
+
+def test_garbage_everywhere_raises_the_format_error() -> None:
+    """When every replica answers NaN rows, the call fails with ResponseFormatError
+    rather than returning a single NaN."""
+    with (
+        FakeBackend(mode="nan") as a,
+        FakeBackend(mode="nan") as b,
+        EmbeddingClient([a.url, b.url], **QUIET) as client,
+        pytest.raises(eb.ResponseFormatError, match="NaN"),
+    ):
+        client.embed(TEXTS[:3])
+
+
+def test_424_everywhere_raises_all_attempts_failed() -> None:
+    """A model failing on every replica ends in AllAttemptsFailed naming each replica."""
+    with (
+        FakeBackend(mode="424") as a,
+        FakeBackend(mode="424") as b,
+        EmbeddingClient([a.url, b.url], **QUIET) as client,
+        pytest.raises(eb.AllAttemptsFailed) as info,
+    ):
+        client.embed(TEXTS[:3])
+    assert {x.url for x in info.value.attempts} == {a.url, b.url}
+    assert isinstance(info.value, httpx.TransportError)
+
+
+def test_413_splits_the_sub_batch_and_remembers_the_limit() -> None:
+    """TEI's 413 for too many inputs halves the sub-batch until it fits, keeps every row in
+    order, and later calls start at the server's stated limit."""
+    with (
+        FakeBackend(max_batch=4) as server,
+        EmbeddingClient([server.url], batch_size=16, probe_info=False, **QUIET) as client,
+    ):
+        rows = client.embed(TEXTS[:16])
+        np.testing.assert_array_equal(rows, _expected(7, TEXTS[:16]))
+        sizes = [len(b["inputs"]) for b in server.embed_requests]
+        assert sizes[0] == 16  # refused
+        assert max(sizes[1:]) <= 8
+        served = [n for n in sizes if n <= 4]
+        assert sum(served) == 16
+        server.requests.clear()
+        client.embed(TEXTS[:16])
+        assert all(len(b["inputs"]) <= 4 for b in server.embed_requests)
+
+
+def test_info_limits_cap_sub_batches_before_any_413() -> None:
+    """A server's max_client_batch_size in /info caps sub-batches from the first call."""
+    with (
+        FakeBackend(max_batch=4) as server,
+        EmbeddingClient([server.url], batch_size=16, **QUIET) as client,
+    ):
+        rows = client.embed(TEXTS[:16])
+    np.testing.assert_array_equal(rows, _expected(7, TEXTS[:16]))
+    assert all(len(b["inputs"]) <= 4 for b in server.embed_requests)
+
+
+def test_a_4xx_is_an_httpx_status_error_with_the_servers_reason() -> None:
+    """A single text over the limit (413 on one input) is the caller's error: an
+    EmbeddingRequestError that httpx code can catch as HTTPStatusError."""
+    with (
+        FakeBackend(max_batch=0) as server,
+        EmbeddingClient([server.url], probe_info=False, **QUIET) as client,
+        pytest.raises(httpx.HTTPStatusError) as info,
+    ):
+        client.embed(["one"])
+    assert isinstance(info.value, EmbeddingRequestError)
+    assert info.value.status == 413
+    assert "maximum allowed batch size 0" in info.value.detail
+    assert len(server.embed_requests) == 1  # never resent elsewhere or split further
+
+
+def test_truncate_is_sent_only_when_set() -> None:
+    """Without truncate= the body carries no 'truncate' key, so the server's own setting
+    (TEI's --auto-truncate) applies; with it, the value is sent."""
+    with FakeBackend() as server:
+        with EmbeddingClient([server.url], **QUIET) as client:
+            client.embed(["a"])
+        with EmbeddingClient([server.url], truncate=True, **QUIET) as client:
+            client.embed(["b"])
+    first, second = server.embed_requests
+    assert "truncate" not in first
+    assert second["truncate"] is True
+
+
+def test_a_single_string_gives_one_row() -> None:
+    """embed("text") returns that text's row, shape (dim,), like sentence-transformers."""
+    with FakeBackend() as server, EmbeddingClient([server.url], **QUIET) as client:
+        row = client.embed("hello")
+        rows = client.embed(["hello"])
+    assert row.shape == (7,)
+    np.testing.assert_array_equal(row, rows[0])
+
+
+def test_repeated_texts_are_sent_once_and_answered_in_place() -> None:
+    """Identical texts in one call are embedded once; each position still gets its row."""
+    texts = ["alpha", "beta", "alpha", "gamma", "beta", "alpha"]
+    with FakeBackend() as server, EmbeddingClient([server.url], **QUIET) as client:
+        rows = client.embed(texts)
+    sent = [t for body in server.embed_requests for t in body["inputs"]]
+    assert sorted(sent) == ["alpha", "beta", "gamma"]
+    np.testing.assert_array_equal(rows, _expected(7, texts))
+
+
+def test_normalize_and_dimensions_are_applied_when_the_server_does_not() -> None:
+    """Over the OpenAI API (no normalize field) normalize=True is done by the client, and
+    dimensions= truncates rows a server sent too long, then renormalises them."""
+    with FakeBackend(dim=8) as server:
+        with EmbeddingClient([server.url], api="openai", normalize=True, **QUIET) as client:
+            rows = client.embed(["abc", "abcdef"])
+        np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, rtol=1e-6)
+        with EmbeddingClient([server.url], dimensions=3, dtype="float16", **QUIET) as client:
+            short = client.embed(["abc", "abcdef"])
+    assert short.shape == (2, 3)
+    assert short.dtype == np.float16
+    np.testing.assert_allclose(np.linalg.norm(short.astype(np.float32), axis=1), 1.0, rtol=1e-3)
+    assert server.embed_requests[-1]["dimensions"] == 3
+
+
+def test_concurrency_follows_the_live_membership() -> None:
+    """Sub-batches in flight are sized from the pool as it is now: a client created
+    with one backend (as with DNS discovery still filling) uses more once more join."""
+    group = InFlight()
+    backends = [FakeBackend(delay=0.05, group=group) for _ in range(4)]
+    try:
+        with EmbeddingClient([backends[0].url], batch_size=1, **QUIET) as client:
+            client.embed(TEXTS[:12])
+            assert group.peak == 2  # two per live backend
+            for extra in backends[1:]:
+                client.transport.pool.add(extra.url)
+            client.embed(TEXTS[:24])
+        assert group.peak > 2
+        assert all(b.embed_requests for b in backends[1:])
+    finally:
+        for backend in backends:
+            backend.close()
