@@ -5,9 +5,13 @@ from __future__ import annotations
 import embedbalance
 
 EXPECTED = [
+    "ATTEMPTS_EXTENSION",
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "TOTAL_TIMEOUT_EXTENSION",
+    "VALIDATED_EXTENSION",
+    "VALIDATE_EXTENSION",
     "AllAttemptsFailed",
     "AsyncBalancingTransport",
     "AsyncEmbeddingClient",
@@ -19,6 +23,7 @@ EXPECTED = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",
     "DnsDiscovery",

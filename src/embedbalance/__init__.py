@@ -26,6 +26,7 @@ from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
     AllAttemptsFailed,
     Attempt,
+    DeadlineExceeded,
     DimensionMismatch,
     EmbedbalanceError,
     NoBackendAvailable,
@@ -37,9 +38,13 @@ from .metrics import PrometheusMetrics
 from .pool import BackendPool, BackendStats, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry, RetryBudgetPolicy
 from .transport import (
+    ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
     IDEMPOTENT_EXTENSION,
+    TOTAL_TIMEOUT_EXTENSION,
+    VALIDATE_EXTENSION,
+    VALIDATED_EXTENSION,
     AsyncBalancingTransport,
     BalancingTransport,
     TransportStats,
@@ -67,9 +72,13 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ATTEMPTS_EXTENSION",
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "TOTAL_TIMEOUT_EXTENSION",
+    "VALIDATED_EXTENSION",
+    "VALIDATE_EXTENSION",
     "AllAttemptsFailed",
     "AsyncBalancingTransport",
     "AsyncEmbeddingClient",
@@ -81,6 +90,7 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",
     "DnsDiscovery",

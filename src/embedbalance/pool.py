@@ -81,8 +81,12 @@ class Lease:
 @attrs.frozen
 class PoolEvent:
     """A change worth logging or counting: ``kind`` is one of ``added``, ``removed``,
-    ``updated``, ``ejected``, ``readmitted``, ``unhealthy``, ``healthy``,
-    ``overloaded``, ``panic``, ``calm``."""
+    ``released``, ``updated``, ``ejected``, ``readmitted``, ``unhealthy``, ``healthy``,
+    ``overloaded``, ``panic``, ``calm``.
+
+    ``released`` follows ``removed`` once the backend holds no request in flight (at
+    once when it was idle): from then on nothing will use it, so whatever was kept for
+    it (a connection pool, metric series) should be let go."""
 
     kind: str
     url: str
@@ -280,9 +284,12 @@ class BackendPool:
             return []
         self._dirty = True
         state.removed = True
+        events = [PoolEvent("removed", url, now, f"{state.pending} in flight")]
         if state.pending > 0:
             self._draining[url] = state
-        return [PoolEvent("removed", url, now, f"{state.pending} in flight")]
+        else:
+            events.append(PoolEvent("released", url, now, "left the pool"))
+        return events
 
     # -- listeners ----------------------------------------------------------------
 
@@ -297,7 +304,7 @@ class BackendPool:
                 if event.kind in ("added", "updated", "readmitted", "healthy")
                 else logging.WARNING
             )
-            if event.kind == "overloaded":
+            if event.kind in ("overloaded", "released"):
                 level = logging.DEBUG
             log.log(
                 level,
@@ -442,8 +449,10 @@ class BackendPool:
             s.outstanding_cost -= lease.cost
             if s.pending == 0:
                 s.outstanding_cost = 0.0  # no float drift while idle
-                if s.removed:
-                    self._draining.pop(s.url, None)
+                if s.removed and self._draining.pop(s.url, None) is not None:
+                    # The last request of a backend that left: whoever holds resources
+                    # for it (connections, metric series) may free them now.
+                    events = [PoolEvent("released", s.url, now, "drained")]
             if hints is not None:
                 s.hints = hints
                 if queue_depth is None:
@@ -467,7 +476,7 @@ class BackendPool:
                 s.consecutive_failures += 1
                 s.add_penalty(now, self.failure_decay)
                 if not s.removed:
-                    events = []
+                    events = events or []
                     self._maybe_eject(s, now, events)
             elif outcome is _OVERLOADED:
                 s.overloads += 1
@@ -476,7 +485,8 @@ class BackendPool:
                 if s.overloaded_until is None or until > s.overloaded_until:
                     s.overloaded_until = until
                     self._dirty = True
-                    events = [PoolEvent("overloaded", s.url, now, f"for {backoff:g}s")]
+                    overloaded = PoolEvent("overloaded", s.url, now, f"for {backoff:g}s")
+                    events = [*(events or ()), overloaded]
             else:
                 s.cancelled += 1
         if events:
@@ -580,6 +590,27 @@ class BackendPool:
         if events:
             self._emit(events)
         return snapshot
+
+    def gauges(self) -> list[tuple[str, int, bool]]:
+        """``(url, requests in flight, may be picked)`` for every backend, draining ones
+        included: what metrics exporters read at scrape time, cheaper than :meth:`stats`."""
+        with self._lock:
+            now = self.clock()
+            rows = [
+                (
+                    s.url,
+                    s.pending,
+                    not (s.ejected_until is not None and s.ejected_until > now)
+                    and s.active.healthy is not False,
+                )
+                for s in self._states.values()
+            ]
+            rows += [(s.url, s.pending, False) for s in self._draining.values()]
+        return rows
+
+    def has(self, url: str) -> bool:
+        """Whether ``url`` is a member (draining ones are not)."""
+        return url in self._states
 
     def _backend_stats(self, s: BackendState, now: float) -> BackendStats:
         if s.removed:
