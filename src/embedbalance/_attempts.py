@@ -30,6 +30,7 @@ from typing import Any
 
 import attrs
 
+from . import _forksafe
 from .exceptions import AllAttemptsFailed, Attempt, DeadlineExceeded, NoBackendAvailable
 from .pool import BackendPool, Lease, Outcome
 from .retry import Hedge, LatencyWindow, Retry, RetryBudget, RetryBudgetPolicy
@@ -108,6 +109,9 @@ class AttemptPolicy:
                 raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
         clock = self.pool.clock
         self.budget = RetryBudget(self.retry.budget, clock)
+        _forksafe.register(self.budget)
+        _forksafe.register(self.latencies)
+        _forksafe.register(self)
         hedge = self.hedge
         self.hedge_budget = RetryBudget(
             RetryBudgetPolicy(ratio=hedge.budget_ratio, window=10.0, min_per_second=1.0)
@@ -115,6 +119,7 @@ class AttemptPolicy:
             else RetryBudgetPolicy(),
             clock,
         )
+        _forksafe.register(self.hedge_budget)
 
     def begin(self, cost: float, resendable: bool, total_timeout: float | None = None) -> Flow:
         """Start one request's flow; ``total_timeout`` overrides the transport's."""

@@ -21,6 +21,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 import attrs
 import numpy as np
 
+from . import _forksafe
 from ._backend import Backend, BackendLike, as_backend
 from ._clock import Clock, monotonic
 from ._hints import ServerHints
@@ -185,6 +186,7 @@ class BackendPool:
         self.clock = clock
         self.rng = rng if rng is not None else random.Random()
         self._lock = threading.Lock()
+        _forksafe.register(self)
         self._states: dict[str, BackendState] = {}
         self._draining: dict[str, BackendState] = {}
         self._listeners: list[Callable[[PoolEvent], None]] = []
