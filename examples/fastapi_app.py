@@ -37,9 +37,11 @@ from embedbalance import (
     EmbedbalanceError,
     NoBackendAvailable,
     PrometheusMetrics,
+    config,
 )
 
-#: Comma-separated backend URLs.
+#: Comma-separated backend URLs; every other ``EMBEDBALANCE_*`` variable of
+#: docs/config.md (balancer, retry, hedge, timeouts...) is read too.
 BACKENDS_ENV = "EMBEDBALANCE_BACKENDS"
 #: Two workers started with ``embedbalance-worker --port 8001`` / ``--port 8002``.
 DEFAULT_BACKENDS = "http://127.0.0.1:8001,http://127.0.0.1:8002"
@@ -47,13 +49,26 @@ DEFAULT_BACKENDS = "http://127.0.0.1:8001,http://127.0.0.1:8002"
 MAX_TEXTS = 256
 
 
+#: The example's own choices; any ``EMBEDBALANCE_*`` variable overrides them.
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "truncate": True,  # cut over-long texts instead of failing the request
+    "timeout": 30.0,
+}
+
+
+def client_options_from_env() -> dict[str, Any]:
+    """``AsyncEmbeddingClient`` keywords from the ``EMBEDBALANCE_*`` variables (validated
+    by :mod:`embedbalance.config`, whose errors name the variable), over the example's
+    defaults; the two local workers when neither backends nor DNS names are given."""
+    environ = dict(os.environ)
+    if not environ.get(BACKENDS_ENV, "").strip() and not environ.get("EMBEDBALANCE_DNS"):
+        environ[BACKENDS_ENV] = DEFAULT_BACKENDS
+    return {**CLIENT_DEFAULTS, **config.from_env(environ=environ).client_kwargs()}
+
+
 def backends_from_env() -> list[str]:
-    """The backend URLs in ``EMBEDBALANCE_BACKENDS``, or the documented default."""
-    raw = os.environ.get(BACKENDS_ENV) or DEFAULT_BACKENDS
-    urls = [part.strip() for part in raw.split(",") if part.strip()]
-    if not urls:
-        raise ValueError(f"{BACKENDS_ENV} names no backend: {raw!r}")
-    return urls
+    """The backend URLs the environment names, or the documented default."""
+    return [backend.url for backend in client_options_from_env()["backends"]]
 
 
 class EmbedRequest(BaseModel):
@@ -75,21 +90,21 @@ Client = Annotated[AsyncEmbeddingClient, Depends(get_client)]
 
 
 def create_app(backends: Sequence[str] | None = None) -> FastAPI:
-    """The app: backends from the argument or ``EMBEDBALANCE_BACKENDS``, read now; the
-    client itself is built when the server starts."""
-    urls = list(backends) if backends is not None else backends_from_env()
+    """The app: backends from the argument, or everything from the ``EMBEDBALANCE_*``
+    variables, read (and validated) now; the client itself is built when the server
+    starts."""
+    options = (
+        client_options_from_env()
+        if backends is None
+        else {**CLIENT_DEFAULTS, "backends": list(backends)}
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # A registry per app, not the global one: two apps in one process (tests, or
         # mounted sub-apps) would otherwise collide on metric names.
         registry = CollectorRegistry()
-        client = AsyncEmbeddingClient(
-            urls,
-            truncate=True,  # cut over-long texts instead of failing the request
-            timeout=30.0,
-            metrics=PrometheusMetrics(registry=registry),
-        )
+        client = AsyncEmbeddingClient(**options, metrics=PrometheusMetrics(registry=registry))
         # ``async with`` starts health checks now and, on shutdown, cancels them and
         # closes every connection before the event loop goes away.
         async with client:

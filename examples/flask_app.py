@@ -27,7 +27,7 @@ import atexit
 import os
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -40,9 +40,11 @@ from embedbalance import (
     EmbeddingClient,
     NoBackendAvailable,
     PrometheusMetrics,
+    config,
 )
 
-#: Comma-separated backend URLs.
+#: Comma-separated backend URLs; every other ``EMBEDBALANCE_*`` variable of
+#: docs/config.md (balancer, retry, hedge, timeouts...) is read too.
 BACKENDS_ENV = "EMBEDBALANCE_BACKENDS"
 #: Two workers started with ``embedbalance-worker --port 8001`` / ``--port 8002``.
 DEFAULT_BACKENDS = "http://127.0.0.1:8001,http://127.0.0.1:8002"
@@ -51,13 +53,26 @@ MAX_TEXTS = 256
 _EXTENSION = "embedbalance"
 
 
+#: The example's own choices; any ``EMBEDBALANCE_*`` variable overrides them.
+CLIENT_DEFAULTS: dict[str, Any] = {
+    "truncate": True,  # cut over-long texts instead of failing the request
+    "timeout": 30.0,
+}
+
+
+def client_options_from_env() -> dict[str, Any]:
+    """``EmbeddingClient`` keywords from the ``EMBEDBALANCE_*`` variables (validated by
+    :mod:`embedbalance.config`, whose errors name the variable), over the example's
+    defaults; the two local workers when neither backends nor DNS names are given."""
+    environ = dict(os.environ)
+    if not environ.get(BACKENDS_ENV, "").strip() and not environ.get("EMBEDBALANCE_DNS"):
+        environ[BACKENDS_ENV] = DEFAULT_BACKENDS
+    return {**CLIENT_DEFAULTS, **config.from_env(environ=environ).client_kwargs()}
+
+
 def backends_from_env() -> list[str]:
-    """The backend URLs in ``EMBEDBALANCE_BACKENDS``, or the documented default."""
-    raw = os.environ.get(BACKENDS_ENV) or DEFAULT_BACKENDS
-    urls = [part.strip() for part in raw.split(",") if part.strip()]
-    if not urls:
-        raise ValueError(f"{BACKENDS_ENV} names no backend: {raw!r}")
-    return urls
+    """The backend URLs the environment names, or the documented default."""
+    return [backend.url for backend in client_options_from_env()["backends"]]
 
 
 @attrs.define
@@ -88,8 +103,9 @@ class PerProcessEmbedder:
     (its sockets and threads belong to the parent), and the next request builds a new one.
     """
 
-    def __init__(self, backends: Sequence[str]) -> None:
-        self.backends = list(backends)
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        self.options = dict(options)
+        self.backends = [getattr(b, "url", b) for b in self.options["backends"]]
         self._lock = threading.Lock()
         self._embedder: Embedder | None = None
         # A weak reference, so that an app dropped by its owner (tests build many) can go.
@@ -106,9 +122,7 @@ class PerProcessEmbedder:
             if self._embedder is None:
                 registry = CollectorRegistry()
                 client = EmbeddingClient(
-                    self.backends,
-                    truncate=True,  # cut over-long texts instead of failing the request
-                    timeout=30.0,
+                    **self.options,
                     metrics=PrometheusMetrics(registry=registry),
                 )
                 self._embedder = Embedder(client, registry)
@@ -186,12 +200,16 @@ def metrics() -> Response:
 
 
 def create_app(backends: Sequence[str] | None = None) -> Flask:
-    """The app: backends from the argument or ``EMBEDBALANCE_BACKENDS``. Builds nothing
-    that talks to the network; the client comes on the first request."""
+    """The app: backends from the argument, or everything from the ``EMBEDBALANCE_*``
+    variables. Builds nothing that talks to the network; the client comes on the first
+    request."""
     app = Flask(__name__)
-    app.extensions[_EXTENSION] = PerProcessEmbedder(
-        backends if backends is not None else backends_from_env()
+    options = (
+        client_options_from_env()
+        if backends is None
+        else {**CLIENT_DEFAULTS, "backends": list(backends)}
     )
+    app.extensions[_EXTENSION] = PerProcessEmbedder(options)
     app.add_url_rule("/embed", view_func=embed, methods=["POST"])
     app.add_url_rule("/stats", view_func=stats)
     app.add_url_rule("/metrics", view_func=metrics)

@@ -66,11 +66,11 @@ def client() -> Client:
 
 
 def test_settings_carry_the_backends(embedder: ModuleType, urls: list[str]) -> None:
-    """settings.EMBEDBALANCE names the workers from the environment and the client is
-    built from it."""
+    """settings.EMBEDBALANCE's config names the workers from the environment and the
+    client is built from it, with the project's options underneath."""
     from django.conf import settings
 
-    assert settings.EMBEDBALANCE["BACKENDS"] == urls
+    assert [b.url for b in settings.EMBEDBALANCE["CONFIG"].backends] == urls
     pool_urls = [b.url for b in embedder.get().client.transport.pool.backends]
     assert sorted(pool_urls) == sorted(urls)
 

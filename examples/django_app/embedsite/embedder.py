@@ -49,11 +49,8 @@ def get() -> Embedder:
         if _embedder is None:
             config = settings.EMBEDBALANCE
             registry = CollectorRegistry()
-            client = EmbeddingClient(
-                config["BACKENDS"],
-                metrics=PrometheusMetrics(registry=registry),
-                **config.get("OPTIONS", {}),
-            )
+            options = {**config.get("OPTIONS", {}), **config["CONFIG"].client_kwargs()}
+            client = EmbeddingClient(**options, metrics=PrometheusMetrics(registry=registry))
             _embedder = Embedder(client, registry)
         return _embedder
 

@@ -1,8 +1,9 @@
 """Settings of the example project: only what serving ``/embed`` needs.
 
-The embedbalance part is the ``EMBEDBALANCE`` dict: ``BACKENDS`` (from the
-``EMBEDBALANCE_BACKENDS`` environment variable, comma-separated) and ``OPTIONS``, passed
-unchanged to :class:`embedbalance.EmbeddingClient` (balancer, retry, hedge, timeout...).
+The embedbalance part is the ``EMBEDBALANCE`` dict: ``CONFIG``, an
+:class:`embedbalance.config.Config` read from the ``EMBEDBALANCE_*`` environment variables
+(backends, balancer, retry, hedge, timeouts...; see docs/config.md), and ``OPTIONS``,
+the project's own defaults, which the environment overrides.
 Settings only *describe* the client; :mod:`embedsite.embedder` builds it, once per process,
 on first use.
 """
@@ -11,15 +12,18 @@ from __future__ import annotations
 
 import os
 
+from embedbalance import config
+
 #: Two workers started with ``embedbalance-worker --port 8001`` / ``--port 8002``.
 DEFAULT_BACKENDS = "http://127.0.0.1:8001,http://127.0.0.1:8002"
 
 EMBEDBALANCE = {
-    "BACKENDS": [
-        url.strip()
-        for url in (os.environ.get("EMBEDBALANCE_BACKENDS") or DEFAULT_BACKENDS).split(",")
-        if url.strip()
-    ],
+    # Plain, validated data (a wrong variable fails here, naming it); nothing is built.
+    "CONFIG": config.from_env(
+        environ={**os.environ, "EMBEDBALANCE_BACKENDS": DEFAULT_BACKENDS}
+        if not os.environ.get("EMBEDBALANCE_BACKENDS") and not os.environ.get("EMBEDBALANCE_DNS")
+        else os.environ
+    ),
     "OPTIONS": {
         "truncate": True,  # cut over-long texts instead of failing the request
         "timeout": 30.0,
