@@ -18,16 +18,21 @@ from typing import Any
 __all__ = ["register"]
 
 _LOCK_TYPE = type(threading.Lock())
-_objects: weakref.WeakSet[Any] = weakref.WeakSet()
+# By identity (attrs records compare by value and are unhashable), dropped with the object.
+_objects: dict[int, weakref.ref[Any]] = {}
 
 
 def register(obj: Any) -> None:
     """Give ``obj`` fresh locks in a forked child."""
-    _objects.add(obj)
+    key = id(obj)
+    _objects[key] = weakref.ref(obj, lambda _: _objects.pop(key, None))
 
 
 def _renew_locks() -> None:
-    for obj in list(_objects):
+    for ref in list(_objects.values()):
+        obj = ref()
+        if obj is None:
+            continue
         slots = getattr(type(obj), "__slots__", ())
         names = [*getattr(obj, "__dict__", {}), *(slots if isinstance(slots, tuple) else ())]
         for name in names:
