@@ -1,5 +1,5 @@
-"""Closed-loop load generator: C virtual users, each sending its next request as soon as
-the previous one returns.
+"""Load generator: a closed loop of C virtual users, each sending its next request as
+soon as the previous one returns, or an open loop of Poisson arrivals at a fixed rate.
 
 Why closed loop: it is how a batch-embedding job behaves (a fixed number of workers
 pulling texts), and it cannot overload the system into a meaningless backlog — when
@@ -11,6 +11,15 @@ from saturation.
 The run is bounded both by request count and by time. Only successes that *complete
 inside the measurement window* (after the warm-up) count toward throughput; the
 drain after the window is waited for (so nothing is left in flight) but not counted.
+
+Why an open loop too: real traffic does not wait for the previous answer. Arrivals at a
+fixed rate (a share of the servers' capacity) expose what a closed loop hides: the
+median a balancer pays when it parks requests in a queue, and how it behaves close to
+saturation. The open loop is bounded too: at most ``max_in_flight`` requests at once
+(arrivals beyond it are counted as ``shed``, never queued without bound).
+
+Every answer's ``X-Served-By`` header (the emulated backend's port) is recorded, so the
+share each backend served can be reported through a proxy as well.
 
 Run as a subprocess by the benchmark: ``python benchmarks/_load.py SPEC`` reads a JSON spec
 (argument, or stdin) and writes one JSON result line on stdout.
@@ -56,6 +65,10 @@ class LoadSpec:
     request_timeout: float = 60.0
     path: str = "/embed"
     ramp: float = 0.0
+    #: Open loop: Poisson arrivals per second (None: the closed loop of ``users``).
+    rate: float | None = None
+    max_in_flight: int = 2000
+    seed: int = 0
 
 
 @attrs.define
@@ -65,6 +78,8 @@ class LoadResult:
     ends: list[float] = attrs.Factory(list)  # monotonic completion instants
     latencies: list[float] = attrs.Factory(list)
     ok: list[bool] = attrs.Factory(list)
+    served_by: list[int] = attrs.Factory(list)  # backend port, -1 when unknown
+    starts: list[float] = attrs.Factory(list)
     errors: dict[str, int] = attrs.Factory(dict)
     unfinished: int = 0
     cpu_s: float = 0.0
@@ -129,29 +144,62 @@ async def run_load(spec: LoadSpec) -> LoadResult:
         issued = 0
         cpu0, wall0 = time.process_time(), time.monotonic()
 
+        async def one() -> None:
+            t0 = time.monotonic()
+            ok = False
+            port = -1
+            try:
+                r = await client.post(spec.path, json=BODY)
+                await r.aread()
+                ok = r.status_code == 200
+                port = int(r.headers.get("x-served-by", "-1"))
+                if not ok:
+                    key = f"HTTP {r.status_code}"
+                    result.errors[key] = result.errors.get(key, 0) + 1
+            except Exception as e:  # every failure is data, never a crash
+                key = type(e).__name__
+                result.errors[key] = result.errors.get(key, 0) + 1
+            t1 = time.monotonic()
+            result.starts.append(t0)
+            result.ends.append(t1)
+            result.latencies.append(t1 - t0)
+            result.ok.append(ok)
+            result.served_by.append(port)
+
         async def user(i: int) -> None:
             nonlocal issued
             await asyncio.sleep(spec.ramp * i / spec.users)
             while issued < spec.max_requests and time.monotonic() < result.window_end:
                 issued += 1
-                t0 = time.monotonic()
-                ok = False
-                try:
-                    r = await client.post(spec.path, json=BODY)
-                    await r.aread()
-                    ok = r.status_code == 200
-                    if not ok:
-                        key = f"HTTP {r.status_code}"
-                        result.errors[key] = result.errors.get(key, 0) + 1
-                except Exception as e:  # every failure is data, never a crash
-                    key = type(e).__name__
-                    result.errors[key] = result.errors.get(key, 0) + 1
-                t1 = time.monotonic()
-                result.ends.append(t1)
-                result.latencies.append(t1 - t0)
-                result.ok.append(ok)
+                await one()
 
-        tasks = [asyncio.ensure_future(user(i)) for i in range(spec.users)]
+        async def arrivals() -> None:
+            nonlocal issued
+            import random
+
+            rng = random.Random(spec.seed)
+            assert spec.rate is not None
+            in_flight: set[asyncio.Future[None]] = set()
+            next_at = time.monotonic()
+            while issued < spec.max_requests and next_at < result.window_end:
+                next_at += rng.expovariate(spec.rate)
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                issued += 1
+                if len(in_flight) >= spec.max_in_flight:
+                    result.errors["shed"] = result.errors.get("shed", 0) + 1
+                    continue
+                task = asyncio.ensure_future(one())
+                in_flight.add(task)
+                task.add_done_callback(in_flight.discard)
+            if in_flight:
+                await asyncio.wait(in_flight)
+
+        if spec.rate is not None:
+            tasks = [asyncio.ensure_future(arrivals())]
+        else:
+            tasks = [asyncio.ensure_future(user(i)) for i in range(spec.users)]
         await asyncio.sleep(max(0.0, result.window_end - time.monotonic()))
         _, pending = await asyncio.wait(tasks, timeout=spec.drain_timeout)
         result.unfinished = len(pending)

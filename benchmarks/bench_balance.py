@@ -1,28 +1,38 @@
 """embedbalance against HAProxy and nginx, side by side, in one run.
 
 What it answers: a user can put a proxy in front of the embedding workers instead of
-balancing inside the app. Which does better when replicas differ in speed, when one
-dies mid-run, when several client processes balance independently, and when one slows
-down? Every configuration gets the same backends (fresh processes each time, so no
-queue leaks from one run into the next), the same closed-loop load and the same
-measurement window.
+balancing inside the app. Which does better — in median, mean, tail and throughput,
+not the tail alone — when replicas differ in speed, under open-loop arrivals near
+saturation, with closed loops below and above the servers' slots, when one replica
+straggles, hangs, dies, or is slow for a moment and recovers, and when several client
+processes balance independently? Every configuration gets the same backends (fresh
+processes each time, so no queue leaks from one run into the next), the same load and
+the same measurement window.
 
-Scenarios (backends: three fast with 8 slots, one 6x slower with 2 slots):
+Scenarios (``--scenarios``; heterogeneous backends: three fast with 8 slots, one 6x
+slower with 2 slots; "equal": four fast ones with 4 slots each):
 
-- ``a`` heterogeneous, steady;
-- ``b`` as ``a``, a fast backend SIGKILLed at 30% of the window, restarted at 60%;
-- ``c`` as ``a``, the users split over four client processes (each its own balancer;
-  the proxies see the four as clients of one proxy);
-- ``d`` as ``a``, one fast backend becomes 6x slower at 50% of the window.
+- ``open50``, ``open70``, ``open85``, ``open95``: heterogeneous, open-loop Poisson
+  arrivals at that share of capacity;
+- ``below``: heterogeneous, closed loop of 20 users (below the 26 slots);
+- ``above``: heterogeneous, closed loop of 64 users (above them);
+- ``kill``: as ``above``, a fast backend SIGKILLed at 30% of the window, restarted at 60%;
+- ``clients8``: as ``above``, the users split over eight client processes (each its own
+  balancer; the proxies see them as clients of one proxy);
+- ``stragglers``: heterogeneous, open loop at 0.85, one fast backend adds 3 s to 2% of
+  its requests;
+- ``hang``: heterogeneous, open loop at 0.7, one fast backend hangs (accepts, never
+  answers) from 30% to 60% of the window; the caller's timeout is 5 s;
+- ``degrade50``, ``degrade70``, ``degrade85``: equal backends, open loop, one of them 8x
+  slower for 5 s and then back; shares and p50 reported per phase.
 
 Service times are scaled up (fast mean 150 ms by default, where a small GPU model
 answers in tens of ms) so that the load generator stays well under half a core on a
 2-core machine: queueing behaviour scales with the service time, CPU cost per request
-does not. Results: tables on stdout, ``bench-results/balance.json`` and ``.md``;
-``--img-dir docs/img`` also redraws the documentation's figures.
+does not. Results: tables on stdout, ``bench-results/balance.json`` and ``.md``.
 
-Run: ``python benchmarks/bench_balance.py`` (about 10 minutes), ``--quick`` (under 2),
-``--scenarios a,b``, ``--configs "HAProxy leastconn,PeakEwma"``.
+Run: ``python benchmarks/bench_balance.py`` (about 15 minutes), ``--quick`` (short
+windows), ``--scenarios open85,degrade70``, ``--configs "HAProxy leastconn,PeakEwma"``.
 """
 
 from __future__ import annotations
@@ -63,9 +73,6 @@ PROXY_CONFIGS = {
     "HAProxy roundrobin": ("haproxy", "roundrobin"),
     "nginx least_conn": ("nginx", "least_conn"),
 }
-#: Reference only (scenario a): the proxy with hand-set capacity weights — what the
-#: balancers should learn without being told.
-WEIGHTED_REFERENCE = "HAProxy leastconn (weighted)"
 BALANCERS = (
     "RoundRobin",
     "LeastConnections",
@@ -78,14 +85,66 @@ BALANCERS = (
 ALL_CONFIGS = (*PROXY_CONFIGS, *BALANCERS)
 #: The library's default balancer: the one the goals are about.
 DEFAULT = "ShortestExpectedDelay"
-QUICK_CONFIGS = ("HAProxy leastconn", "nginx least_conn", "LeastConnections", "PeakEwma", DEFAULT)
-SCENARIOS = {
-    "a": "heterogeneous (3 fast x 8 slots, 1 slow x 2 slots, 6x slower)",
-    "b": "(a) + a fast backend SIGKILLed at 30% of the window, restarted at 60%",
-    "c": "(a) with four client processes (each its own balancer) vs one proxy",
-    "d": "(a) + one fast backend 6x slower from 50% of the window",
-}
+#: The configurations of every scenario: the issue's comparison set.
+MAIN_CONFIGS = ("HAProxy leastconn", "nginx least_conn", "LeastConnections", "PeakEwma", DEFAULT)
+#: Degrade-and-recover is compared with the proxy and the plain least-connections.
+DEGRADE_CONFIGS = ("HAProxy leastconn", "LeastConnections", "PeakEwma", DEFAULT)
 PERCENTILES = (50, 90, 99, 99.9)
+
+
+@attrs.frozen
+class Scenario:
+    """One load situation: which backends, which load, which events."""
+
+    title: str
+    backends: str = "hetero"  # or "equal"
+    rho: float | None = None  # open loop at this share of capacity; None: closed loop
+    users: int = 64
+    processes: int = 1
+    kill: bool = False
+    stragglers: bool = False
+    hang: bool = False
+    degrade: bool = False
+    request_timeout: float = 60.0
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "open50": Scenario("heterogeneous, open loop at 0.5 of capacity", rho=0.5),
+    "open70": Scenario("heterogeneous, open loop at 0.7 of capacity", rho=0.7),
+    "open85": Scenario("heterogeneous, open loop at 0.85 of capacity", rho=0.85),
+    "open95": Scenario("heterogeneous, open loop at 0.95 of capacity", rho=0.95),
+    "below": Scenario("heterogeneous, closed loop of 20 users (26 slots)", users=20),
+    "above": Scenario("heterogeneous, closed loop of 64 users (26 slots)", users=64),
+    "kill": Scenario("(above) + a fast backend SIGKILLed at 30%, restarted at 60%", kill=True),
+    "clients8": Scenario(
+        "(above) split over 8 client processes, each its own balancer", processes=8
+    ),
+    "stragglers": Scenario(
+        "heterogeneous, open loop at 0.85, one fast backend adds 3 s to 2% of requests",
+        rho=0.85,
+        stragglers=True,
+    ),
+    "hang": Scenario(
+        "heterogeneous, open loop at 0.7, one fast backend hangs from 30% to 60% "
+        "(caller timeout 5 s)",
+        rho=0.7,
+        hang=True,
+        request_timeout=5.0,
+    ),
+    "degrade50": Scenario(
+        "4 equal backends, open loop at 0.5, one 8x slower for 5 s", "equal", 0.5, degrade=True
+    ),
+    "degrade70": Scenario(
+        "4 equal backends, open loop at 0.7, one 8x slower for 5 s", "equal", 0.7, degrade=True
+    ),
+    "degrade85": Scenario(
+        "4 equal backends, open loop at 0.85, one 8x slower for 5 s", "equal", 0.85, degrade=True
+    ),
+}
+OPEN = ("open50", "open70", "open85", "open95")
+#: Degrade phases, seconds into the window: before, during, 0-2 s and 2-5 s after.
+DEGRADE_AT, DEGRADE_FOR = 3.0, 5.0
+DEGRADE_WINDOW = 14.0
 
 
 @attrs.frozen
@@ -95,6 +154,8 @@ class BackendSpec:
     slots: int
     mean: float
     cv: float = 0.3
+    straggle_p: float = 0.0
+    straggle_s: float = 0.0
 
     @property
     def capacity(self) -> float:
@@ -107,27 +168,36 @@ class Settings:
     fast_mean: float = 0.15
     slow_factor: float = 6.0
     cv: float = 0.3
-    users: int = 64
-    warmup: float = 3.0
-    window: float = 10.0
+    warmup: float = 2.0
+    window: float = 8.0
     drain: float = 3.0
     ramp: float | None = None  # None: half the warm-up
-    processes_c: int = 4
     health_interval: float = 0.5
 
-    def backends(self) -> list[BackendSpec]:
+    def backends(self, scenario: Scenario) -> list[BackendSpec]:
         fast = BackendSpec(8, self.fast_mean, self.cv)
+        if scenario.backends == "equal":
+            # 4 slots each (107 req/s in all): at 8 the proxies' own request rate, not
+            # the backends, would be measured on a 2-core machine.
+            return [attrs.evolve(fast, slots=4)] * 4
         slow = BackendSpec(2, self.fast_mean * self.slow_factor, self.cv)
-        return [fast, fast, fast, slow]
+        first = attrs.evolve(fast, straggle_p=0.02, straggle_s=3.0) if scenario.stragglers else fast
+        return [first, fast, fast, slow]
+
+    def window_for(self, scenario: Scenario) -> float:
+        return max(self.window, DEGRADE_WINDOW) if scenario.degrade else self.window
 
 
-def ideal_throughput(scenario: str, specs: Sequence[BackendSpec], window: float) -> float:
-    """Servers' capacity averaged over the window, given the scenario's events."""
+def ideal_throughput(scenario: Scenario, specs: Sequence[BackendSpec]) -> float:
+    """What the servers can complete per second over the window, given the scenario's
+    events (for an open loop: the arrival rate, when below that)."""
     full = sum(b.capacity for b in specs)
-    if scenario == "b":  # specs[0] gone from 30% to 60% of the window
-        return full - specs[0].capacity * 0.3
-    if scenario == "d":  # specs[0] at 1/6 of its capacity for the second half
-        return full - specs[0].capacity * (1 - 1 / 6) * 0.5
+    if scenario.kill:  # specs[0] gone from 30% to 60% of the window
+        full -= specs[0].capacity * 0.3
+    if scenario.hang:
+        full -= specs[0].capacity * 0.3
+    if scenario.rho is not None:
+        return min(full, scenario.rho * sum(b.capacity for b in specs))
     return full
 
 
@@ -161,6 +231,10 @@ class Backends:
             str(spec.cv),
             "--seed",
             str(self.seed * 100 + i),
+            "--straggle-p",
+            str(spec.straggle_p),
+            "--straggle-s",
+            str(spec.straggle_s),
         ]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
         self.procs[i] = Managed(f"backend {i}", proc)
@@ -187,19 +261,10 @@ class Backends:
 def _target(config: str, backends: Backends, settings: Settings) -> tuple[dict[str, Any], Any]:
     """The load generator's target for ``config``, plus a proxy to start (or None)."""
     addrs = tuple(u.removeprefix("http://") for u in backends.urls())
-    if config in PROXY_CONFIGS or config == WEIGHTED_REFERENCE:
-        kind, algorithm = PROXY_CONFIGS.get(config, ("haproxy", "leastconn"))
-        weights = None
-        if config == WEIGHTED_REFERENCE:
-            low = min(b.capacity for b in backends.specs)
-            weights = tuple(max(1, min(256, round(b.capacity / low))) for b in backends.specs)
+    if config in PROXY_CONFIGS:
+        kind, algorithm = PROXY_CONFIGS[config]
         spec = ProxySpec(
-            kind,
-            algorithm,
-            free_port(),
-            addrs,
-            weights=weights,
-            check_interval=settings.health_interval,
+            kind, algorithm, free_port(), addrs, check_interval=settings.health_interval
         )
         return {"kind": "url", "url": f"http://127.0.0.1:{spec.port}"}, spec
     best = max(b.capacity for b in backends.specs)
@@ -242,14 +307,18 @@ def _collect(proc: subprocess.Popen[bytes], timeout: float) -> dict[str, Any]:
     return result
 
 
+def _concat(parts: Sequence[dict[str, Any]], key: str, dtype: Any = float) -> np.ndarray:
+    return np.concatenate([np.asarray(p[key], dtype) for p in parts])
+
+
 def summarise(
     parts: Sequence[dict[str, Any]], window_start: float, window: float
 ) -> dict[str, Any]:
     """Throughput = successes completed inside the window ÷ window; latency percentiles
-    over successes completed inside it; failures over the whole run."""
-    ends = np.concatenate([np.asarray(p["ends"], float) for p in parts])
-    lats = np.concatenate([np.asarray(p["latencies"], float) for p in parts])
-    oks = np.concatenate([np.asarray(p["ok"], bool) for p in parts])
+    and mean over successes completed inside it; errors over the whole run."""
+    ends = _concat(parts, "ends")
+    lats = _concat(parts, "latencies")
+    oks = _concat(parts, "ok", bool)
     inside = (ends >= window_start) & (ends < window_start + window)
     good = lats[inside & oks]
     pct = np.percentile(good, PERCENTILES) if good.size else [float("nan")] * len(PERCENTILES)
@@ -263,15 +332,45 @@ def summarise(
         "throughput": float(good.size / window),
         "completed_in_window": int(inside.sum()),
         "p50": float(pct[0]),
+        "mean": float(good.mean()) if good.size else float("nan"),
         "p90": float(pct[1]),
         "p99": float(pct[2]),
         "p999": float(pct[3]),
-        "failed": int((~oks).sum()),
+        "failed": int((~oks).sum()) + errors.get("shed", 0),
         "errors": errors,
         "unfinished": int(sum(p["unfinished"] for p in parts)),
         "loadgen_cpu": float(cpu / wall) if wall > 0 else float("nan"),
         "processes": len(parts),
     }
+
+
+def phases(
+    parts: Sequence[dict[str, Any]], window_start: float, ports: Sequence[int]
+) -> dict[str, dict[str, Any]]:
+    """Degrade-and-recover, by when requests *started*: each backend's share of the
+    requests and the p50, before, during, 0-2 s and 2-5 s after the slow spell."""
+    starts = _concat(parts, "starts") - window_start
+    lats = _concat(parts, "latencies")
+    oks = _concat(parts, "ok", bool)
+    served = _concat(parts, "served_by", int)
+    end = DEGRADE_AT + DEGRADE_FOR
+    spans = {
+        "before": (0.0, DEGRADE_AT),
+        "during": (DEGRADE_AT, end),
+        "after 0-2 s": (end, end + 2.0),
+        "after 2-5 s": (end + 2.0, end + 5.0),
+    }
+    out = {}
+    for name, (a, b) in spans.items():
+        sel = (starts >= a) & (starts < b) & oks
+        n = int(sel.sum())
+        shares = [float((served[sel] == port).sum() / n) if n else float("nan") for port in ports]
+        out[name] = {
+            "shares": shares,
+            "p50": float(np.percentile(lats[sel], 50)) if n else float("nan"),
+            "requests": n,
+        }
+    return out
 
 
 def timeline(
@@ -290,9 +389,12 @@ def timeline(
     }
 
 
-def run_one(scenario: str, config: str, settings: Settings, seed: int) -> dict[str, Any]:
+def run_one(name: str, config: str, settings: Settings, seed: int) -> dict[str, Any]:
     """Fresh backends (and proxy), one load run with the scenario's events, a summary."""
-    backends = Backends(settings.backends(), seed)
+    scenario = SCENARIOS[name]
+    specs = settings.backends(scenario)
+    window = settings.window_for(scenario)
+    backends = Backends(specs, seed)
     proxy: Managed | None = None
     timers: list[threading.Timer] = []
     loaders: list[subprocess.Popen[bytes]] = []
@@ -301,39 +403,62 @@ def run_one(scenario: str, config: str, settings: Settings, seed: int) -> dict[s
         target, proxy_spec = _target(config, backends, settings)
         if proxy_spec is not None:
             proxy = start_proxy(proxy_spec)
-        processes = settings.processes_c if scenario == "c" else 1
+        processes = scenario.processes
         start_at = time.monotonic() + 1.0 + 0.3 * processes  # let every process import
         window_start = start_at + settings.warmup
-        spec = {
+        drain = settings.drain
+        if scenario.hang:
+            drain = max(drain, scenario.request_timeout + 1.0)
+        spec: dict[str, Any] = {
             "target": target,
-            "users": settings.users // processes,
+            "users": max(1, scenario.users // processes),
             "warmup": settings.warmup,
-            "window": settings.window,
+            "window": window,
             "start_at": start_at,
-            "drain_timeout": settings.drain,
+            "drain_timeout": drain,
+            "request_timeout": scenario.request_timeout,
             "ramp": settings.warmup / 2 if settings.ramp is None else settings.ramp,
         }
-        loaders = [_spawn_load(spec) for _ in range(processes)]
+        if scenario.rho is not None:
+            spec["rate"] = scenario.rho * sum(b.capacity for b in specs)
+        loaders = [_spawn_load(dict(spec, seed=seed * 1000 + k)) for k in range(processes)]
+        url0 = backends.urls()[0]
+
+        def admin(path: str) -> Callable[[], None]:
+            def call() -> None:
+                httpx.post(f"{url0}{path}", timeout=5).raise_for_status()
+
+            return call
+
         events: list[tuple[float, Callable[[], None]]] = []
-        if scenario == "b":
+        if scenario.kill:
             events = [
-                (0.3, lambda: backends.kill(0)),
-                (0.6, lambda: backends.start_one(0, wait=False)),
+                (0.3 * window, lambda: backends.kill(0)),
+                (0.6 * window, lambda: backends.start_one(0, wait=False)),
             ]
-        elif scenario == "d":
-            url = backends.urls()[0]
-            events = [(0.5, lambda: httpx.post(f"{url}/admin/slowdown?factor=6", timeout=5))]
+        elif scenario.hang:
+            events = [
+                (0.3 * window, admin("/admin/hang?on=1")),
+                (0.6 * window, admin("/admin/hang?on=0")),
+            ]
+        elif scenario.degrade:
+            events = [
+                (DEGRADE_AT, admin("/admin/slowdown?factor=8")),
+                (DEGRADE_AT + DEGRADE_FOR, admin("/admin/slowdown?factor=1")),
+            ]
         for at, action in events:
-            delay = window_start + at * settings.window - time.monotonic()
+            delay = window_start + at - time.monotonic()
             timer = threading.Timer(max(0.0, delay), action)
             timer.start()
             timers.append(timer)
-        budget = start_at - time.monotonic() + settings.warmup + settings.window
-        parts = [_collect(p, timeout=budget + settings.drain + 30) for p in loaders]
+        budget = start_at - time.monotonic() + settings.warmup + window
+        parts = [_collect(p, timeout=budget + drain + 30) for p in loaders]
         for timer in timers:
             timer.join()
-        row = summarise(parts, window_start, settings.window)
-        row["timeline"] = timeline(parts, window_start, settings.window)
+        row = summarise(parts, window_start, window)
+        if scenario.degrade:
+            row["phases"] = phases(parts, window_start, backends.ports)
+        row["timeline"] = timeline(parts, window_start, window)
         return row
     finally:
         for timer in timers:
@@ -356,105 +481,122 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
 
 
-def table(scenario: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
-    """One scenario as a Markdown table."""
+def table(name: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
+    """One scenario as a Markdown table (and its phases, for degrade-and-recover)."""
     head = (
-        f"### ({scenario}) {SCENARIOS[scenario]}\n\n"
-        f"Ideal throughput from the servers' capacity: {ideal:.1f} req/s.\n\n"
-        "| configuration | req/s | % ideal | p50 | p90 | p99 | p99.9 | failed "
+        f"### {name}: {SCENARIOS[name].title}\n\n"
+        f"Ideal in-window throughput: {ideal:.1f} req/s.\n\n"
+        "| configuration | req/s | % ideal | p50 | mean | p99 | p99.9 | errors "
         "| loadgen CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
-    for name, r in rows.items():
+    for config, r in rows.items():
         lines.append(
-            f"| {name} | {r['throughput']:.1f} | {100 * r['throughput'] / ideal:.0f}% "
-            f"| {_fmt_s(r['p50'])} | {_fmt_s(r['p90'])} | {_fmt_s(r['p99'])} "
+            f"| {config} | {r['throughput']:.1f} | {100 * r['throughput'] / ideal:.0f}% "
+            f"| {_fmt_s(r['p50'])} | {_fmt_s(r['mean'])} | {_fmt_s(r['p99'])} "
             f"| {_fmt_s(r['p999'])} | {r['failed']} | {100 * r['loadgen_cpu']:.0f}% |"
         )
-    return head + "\n".join(lines) + "\n"
-
-
-def goals(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """The issue's goals on (a) and (b), checked against this run."""
-    out = []
-    for sc in ("a", "b"):
-        rows = results.get(sc, {})
-        ours, ref = rows.get(DEFAULT), rows.get("HAProxy leastconn")
-        if ours is None or ref is None:
-            continue
-        t_ratio = ours["throughput"] / ref["throughput"] if ref["throughput"] else float("nan")
-        p_ratio = ours["p99"] / ref["p99"] if ref["p99"] else float("nan")
-        out.append(
-            f"({sc}) {DEFAULT} (default) vs HAProxy leastconn: throughput {t_ratio:.2f}x (goal >= 1.00: "
-            f"{'met' if t_ratio >= 1 else 'missed'}), p99 {p_ratio:.2f}x (goal <= 0.20: "
-            f"{'met' if p_ratio <= 0.2 else 'missed'})"
-            + (
-                f", failed {ours['failed']} (goal 0: {'met' if ours['failed'] == 0 else 'missed'}"
-                f"; HAProxy leastconn lost {ref['failed']})"
-                if sc == "b"
-                else ""
-            )
+    out = head + "\n".join(lines) + "\n"
+    if any("phases" in r for r in rows.values()):
+        out += (
+            "\nPer phase (by start time): the degraded backend's share (the other three's "
+            "range) / p50.\n\n| configuration | before | during | after 0-2 s "
+            "| after 2-5 s |\n|---|---|---|---|---|\n"
         )
+        for config, r in rows.items():
+            cells = []
+            for phase in r["phases"].values():
+                sh = phase["shares"]
+                cells.append(
+                    f"{100 * sh[0]:.1f}% ({100 * min(sh[1:]):.0f}-{100 * max(sh[1:]):.0f}%) "
+                    f"/ {_fmt_s(phase['p50'])}"
+                )
+            out += f"| {config} | " + " | ".join(cells) + " |\n"
     return out
 
 
-def plot(
-    results: dict[str, dict[str, dict[str, Any]]], ideals: dict[str, float], out: Path
-) -> None:
-    """Throughput (% of ideal) and p99 per configuration, one panel pair per scenario;
-    and scenario (b)'s timeline."""
-    import matplotlib
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    out.mkdir(parents=True, exist_ok=True)
-    scenarios = [s for s in SCENARIOS if s in results]
-    fig, axes = plt.subplots(2, len(scenarios), figsize=(4.2 * len(scenarios), 7), squeeze=False)
-    for j, sc in enumerate(scenarios):
-        names = list(results[sc])
-        tput = [100 * results[sc][n]["throughput"] / ideals[sc] for n in names]
-        p99 = [results[sc][n]["p99"] for n in names]
-        colors = ["tab:gray" if n.startswith(("HAProxy", "nginx")) else "tab:blue" for n in names]
-        axes[0][j].barh(names, tput, color=colors)
-        axes[0][j].set_xlabel("throughput, % of ideal")
-        axes[0][j].set_title(f"({sc})")
-        axes[0][j].invert_yaxis()
-        axes[1][j].barh(names, p99, color=colors)
-        axes[1][j].set_xscale("log")
-        axes[1][j].set_xlabel("p99 latency, s (log)")
-        axes[1][j].invert_yaxis()
-    fig.suptitle("Proxies (gray) vs embedbalance balancers (blue)")
-    fig.tight_layout()
-    fig.savefig(out / "bench-balance.png", dpi=110)
-    plt.close(fig)
-    if "b" in results:
-        fig, ax = plt.subplots(figsize=(8, 4))
-        for name in ("HAProxy leastconn", "nginx least_conn", "PeakEwma", DEFAULT, "LeastConnections"):
-            row = results["b"].get(name)
-            if row is None:
-                continue
-            tl = row["timeline"]
-            (line,) = ax.plot(tl["t"], tl["ok_per_s"], label=f"{name}: successes/s")
-            if any(tl["failed_per_s"]):
-                ax.plot(
-                    tl["t"],
-                    tl["failed_per_s"],
-                    "--",
-                    color=line.get_color(),
-                    label=f"{name}: failures/s",
+def goals(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """The issues' goals, as ratios in this run; each line says met or MISSED."""
+    out: list[str] = []
+
+    def check(label: str, value: float, limit: float, above: bool = False) -> None:
+        ok = value >= limit if above else value <= limit
+        sign = ">=" if above else "<="
+        out.append(f"{label}: {value:.2f} (goal {sign} {limit:g}): {'met' if ok else 'MISSED'}")
+
+    def no_errors(label: str, row: dict[str, Any]) -> None:
+        out.append(
+            f"{label}: errors {row['failed']} (goal 0): "
+            + ("met" if row["failed"] == 0 else "MISSED")
+        )
+
+    for name, rows in results.items():
+        scenario = SCENARIOS[name]
+        ours = rows.get(DEFAULT)
+        lc = rows.get("LeastConnections")
+        hap = rows.get("HAProxy leastconn")
+        if ours is None:
+            continue
+        if lc is not None:
+            t = _ratio(ours["throughput"], lc["throughput"])
+            check(f"{name} throughput vs LeastConnections", t, 0.99, above=True)
+            check(f"{name} p99 vs LeastConnections", _ratio(ours["p99"], lc["p99"]), 1.0)
+            if scenario.rho is not None and not scenario.degrade:
+                check(f"{name} p50 vs LeastConnections", _ratio(ours["p50"], lc["p50"]), 1.05)
+                check(f"{name} mean vs LeastConnections", _ratio(ours["mean"], lc["mean"]), 1.05)
+        if hap is not None:
+            if name == "kill":
+                t = _ratio(ours["throughput"], hap["throughput"])
+                check("kill throughput vs HAProxy leastconn", t, 0.97, above=True)
+            if name in (*OPEN, "below", "above", "stragglers"):
+                check(f"{name} p99 vs HAProxy leastconn", _ratio(ours["p99"], hap["p99"]), 0.3)
+            if name == "clients8":
+                check("clients8 p99 vs one shared HAProxy", _ratio(ours["p99"], hap["p99"]), 1.0)
+        if name == "hang":
+            no_errors("hang", ours)
+            base = results.get("open70", {}).get(DEFAULT)
+            if base is not None:
+                r = _ratio(ours["p999"], base["p99"])
+                check("hang p99.9 vs the default's open70 p99 (no hang)", r, 2.0)
+        if scenario.degrade:
+            ph = ours["phases"]
+            check(
+                f"{name} share 0-2 s after recovery / fair",
+                ph["after 0-2 s"]["shares"][0] / 0.25,
+                0.8,
+                above=True,
+            )
+            check(
+                f"{name} share 2-5 s after recovery / fair",
+                ph["after 2-5 s"]["shares"][0] / 0.25,
+                0.8,
+                above=True,
+            )
+            before = ph["before"]["shares"]
+            check(
+                f"{name} before: max/min share of identical backends",
+                _ratio(max(before), min(before)),
+                1.2,
+            )
+            if lc is not None:
+                p50_lc = lc["phases"]["after 2-5 s"]["p50"]
+                check(
+                    f"{name} after-phase p50 vs LeastConnections",
+                    _ratio(ph["after 2-5 s"]["p50"], p50_lc),
+                    1.1,
                 )
-        window = max(results["b"][n]["timeline"]["t"][-1] for n in results["b"]) + 0.5
-        for frac, what in ((0.3, "SIGKILL"), (0.6, "restart")):
-            ax.axvline(frac * window, color="k", lw=0.8)
-            ax.text(frac * window, ax.get_ylim()[1] * 0.95, f" {what}", va="top")
-        ax.set_xlabel("seconds into the measurement window")
-        ax.set_ylabel("requests per second")
-        ax.legend(fontsize=7, loc="lower left")
-        ax.set_title("(b) a fast backend dies and comes back")
-        fig.tight_layout()
-        fig.savefig(out / "bench-balance-kill.png", dpi=110)
-        plt.close(fig)
+            if hap is not None:
+                check(
+                    f"{name} whole-run p99 vs HAProxy leastconn",
+                    _ratio(ours["p99"], hap["p99"]),
+                    0.5,
+                )
+            no_errors(name, ours)
+    return out
 
 
 def _versions(binaries: dict[str, str | None]) -> dict[str, str]:
@@ -472,75 +614,62 @@ def _versions(binaries: dict[str, str | None]) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short windows, fewer configs")
-    parser.add_argument("--scenarios", default="a,b,c,d", help="comma-separated: a,b,c,d")
+    parser.add_argument("--quick", action="store_true", help="short windows")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help="comma-separated")
     parser.add_argument("--configs", default=None, help="comma-separated configuration names")
-    parser.add_argument("--users", type=int, default=None)
     parser.add_argument("--window", type=float, default=None, help="measured seconds")
     parser.add_argument("--warmup", type=float, default=None)
     parser.add_argument("--fast-ms", type=float, default=150.0, help="fast mean service time")
-    parser.add_argument(
-        "--ramp", type=float, default=None, help="seconds over which users start (half the warm-up)"
-    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--img-dir", type=Path, default=None, help="also write figures here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     settings = Settings(fast_mean=args.fast_ms / 1000.0)
     if args.quick:
-        settings = attrs.evolve(settings, warmup=2.0, window=4.0, drain=2.0)
+        settings = attrs.evolve(settings, warmup=1.5, window=4.0, drain=2.0)
     settings = attrs.evolve(
-        settings,
-        users=args.users or settings.users,
-        window=args.window or settings.window,
-        warmup=args.warmup or settings.warmup,
-        ramp=args.ramp,
+        settings, window=args.window or settings.window, warmup=args.warmup or settings.warmup
     )
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     for s in scenarios:
         if s not in SCENARIOS:
-            parser.error(f"unknown scenario {s!r}")
-    if args.configs:
-        configs = [c.strip() for c in args.configs.split(",") if c.strip()]
-    else:
-        configs = list(QUICK_CONFIGS if args.quick else ALL_CONFIGS)
-    known = (*ALL_CONFIGS, WEIGHTED_REFERENCE)
-    for c in configs:
-        if c not in known:
-            parser.error(f"unknown configuration {c!r}; known: {', '.join(known)}")
-
-    wanted_proxies = sorted({PROXY_CONFIGS[c][0] for c in configs if c in PROXY_CONFIGS})
+            parser.error(f"unknown scenario {s!r}; known: {', '.join(SCENARIOS)}")
+    chosen = [c.strip() for c in args.configs.split(",")] if args.configs else None
+    for c in chosen or ():
+        if c not in ALL_CONFIGS:
+            parser.error(f"unknown configuration {c!r}; known: {', '.join(ALL_CONFIGS)}")
+    wanted = set(chosen or MAIN_CONFIGS)
+    wanted_proxies = sorted({PROXY_CONFIGS[c][0] for c in wanted if c in PROXY_CONFIGS})
     binaries = ensure_installed(wanted_proxies) if wanted_proxies else {}
-    for name, path in binaries.items():
-        if path is None:
-            print(f"{name} not available: its configurations are skipped", file=sys.stderr)
-            configs = [c for c in configs if PROXY_CONFIGS.get(c, (name,))[0] != name]
+    missing = {name for name, path in binaries.items() if path is None}
+    for name in missing:
+        print(f"{name} not available: its configurations are skipped", file=sys.stderr)
 
     load_before = os.getloadavg()
-    specs = settings.backends()
-    ideals = {s: ideal_throughput(s, specs, settings.window) for s in scenarios}
     print(
-        f"backends: {[(b.slots, b.mean) for b in specs]} (slots, mean s); users {settings.users}; "
-        f"warm-up {settings.warmup:g}s, window {settings.window:g}s; "
-        f"load average before: {load_before[0]:.2f}"
+        f"fast mean {settings.fast_mean * 1000:g} ms; warm-up {settings.warmup:g}s, "
+        f"window {settings.window:g}s; load average before: {load_before[0]:.2f}"
     )
     results: dict[str, dict[str, dict[str, Any]]] = {}
+    ideals: dict[str, float] = {}
     started = time.monotonic()
-    for sc in scenarios:
-        names = list(configs)
-        if sc == "a" and not args.quick and not args.configs and "haproxy" in binaries:
-            names.insert(1, WEIGHTED_REFERENCE)
-        results[sc] = {}
-        for i, name in enumerate(names):
-            row = run_one(sc, name, settings, seed=args.seed + i)
-            results[sc][name] = row
+    for name in scenarios:
+        scenario = SCENARIOS[name]
+        configs = list(chosen or (DEGRADE_CONFIGS if scenario.degrade else MAIN_CONFIGS))
+        configs = [c for c in configs if PROXY_CONFIGS.get(c, ("",))[0] not in missing]
+        ideals[name] = ideal_throughput(scenario, settings.backends(scenario))
+        results[name] = {}
+        for i, config in enumerate(configs):
+            row = run_one(name, config, settings, seed=args.seed + i)
+            results[name][config] = row
             print(
-                f"  ({sc}) {name:28s} {row['throughput']:7.1f} req/s  p99 {_fmt_s(row['p99']):>8s}"
-                f"  failed {row['failed']:4d}  loadgen CPU {100 * row['loadgen_cpu']:3.0f}%",
+                f"  {name:10s} {config:22s} {row['throughput']:6.1f} req/s  "
+                f"p50 {_fmt_s(row['p50']):>7s}  mean {_fmt_s(row['mean']):>7s}  "
+                f"p99 {_fmt_s(row['p99']):>7s}  p99.9 {_fmt_s(row['p999']):>7s}  "
+                f"errors {row['failed']:4d}  loadgen {100 * row['loadgen_cpu']:3.0f}%",
                 flush=True,
             )
-        print(table(sc, results[sc], ideals[sc]))
+        print(table(name, results[name], ideals[name]))
     load_after = os.getloadavg()
     checks = goals(results)
     for line in checks:
@@ -550,7 +679,6 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "python benchmarks/bench_balance.py " + " ".join(argv or sys.argv[1:]),
         "settings": attrs.asdict(settings),
-        "backends": [attrs.asdict(b) for b in specs],
         "ideal_throughput": ideals,
         "load_average_before": load_before,
         "load_average_after": load_after,
@@ -565,12 +693,9 @@ def main(argv: list[str] | None = None) -> int:
         f"Load average (1 min) before/after: {load_before[0]:.2f} / {load_after[0]:.2f} on "
         f"{os.cpu_count()} CPUs; elapsed {meta['elapsed_s']:.0f} s.\n"
     )
-    md += [table(sc, results[sc], ideals[sc]) for sc in results]
+    md += [table(name, results[name], ideals[name]) for name in results]
     md += ["\n".join(f"- {c}" for c in checks) + "\n"]
     (args.out / "balance.md").write_text("\n".join(md))
-    plot(results, ideals, args.out)
-    if args.img_dir is not None:
-        plot(results, ideals, args.img_dir)
     print(
         f"wrote {args.out / 'balance.json'}, {args.out / 'balance.md'} in {meta['elapsed_s']:.0f}s"
     )

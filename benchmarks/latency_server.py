@@ -13,7 +13,11 @@ Endpoints: any ``POST`` (``/embed`` in the benchmarks) is served as above and an
 with a tiny JSON body, ``X-Queue-Depth`` and ``X-In-Flight`` (the worker's load
 headers); ``GET /health`` answers at once;
 ``POST /admin/slowdown?factor=F`` multiplies every later service time by ``F`` (the
-"latency degrades midway" scenario). Raw asyncio streams instead of an ASGI stack keep
+"latency degrades midway" scenario); ``POST /admin/hang?on=1`` makes every later
+request wait forever (a hung process that still accepts; ``on=0`` ends it);
+``--straggle-p P --straggle-s S`` adds ``S`` seconds to a fraction ``P`` of requests.
+Answers carry ``X-Served-By: <port>`` so a benchmark can tell who served a request
+even through a proxy. Raw asyncio streams instead of an ASGI stack keep
 the per-request CPU cost small.
 
 Run: ``python benchmarks/latency_server.py --port 8101 --slots 8 --mean 0.1``.
@@ -56,6 +60,9 @@ class LatencyModel:
     cv: float = 0.3
     seed: int = 0
     factor: float = 1.0
+    #: Probability that a request straggles, and the seconds a straggler adds.
+    straggle_p: float = 0.0
+    straggle_s: float = 0.0
     _rng: random.Random = attrs.field(init=False)
     _mu: float = attrs.field(init=False)
     _sigma: float = attrs.field(init=False)
@@ -67,8 +74,12 @@ class LatencyModel:
     def sample(self) -> float:
         """One service time in seconds."""
         if self._sigma == 0.0:
-            return self.mean * self.factor
-        return self._rng.lognormvariate(self._mu, self._sigma) * self.factor
+            t = self.mean * self.factor
+        else:
+            t = self._rng.lognormvariate(self._mu, self._sigma) * self.factor
+        if self.straggle_p > 0.0 and self._rng.random() < self.straggle_p:
+            t += self.straggle_s
+        return t
 
 
 @attrs.define
@@ -77,9 +88,12 @@ class ServerState:
 
     slots: int
     model: LatencyModel
+    port: int = 0
     waiting: int = 0
     busy: int = 0
     served: int = 0
+    #: While set, every request is accepted and never answered (a hung process).
+    hung: bool = False
     _sem: asyncio.Semaphore | None = attrs.field(default=None, init=False)
 
     @property
@@ -100,6 +114,8 @@ class ServerState:
                 self.busy += 1
                 try:
                     t = self.model.sample()
+                    if self.hung:
+                        await asyncio.sleep(3600.0)  # until the client gives up
                     await asyncio.sleep(t)
                 finally:
                     self.busy -= 1
@@ -150,6 +166,9 @@ async def _handle(
             url = urlsplit(target)
             if url.path == "/health":
                 out = _response(200, b'{"status":"ok"}')
+            elif url.path == "/admin/hang" and method == "POST":
+                state.hung = parse_qs(url.query).get("on", ["1"])[0] == "1"
+                out = _response(200, json.dumps({"hung": state.hung}).encode())
             elif url.path == "/admin/slowdown" and method == "POST":
                 factor = float(parse_qs(url.query).get("factor", ["1"])[0])
                 state.model.factor = factor
@@ -162,6 +181,7 @@ async def _handle(
                 hints = {
                     "X-Queue-Depth": str(state.waiting),
                     "X-In-Flight": str(state.waiting + state.busy + 1),
+                    "X-Served-By": str(state.port),
                 }
                 out = _response(200, body, hints)
             else:
@@ -201,10 +221,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mean", type=float, default=0.1, help="mean service time, seconds")
     parser.add_argument("--cv", type=float, default=0.3, help="coefficient of variation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--straggle-p", type=float, default=0.0, help="straggler probability")
+    parser.add_argument("--straggle-s", type=float, default=0.0, help="seconds a straggler adds")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost"):
         parser.error("the benchmark backend only listens on loopback")
-    state = ServerState(args.slots, LatencyModel(args.mean, args.cv, args.seed))
+    model = LatencyModel(
+        args.mean, args.cv, args.seed, straggle_p=args.straggle_p, straggle_s=args.straggle_s
+    )
+    state = ServerState(args.slots, model, port=args.port)
 
     async def run() -> None:
         loop = asyncio.get_running_loop()

@@ -59,11 +59,36 @@ def test_throughput_counts_only_successes_inside_the_window() -> None:
 
 
 def test_ideal_throughput_accounts_for_scenario_events() -> None:
-    """The kill removes 30% of one backend's capacity; the slowdown 5/6 of it for half."""
-    from bench_balance import Settings
+    """The kill and the hang remove 30% of one backend's capacity; an open loop caps the ideal at its arrival rate."""
+    from bench_balance import SCENARIOS, Settings
 
-    specs = Settings(fast_mean=0.1).backends()
+    settings = Settings(fast_mean=0.1)
+    specs = settings.backends(SCENARIOS["above"])
     full = 3 * 80 + 2 / 0.6
-    assert ideal_throughput("a", specs, 10) == pytest.approx(full)
-    assert ideal_throughput("b", specs, 10) == pytest.approx(full - 24)
-    assert ideal_throughput("d", specs, 10) == pytest.approx(full - 80 * 5 / 6 / 2)
+    assert ideal_throughput(SCENARIOS["above"], specs) == pytest.approx(full)
+    assert ideal_throughput(SCENARIOS["kill"], specs) == pytest.approx(full - 24)
+    assert ideal_throughput(SCENARIOS["open50"], specs) == pytest.approx(full / 2)
+    equal = settings.backends(SCENARIOS["degrade70"])
+    assert [b.slots for b in equal] == [4, 4, 4, 4]
+    stragglers = settings.backends(SCENARIOS["stragglers"])
+    assert stragglers[0].straggle_p > 0
+    assert all(b.straggle_p == 0 for b in stragglers[1:])
+
+
+def test_phases_split_shares_and_p50_by_start_time() -> None:
+    """Degrade-and-recover phases count each request by when it started and report each backend's share and the p50."""
+    from bench_balance import DEGRADE_AT, DEGRADE_FOR, phases
+
+    starts = [0.5, 1.0, DEGRADE_AT + 1, DEGRADE_AT + 2, DEGRADE_AT + DEGRADE_FOR + 3]
+    part = {
+        "starts": starts,
+        "latencies": [0.1, 0.3, 1.0, 1.0, 0.2],
+        "ok": [True] * 5,
+        "served_by": [7000, 7001, 7001, 7001, 7000],
+    }
+    out = phases([part], window_start=0.0, ports=[7000, 7001])
+    assert out["before"]["shares"] == [0.5, 0.5]
+    assert out["before"]["p50"] == pytest.approx(0.2)
+    assert out["during"]["shares"] == [0.0, 1.0]
+    assert out["after 2-5 s"]["shares"] == [1.0, 0.0]
+    assert out["after 0-2 s"]["requests"] == 0
