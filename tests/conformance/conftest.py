@@ -21,9 +21,10 @@ from tei_stub import TeiStub  # noqa: E402
 import embedbalance as eb  # noqa: E402
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+@pytest.fixture(params=["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs on asyncio and on trio."""
+    """Every async test runs on asyncio, and on trio in the slow suite (the twins' rules
+    live once in the shared core; trio is checked there to keep this folder quick)."""
     return str(request.param)
 
 
