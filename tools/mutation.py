@@ -157,11 +157,12 @@ def main(argv: list[str]) -> int:
         return 2
     WORK.mkdir(parents=True, exist_ok=True)
     scores_file = WORK / "scores.json"
-    scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
     commit = os.environ.get("MUTATION_COMMIT") or _commit()
     for name in names:
         stats = run(name, commit)
         stats["commit"] = commit
+        # Re-read: another run (other modules) may have written meanwhile.
+        scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
         scores[name] = stats
         scores_file.write_text(json.dumps(scores, indent=2, sort_keys=True))
         print(
