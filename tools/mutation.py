@@ -51,7 +51,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     ),
     "load": (
         "src/embedbalance/load.py",
-        ["tests/core/test_load.py", "tests/core/test_expected_delay.py"],
+        [
+            "tests/core/test_load.py",
+            "tests/core/test_expected_delay.py",
+            "tests/core/test_peak_ewma_pool.py",
+        ],
     ),
     "balancers": (
         "src/embedbalance/balancers.py",
