@@ -49,34 +49,11 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/core/test_gpu_priority.py",
         ],
     ),
-    "load": (
-        "src/embedbalance/load.py",
-        [
-            "tests/core/test_load.py",
-            "tests/core/test_expected_delay.py",
-            "tests/core/test_peak_ewma_pool.py",
-        ],
-    ),
-    "balancers": (
-        "src/embedbalance/balancers.py",
-        [
-            "tests/core/test_strategy_properties.py",
-            "tests/core/test_gpu_priority.py",
-            "tests/core/test_expected_delay.py",
-            "tests/core/test_subclass.py",
-            "tests/core/test_slow_start.py",
-            "tests/core/test_load.py",
-        ],
-    ),
-    "pool": (
-        "src/embedbalance/pool.py",
-        [
-            "tests/core/test_pool.py",
-            "tests/core/test_health.py",
-            "tests/core/test_slow_start.py",
-            "tests/core/test_overload.py",
-        ],
-    ),
+    # The pool and the balancers sit under every core test, so mutmut picks, per
+    # mutant, whichever of them run the mutated function.
+    "load": ("src/embedbalance/load.py", ["tests/core"]),
+    "balancers": ("src/embedbalance/balancers.py", ["tests/core"]),
+    "pool": ("src/embedbalance/pool.py", ["tests/core"]),
     "_batching": (
         "src/embedbalance/_batching.py",
         ["tests/client/test_batching.py", "tests/client/test_batching_edges.py"],
