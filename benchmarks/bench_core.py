@@ -53,6 +53,7 @@ GOALS: dict[str, float | None] = {
     "RoundRobin": 2.0,
     "PowerOfTwoChoices": 3.0,
     "PeakEwma": 3.0,
+    "ShortestExpectedDelay": 3.0,
 }
 SIZES = (4, 64, 1_024, 10_000)
 FLOOR = "(floor: lock + clock + lease only)"
@@ -158,11 +159,16 @@ def table(results: list[dict[str, object]], key: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter repeats")
+    parser.add_argument("--balancers", default=None, help="comma-separated (default: all)")
     args = parser.parse_args()
+    names = args.balancers.split(",") if args.balancers else list(BALANCERS)
+    for name in names:
+        if name not in BALANCERS:
+            parser.error(f"unknown balancer {name!r}; known: {', '.join(BALANCERS)}")
     repeats, target_s = (3, 0.02) if args.quick else (5, 0.1)
     load_before = os.getloadavg()[0]
     results: list[dict[str, object]] = []
-    for name in [FLOOR, *BALANCERS]:
+    for name in [FLOOR, *names]:
         for threads in THREADS:
             wall: dict[str, float] = {}
             cpu: dict[str, float] = {}
@@ -175,7 +181,7 @@ def main() -> int:
 
     verdicts = []
     for name, goal in GOALS.items():
-        if goal is None:
+        if goal is None or name not in names:
             continue
         single = next(r for r in results if r["balancer"] == name and r["threads"] == 1)
         for key, label in (("wall_us", "wall"), ("cpu_us", "CPU")):

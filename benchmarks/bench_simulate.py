@@ -37,6 +37,8 @@ from simulate import (  # noqa: E402
 )
 
 RESULTS = HERE.parent / "bench-results"
+#: The library's default balancer, the one the goal is about.
+DEFAULT = "ShortestExpectedDelay"
 
 
 def _ms(x: float | None) -> str:
@@ -52,12 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--img-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--balancers", default=None, help="comma-separated (default: all)")
     args = parser.parse_args(argv)
+    balancers = tuple(args.balancers.split(",")) if args.balancers else BALANCERS
+    for name in balancers:
+        if name not in BALANCERS:
+            parser.error(f"unknown balancer {name!r}; known: {', '.join(BALANCERS)}")
     sizes = sizes_for(args.quick)
     scan_limit = 100 if args.quick else 1000
     started = time.monotonic()
     sim: dict[str, dict[int, dict[str, Any]]] = {}
-    names = (ORACLE, *BALANCERS)
+    names = (ORACLE, *balancers)
     for n in sizes:
         requests = max(10_000 if args.quick else 20_000, 10 * n)
         topo = Topology.mixed(n)
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     cost: dict[str, dict[int, float]] = {}
-    for name in BALANCERS:
+    for name in balancers:
         for n in sizes:
             cost.setdefault(name, {})[n] = pick_cost(name, n, budget_s=0.3 if args.quick else 0.6)
     elapsed = time.monotonic() - started
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         p99_rows.append(f"| {name} | " + " | ".join(cells) + " |")
     cost_rows = [
         f"| {name} | " + " | ".join(f"{cost[name][n] * 1e6:.1f}" for n in sizes) + " |"
-        for name in BALANCERS
+        for name in balancers
     ]
     command = "python benchmarks/bench_simulate.py " + " ".join(argv or sys.argv[1:])
     md = (
@@ -102,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         "at that size in a bounded run)\n\n" + head + sep + "\n".join(p99_rows) + "\n\n"
         "Pick cost, µs per acquire + release\n\n" + head + sep + "\n".join(cost_rows) + "\n"
     )
+    goals = []
+    if DEFAULT in sim:
+        for n in sizes:
+            ratio = sim[DEFAULT][n]["p99"] / sim[ORACLE][n]["p99"]
+            verdict = "met" if ratio <= 1.1 else "MISSED"
+            goals.append(
+                f"- n={n}: {DEFAULT} p99 {ratio:.2f}x the oracle's (goal <= 1.1): {verdict}"
+            )
+        md += "\nGoal: the default's p99 within 1.1x the oracle's\n\n" + "\n".join(goals) + "\n"
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "simulate.json").write_text(

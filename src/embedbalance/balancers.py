@@ -308,6 +308,7 @@ class ShortestExpectedDelay(Balancer):
         #: estimate relaxes toward (None until the first answer anywhere).
         self.prior: tuple[float, float] | None = None
         self.tolerance = tolerance
+        self._widen = 1.0 + tolerance
         self.scan_limit = max(scan_limit, choices)
         self.choices = choices
 
@@ -338,36 +339,45 @@ class ShortestExpectedDelay(Balancer):
             return candidates[strategies.least_loaded(loads, rng)]
         if n > self.scan_limit:
             random_ = rng.random
-            pool = [candidates[int(random_() * n)] for _ in range(self.choices)]
+            pool: Sequence[BackendState] = [
+                candidates[int(random_() * n)] for _ in range(self.choices)
+            ]
         else:
-            pool = list(candidates)
-        assess = metric.assess
+            pool = candidates
+        delay = metric.delay
         prior = self.prior
-        scored = [assess(s, now, cost, prior) for s in pool]
-        best = min(d for d, _ in scored)
-        limit = best * (1.0 + self.tolerance)
+        delays = [delay(s, now, cost, prior) for s in pool]
+        best = min(delays)
+        limit = best * self._widen
         # Among backends about as good as the best: the least loaded, ties at random.
         # Past its knee a backend's delay grows and it leaves this set; within it, the
         # estimates' noise must not pick favourites. A slow-starting backend takes part
         # with a probability equal to its ramp, so its share grows with the ramp even
         # in an idle pool (where dividing its score by a small weight lost every tie).
-        chosen: list[int] = []
+        chosen = -1
+        ties = 0
         least = math.inf
-        for i, (d, _) in enumerate(scored):
+        i = 0
+        for d in delays:
             if d <= limit:
                 s = pool[i]
                 if now - s.admitted_at < s.slow_start.window and rng.random() * s.weight >= (
                     s.effective_weight(now)
                 ):
+                    i += 1
                     continue
                 held = s.outstanding_cost
                 if held < least:
-                    least, chosen = held, [i]
+                    least, chosen, ties = held, i, 1
                 elif held == least:
-                    chosen.append(i)
-        if not chosen:
-            chosen = [i for i, (d, _) in enumerate(scored) if d == best]
-        return pool[chosen[0] if len(chosen) == 1 else chosen[int(rng.random() * len(chosen))]]
+                    # Reservoir sampling: each of the tied is kept with equal chance.
+                    ties += 1
+                    if rng.random() * ties < 1.0:
+                        chosen = i
+            i += 1
+        if chosen < 0:
+            chosen = delays.index(best)
+        return pool[chosen]
 
     def score(self, backend: BackendView, now: float) -> float:
         metric = self.metric
@@ -386,14 +396,15 @@ class ShortestExpectedDelay(Balancer):
         metric = self.metric
         assert isinstance(metric, ExpectedDelay)
         metric.observe(state, latency, now, load_at_start, cost, hints)
-        est = metric.record(state)
+        est = state.metric_state
         prior = self.prior
         if prior is None:
             self.prior = (est.service, est.slots)
         else:
+            service, slots = prior
             self.prior = (
-                prior[0] + (est.service - prior[0]) * 0.1,
-                prior[1] + (est.slots - prior[1]) * 0.1,
+                service + (est.service - service) * 0.1,
+                slots + (est.slots - slots) * 0.1,
             )
 
 

@@ -371,17 +371,10 @@ class ExpectedDelay:
             est = state.metric_state = DelayEstimate()
         return est
 
-    def assess(
-        self,
-        state: BackendState,
-        now: float,
-        cost: float = 1.0,
-        prior: tuple[float, float] | None = None,
+    def _model(
+        self, state: BackendState, now: float, cost: float, prior: tuple[float, float] | None
     ) -> tuple[float, float]:
-        """``(expected delay, free room)`` for a request of ``cost`` placed now: the
-        seconds until it would be answered (scaled by weight and failure penalty like
-        every metric here), and the units of cost the backend can still take before it
-        queues (0 when it is past its knee)."""
+        """``(service, slots)`` to score with (see :meth:`delay`)."""
         est = state.metric_state
         if type(est) is DelayEstimate and est.samples > 0:
             service, slots = est.service, est.slots
@@ -390,6 +383,51 @@ class ExpectedDelay:
                 if age > 0.0:  # stale and worse than the pool: relax toward it
                     w = math.exp(-age / self.retest)
                     service = service * w + prior[0] * (1.0 - w)
+            if now - state.admitted_at < state.slow_start.window:
+                slots *= state.effective_weight(now) / state.weight
+        else:
+            service = self.default_delay if prior is None else prior[0]
+            slots = 1.0
+        return service, (slots if slots > cost else cost)
+
+    def assess(
+        self,
+        state: BackendState,
+        now: float,
+        cost: float = 1.0,
+        prior: tuple[float, float] | None = None,
+    ) -> tuple[float, float]:
+        """``(expected delay, free room)``: :meth:`delay`, and the units of cost the
+        backend can still take before it queues (0 when it is past its knee)."""
+        _, slots = self._model(state, now, cost, prior)
+        room = slots - state.outstanding_cost
+        if room < 0.0:
+            room = 0.0
+        if state.penalty > 0.0:
+            room /= state.penalty_factor(now, self.failure_decay)
+        return self.delay(state, now, cost, prior), room
+
+    def delay(
+        self,
+        state: BackendState,
+        now: float,
+        cost: float = 1.0,
+        prior: tuple[float, float] | None = None,
+    ) -> float:
+        """Expected seconds until a request of ``cost`` placed now would be answered,
+        scaled by weight and failure penalty like every metric here."""
+        # _model() inlined: this runs for every candidate of every pick.
+        est = state.metric_state
+        if type(est) is DelayEstimate and est.samples:
+            service = est.service
+            slots = est.slots
+            if prior is not None:
+                typical = prior[0]
+                if service > typical:
+                    age = now - est.stamp
+                    if age > 0.0:  # stale and worse than the pool: relax toward it
+                        w = math.exp(-age / self.retest)
+                        service = service * w + typical * (1.0 - w)
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
         else:
@@ -403,9 +441,6 @@ class ExpectedDelay:
         expected = service * cost
         if work > slots:
             expected *= work / slots
-            room = 0.0
-        else:
-            room = slots - work + cost
         if state.pending and state.in_flight:
             # Silence: how long it has held work without answering anything.
             since = state.oldest_started()
@@ -421,18 +456,7 @@ class ExpectedDelay:
             # would dwarf a fast pool's units and shun a recovered backend).
             floor = self.default_delay if prior is None else prior[0] * (cost + 1.0)
             expected = max(expected, floor * (penalty - 1.0)) * penalty
-            room /= penalty
-        return expected / state.weight, room
-
-    def delay(
-        self,
-        state: BackendState,
-        now: float,
-        cost: float = 1.0,
-        prior: tuple[float, float] | None = None,
-    ) -> float:
-        """Expected seconds until a request of ``cost`` placed now would be answered."""
-        return self.assess(state, now, cost, prior)[0]
+        return expected / state.weight
 
     def load(self, state: BackendState, now: float) -> float:
         return self.delay(state, now, 1.0)
