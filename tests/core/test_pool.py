@@ -71,7 +71,7 @@ def test_readding_a_draining_backend_keeps_its_counts(clock: eb.ManualClock) -> 
 
 
 def test_update_applies_adds_removes_and_weight_changes(clock: eb.ManualClock) -> None:
-    """update() makes membership exactly the given list, emitting one event per change."""
+    """update() makes membership exactly the given list, emitting one event per change (and 'released' for a removed backend with nothing in flight)."""
     events: list[eb.PoolEvent] = []
     pool = pool_of(3, clock)
     pool.add_listener(events.append)
@@ -79,6 +79,7 @@ def test_update_applies_adds_removes_and_weight_changes(clock: eb.ManualClock) -
     assert {b.url: b.weight for b in pool.backends} == {U[0]: 1.0, U[1]: 3.0, U[3]: 1.0}
     assert sorted((e.kind, e.url) for e in events) == [
         ("added", U[3]),
+        ("released", U[2]),
         ("removed", U[2]),
         ("updated", U[1]),
     ]
