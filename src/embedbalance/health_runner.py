@@ -42,12 +42,16 @@ def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
     """The check as sent: ``GET <backend><path>`` with the policy's headers and its
     timeout on every phase."""
     t = policy.timeout
-    return httpx.Request(
-        "GET",
-        backend.url + policy.path,
-        headers=list(policy.headers),
-        extensions={"timeout": {"connect": t, "read": t, "write": t, "pool": t}},
-    )
+    extensions: dict[str, object] = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
+    headers = list(policy.headers)
+    name = backend.tls_server_name
+    if name is not None:
+        # Checked as it is used: the certificate names the server, not the address.
+        extensions["sni_hostname"] = name
+        default_port = 443 if backend.scheme == "https" else 80
+        host = name if backend.port == default_port else f"{name}:{backend.port}"
+        headers.append(("Host", host))
+    return httpx.Request("GET", backend.url + policy.path, headers=headers, extensions=extensions)
 
 
 def verdict(backend: Backend, status: int | None, error: BaseException | None = None) -> bool:

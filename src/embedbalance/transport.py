@@ -43,6 +43,7 @@ from ._attempts import AttemptPolicy, AttemptResult, Flow, Step
 from ._backend import Backend, BackendLike
 from ._clock import Clock, monotonic
 from ._hints import parse_queue_depth, parse_retry_after
+from ._threads import Runner
 from .balancers import Balancer
 from .discovery import Discovery
 from .exceptions import EmbedbalanceError
@@ -336,6 +337,11 @@ class _Core:
             except (ValueError, EmbedbalanceError) as exc:
                 outcome, retryable = Outcome.FAILURE, True
                 description = f"invalid answer: {exc}"
+            except BaseException:
+                # A bug in the check, not in the answer: the caller sees it, and the
+                # lease is released with no health effect rather than leaked.
+                self.abandon(lease)
+                raise
         latency = self.clock() - lease.started_at
         # Metrics first: the release may end the backend's life, and its series with it.
         self.metrics.request(lease.backend.url, outcome.value, latency)
@@ -453,8 +459,8 @@ class BalancingTransport(httpx.BaseTransport):
 
     Thread-safe: share one per process. Health checks run in one daemon thread,
     started on first use (or :meth:`start`), restarted after a ``fork``, and stopped by
-    :meth:`close`. Attempts with a deadline or a hedge run on their own daemon thread
-    each, so neither limits how many requests run at once.
+    :meth:`close`. Attempts with a deadline or a hedge run on daemon threads that are
+    started as needed, so neither limits how many requests run at once.
     """
 
     __doc__ = (__doc__ or "") + _DOC_PARAMS
@@ -493,6 +499,7 @@ class BalancingTransport(httpx.BaseTransport):
             rng=rng,
         )
         self._inner = _Inner(transport, httpx.HTTPTransport)
+        self._runner = Runner()
         self._core.pool.add_listener(self._on_pool_event)
         self._start_lock = threading.Lock()
         self._started_pid: int | None = None
@@ -618,14 +625,7 @@ class BalancingTransport(httpx.BaseTransport):
         def launch(lease: Lease) -> None:
             left = None if deadline == math.inf else max(deadline - wall(), 0.001)
             routed = core.route(request, lease.backend, left)
-            future: Future[tuple[httpx.Response, bytes]] = Future()
-            live[future] = (lease, routed)
-            threading.Thread(
-                target=_run_into,
-                args=(future, self._exchange, lease.backend, routed),
-                name="embedbalance-attempt",
-                daemon=True,
-            ).start()
+            live[self._runner.submit(self._exchange, lease.backend, routed)] = (lease, routed)
 
         launch(step.lease)
         try:
@@ -691,16 +691,6 @@ class BalancingTransport(httpx.BaseTransport):
         from .config import from_config
 
         return cls(**{**from_config(mapping).transport_kwargs(), **overrides})
-
-
-def _run_into(future: Future[T], fn: Callable[..., T], *args: Any) -> None:
-    """Run ``fn(*args)`` and put its result or exception into ``future``."""
-    try:
-        result = fn(*args)
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
 
 
 class AsyncBalancingTransport(httpx.AsyncBaseTransport):

@@ -315,11 +315,6 @@ def _keyerror(response: httpx.Response) -> object:
     return response.json()["data"]  # a TEI answer is a list: TypeError, not ValueError
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="settle_response calls the validator before pool.release, and only ValueError/"
-    "EmbedbalanceError are caught: any other exception escapes with the lease never released",
-)
 @pytest.mark.parametrize("attempt_timeout", [None, 5.0], ids=["direct", "raced"])
 def test_a_validator_raising_another_error_does_not_leak_the_attempt(
     stubs: Stubs, attempt_timeout: float | None

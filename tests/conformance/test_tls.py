@@ -134,11 +134,6 @@ def test_tls_server_name_verifies_the_certificates_name_while_connecting_by_addr
     assert embed_hosts == {f"tei.internal:{stub.port}"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="health_runner.check_request builds GET backend.url without the sni_hostname "
-    "extension or Host header, so the check verifies the address and fails",
-)
 def test_health_checks_use_the_tls_server_name_too(stubs: Stubs, ca: Any) -> None:
     """Health checks of a backend with tls_server_name verify that name too, so the backend stays healthy (else every such backend is marked unhealthy although its requests succeed)."""
     cert = ca.issue_cert("tei.internal")

@@ -1,0 +1,88 @@
+"""Daemon threads for the sync transport's raced attempts: as many as are needed.
+
+Why not ``concurrent.futures.ThreadPoolExecutor``: its size caps how many requests run
+at once (24 callers of a hedged transport would queue behind its default of a dozen
+threads, and a queued attempt's hedge timer would run while it was never sent), its
+threads are joined at interpreter exit (an attempt stuck on a hung backend would block
+the exit), and it is not usable after ``fork()``. Here a task always starts at once on
+an idle thread or a new one; idle threads wait a while for more work, then exit; all
+are daemons; a forked child starts with none.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+__all__ = ["Runner"]
+
+T = TypeVar("T")
+
+#: Seconds an idle thread waits for another task before it exits.
+IDLE_SECONDS = 30.0
+
+
+class Runner:
+    """Run callables on daemon threads, never queueing behind a busy one."""
+
+    def __init__(self, name: str = "embedbalance-attempt", idle: float = IDLE_SECONDS) -> None:
+        self._name = name
+        self._idle_seconds = idle
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
+        self._tasks = queue.SimpleQueue()
+        self._idle = 0  # threads waiting for a task and not yet claimed by a submit
+
+    @property
+    def idle(self) -> int:
+        return self._idle
+
+    def submit(self, fn: Callable[..., T], *args: Any) -> Future[T]:
+        """Start ``fn(*args)`` now, on an idle thread or a new one."""
+        if self._pid != os.getpid():
+            self._reset()  # a forked child: the parent's threads do not exist here
+        future: Future[T] = Future()
+        task = (future, fn, args)
+        with self._lock:
+            reuse = self._idle > 0
+            if reuse:
+                self._idle -= 1
+        if reuse:
+            self._tasks.put(task)
+        else:
+            threading.Thread(target=self._work, args=(task,), name=self._name, daemon=True).start()
+        return future
+
+    def _work(self, task: tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None) -> None:
+        tasks = self._tasks
+        while task is not None:
+            future, fn, args = task
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args)
+                except BaseException as exc:
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del task, future, fn, args
+            with self._lock:
+                self._idle += 1
+            task = None
+            while task is None:
+                try:
+                    task = tasks.get(timeout=self._idle_seconds)
+                except queue.Empty:
+                    with self._lock:
+                        # Exit only if no submit has claimed a waiting thread meanwhile;
+                        # else a task is (about to be) queued for one of us: keep waiting.
+                        if self._idle > 0:
+                            self._idle -= 1
+                            return
