@@ -50,6 +50,9 @@ class EchoServer:
         self.compress = False
         self.seen: list[Seen] = []
         self.health_checks = 0
+        #: headers of every health check received; ``health_hang`` makes checks hang
+        self.health_headers: list[dict[str, str]] = []
+        self.health_hang = False
         self._lock = threading.Lock()
         self._stopping = False
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -108,6 +111,9 @@ class EchoServer:
         if scope["path"] == "/health":
             with self._lock:
                 self.health_checks += 1
+                self.health_headers.append(headers)
+            while self.health_hang and not self._stopping:
+                await asyncio.sleep(0.02)
             await _send(send, self.health_status, {}, {"ok": self.health_status < 300})
             return
         seen = Seen(

@@ -314,3 +314,64 @@ async def test_async_health_checks_fall_on_503_and_rise_on_200() -> None:
                     await anyio.sleep(0.005)
             assert server.health_checks - before >= POLICY.rise
             tg.cancel_scope.cancel()
+
+
+def test_health_checks_carry_the_policy_headers_sync_and_async() -> None:
+    """Both checkers send the policy's headers (an auth token, say) with every check."""
+    policy = eb.HealthCheck(headers={"Authorization": "Bearer t0k"}, rise=1, fall=1)
+    with echo_servers(1) as (server,):
+        pool = eb.BackendPool([server.url], health_check=policy)
+        checker = HealthChecker(pool, policy)
+        try:
+            checker.run_round()
+        finally:
+            checker.stop()
+
+        async def one_async_round() -> None:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run_async_checks, pool, policy)
+                with anyio.fail_after(10):
+                    while server.health_checks < 2:
+                        await anyio.sleep(0.005)
+                tg.cancel_scope.cancel()
+
+        anyio.run(one_async_round)
+    assert [h.get("authorization") for h in server.health_headers[:2]] == ["Bearer t0k"] * 2
+
+
+@pytest.mark.anyio
+async def test_async_check_that_hangs_counts_as_failed_after_the_timeout() -> None:
+    """A /health that never answers fails the async check once the policy timeout passes, so a hung backend is marked unhealthy instead of stalling every round."""
+    policy = eb.HealthCheck(interval=0.02, timeout=0.2, rise=1, fall=2, jitter=0.0)
+    with echo_servers(2) as (hung, fine):
+        hung.health_hang = True
+        pool = eb.BackendPool([hung.url, fine.url], health_check=policy, panic_threshold=0.0)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_async_checks, pool, policy)
+            with anyio.fail_after(20):
+                while _state(pool, hung.url) != "unhealthy":
+                    await anyio.sleep(0.01)
+            assert _state(pool, fine.url) == "healthy"
+            assert fine.health_checks >= policy.fall
+            tg.cancel_scope.cancel()
+
+
+def test_sync_checker_runs_in_named_daemon_threads() -> None:
+    """The checker's thread is a daemon named embedbalance-health and its checks run on embedbalance-check threads (so an app can exit, and tools can tell them apart)."""
+    import threading
+
+    with echo_servers(1) as (server,):
+        pool = eb.BackendPool([server.url], health_check=POLICY)
+        checker = HealthChecker(pool, POLICY)
+        checker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while server.health_checks < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            names = {t.name: t for t in threading.enumerate()}
+            assert names["embedbalance-health"].daemon
+            assert any(n.startswith("embedbalance-check") for n in names)
+        finally:
+            checker.stop()
+        assert "embedbalance-health" not in {t.name for t in threading.enumerate()}
