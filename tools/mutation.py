@@ -94,7 +94,9 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
     for link in ("tests", "pyproject.toml"):
         (work / link).symlink_to(ROOT / link)
     package = "/".join(target.split("/")[:2])
-    selection = "\n    ".join(["-m", "not slow", "-p", "no:cacheprovider", *tests])
+    # A fixed hypothesis seed: a mutant is judged by the same examples as the clean run.
+    args = ["-m", "not slow", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
+    selection = "\n    ".join(args)
     (work / "setup.cfg").write_text(
         "[mutmut]\n"
         f"source_paths = {package}\n"
