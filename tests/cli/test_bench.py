@@ -1,0 +1,101 @@
+"""``embedbalance bench`` against two real workers, one slowed with ``--delay-ms``:
+ranks them right, and its suggested weights follow an independent capacity measurement."""
+
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.helpers.worker_proc import WorkerProcess
+
+from embedbalance.cli import main
+
+BATCH = 8
+CONCURRENCY = 4
+#: Short texts: a forward pass over a few of them is small next to the workers' delays.
+SHORT = [f"short text number {i} for the bench" for i in range(64)]
+
+
+def _capacity(url: str, seconds: float = 2.0) -> float:
+    """Texts/s of ``url`` alone at a fixed concurrency: the independent measurement."""
+    batches = [SHORT[i : i + BATCH] for i in range(0, len(SHORT), BATCH)]
+    done = [0] * CONCURRENCY
+    with httpx.Client(timeout=30) as http:
+        http.post(url + "/embed", json={"inputs": batches[0]}).raise_for_status()
+        deadline = time.monotonic() + seconds
+
+        def loop(k: int) -> None:
+            n = 0
+            while time.monotonic() < deadline and n < 500:
+                http.post(
+                    url + "/embed",
+                    json={"inputs": batches[(k + n) % len(batches)], "truncate": True},
+                ).raise_for_status()
+                done[k] += BATCH
+                n += 1
+
+        started = time.monotonic()
+        with ThreadPoolExecutor(CONCURRENCY) as pool:
+            list(pool.map(loop, range(CONCURRENCY)))
+        return sum(done) / (time.monotonic() - started)
+
+
+def test_bench_ranks_and_weighs_replicas(
+    cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """If this fails, bench ranks a slowed replica above a fast one, or suggests weights
+    more than 25% off the replicas' measured capacity ratio, or drops its plot."""
+    fast, slow = cli_workers["fast"].url, cli_workers["slow"].url
+    plot = tmp_path / "bench.png"
+    texts = tmp_path / "texts.txt"
+    texts.write_text("\n".join(SHORT))
+    status = main(
+        [
+            "bench", fast, slow, "--json", "--batch-size", str(BATCH), "--texts", str(texts),
+            "--concurrency", "1,2,4", "--level-seconds", "1.5", "--plot", str(plot),
+        ]
+    )  # fmt: skip
+    assert status == 0
+    report = json.loads(capsys.readouterr().out)
+    capacity = {r["url"]: r["capacity"] for r in report["replicas"]}
+    assert capacity[fast] > capacity[slow] > 0
+    weights = report["suggested"]["weights"]
+    assert weights[slow] == 1.0
+    measured = _capacity(fast) / _capacity(slow)
+    assert measured > 1.2, "the delay did not slow the worker enough to tell them apart"
+    assert abs(weights[fast] / measured - 1) <= 0.25, (weights, measured)
+    assert report["suggested"]["hpa_queue_depth"] >= 1
+    for r in report["replicas"]:
+        assert [lv["concurrency"] for lv in r["levels"]] == [1, 2, 4]
+        assert all(lv["errors"] == 0 for lv in r["levels"])
+    assert plot.stat().st_size > 10_000
+
+
+def test_bench_table_lists_the_fast_replica_first(
+    cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """If this fails, the human-readable table stops ranking by capacity or stops
+    printing the suggestions users copy into their code and manifests."""
+    fast, slow = cli_workers["fast"].url, cli_workers["slow"].url
+    assert (
+        main(
+            ["bench", slow, fast, "--concurrency", "2", "--level-seconds", "1", "--batch-size", "8"]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    table = out.splitlines()
+    assert table[1].startswith(fast)
+    assert table[2].startswith(slow)
+    assert "suggested backends: [Backend(" in out
+    assert "suggested HPA target: embedbalance_worker_queue_depth" in out
+
+
+def test_bench_bad_ramp_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """If this fails, a malformed --concurrency runs something anyway instead of saying so."""
+    assert main(["bench", "http://127.0.0.1:9", "--concurrency", "1,x"]) == 2
+    assert "--concurrency" in capsys.readouterr().err
