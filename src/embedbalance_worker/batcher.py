@@ -206,7 +206,7 @@ class Batcher:
         """
         self.close()
         try:
-            if self._task is not None:
+            if self._task is not None and not self._task.done():
                 await self._task
         finally:
             self._executor.shutdown(wait=False)

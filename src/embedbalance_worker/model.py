@@ -195,8 +195,8 @@ class EmbeddingModel:
         self.dtype_name = "float32"
         self.canary_cosine = 1.0
         self._calibrated: int | None = None
-        reference = self.encode(CANARY_TEXTS)
         if config.dtype != "float32":
+            reference = self.encode(CANARY_TEXTS)
             self.model.to(_DTYPES[config.dtype])
             self.dtype_name = config.dtype
             reduced = self.encode(CANARY_TEXTS)

@@ -60,7 +60,7 @@ def test_health_is_503_while_the_model_loads() -> None:
         assert match, "no listening line"
         url = match.group(1)
         first = None
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 120
         while first is None and time.monotonic() < deadline:
             try:
                 first = httpx.get(url + "/health")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from transformers import AutoModel, AutoTokenizer
 
 from embedbalance_worker import DtypeRejected, EmbeddingModel, WorkerConfig
 from embedbalance_worker.config import default_model_path
-from embedbalance_worker.model import CANARY_TEXTS, cosine_rows
+from embedbalance_worker.model import CANARY_TEXTS, InputTooLong, cosine_rows
 
 TEXTS = [
     "short",
@@ -76,12 +80,77 @@ def test_cls_pooling_takes_the_first_token(model: EmbeddingModel) -> None:
 
 
 def test_truncate_keeps_the_closing_separator(model: EmbeddingModel) -> None:
-    """Truncation matches the tokenizer's own: max_input_length ids ending in [SEP]."""
-    ids = model.tokenize(["word " * 1000])[0]
-    cut = model.truncate(ids)
+    """Cutting token ids matches the tokenizer's own: max_input_length ids ending in [SEP]."""
+    ids = model.tokenizer(["word " * 1000], truncation=False)["input_ids"][0]
+    cut = model.truncate(list(ids))
     assert len(cut) == model.max_input_length
     assert cut[-1] == model.sep_id
     assert cut[:-1] == ids[: model.max_input_length - 1]
+
+
+WORDS = st.sampled_from(
+    ["the", "embedding", "Zürich", "naïve", "数字", "x" * 120, "!?", "don't", "3.14", "\n", "\t"]
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(words=st.lists(WORDS, min_size=1, max_size=1200), sep=st.sampled_from([" ", "  ", "\n"]))
+def test_tokenize_equals_the_tokenizers_own_truncation(
+    model: EmbeddingModel, words: list[str], sep: str
+) -> None:
+    """Tokenizing a prefix gives exactly the ids the full tokenizer gives with truncation,
+    for short and over-long texts alike."""
+    text = sep.join(words)
+    expected = model.tokenizer([text], truncation=True, max_length=model.max_input_length)[
+        "input_ids"
+    ][0]
+    assert model.tokenize([text], truncate=True)[0] == list(expected)
+    full = len(model.tokenizer([text], truncation=False)["input_ids"][0])
+    if full > model.max_input_length:
+        with pytest.raises(InputTooLong):
+            model.tokenize([text], truncate=False)
+    else:
+        assert model.tokenize([text], truncate=False)[0] == list(expected)
+
+
+class _Spy:
+    """Wraps a tokenizer and records how many characters it was asked to encode."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.longest = 0
+
+    def encode_batch(self, texts: list[str]) -> Any:
+        self.longest = max([self.longest, *(len(t) for t in texts)])
+        return self.inner.encode_batch(texts)
+
+    def encode(self, text: str) -> Any:
+        self.longest = max(self.longest, len(text))
+        return self.inner.encode(text)
+
+
+def test_an_over_long_text_is_judged_on_a_bounded_prefix(model: EmbeddingModel) -> None:
+    """Refusing or truncating a 4 MB text tokenizes only a prefix of a few thousand
+    characters, never the whole text."""
+    text = "lorem ipsum dolor " * 230_000
+    spy = _Spy(model._detect)
+    model._detect, original = spy, model._detect  # type: ignore[method-assign]
+    try:
+        with pytest.raises(InputTooLong) as refused:
+            model.tokenize(["fine", text], truncate=False)
+        assert refused.value.index == 1
+        assert len(model.tokenize([text], truncate=True)[0]) == model.max_input_length
+    finally:
+        model._detect = original
+    assert 0 < spy.longest <= 16 * model.max_input_length
+
+
+def test_a_long_run_without_spaces_is_read_whole_and_judged_exactly(model: EmbeddingModel) -> None:
+    """A text that is one huge word (a single [UNK]) is not refused for its length in
+    characters: the prefix grows until the decision is exact."""
+    text = "ab" * 50_000
+    expected = model.tokenizer([text], truncation=False)["input_ids"][0]
+    assert model.tokenize([text], truncate=False)[0] == list(expected)
 
 
 def test_canary_covers_several_lengths() -> None:

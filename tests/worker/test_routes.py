@@ -11,6 +11,21 @@ from starlette.testclient import TestClient
 from embedbalance_worker import EmbeddingModel
 from embedbalance_worker.model import cosine_rows
 
+TEI_INFO_KEYS = {
+    "model_id",
+    "model_sha",
+    "model_dtype",
+    "model_type",
+    "max_concurrent_requests",
+    "max_input_length",
+    "max_batch_tokens",
+    "max_batch_requests",
+    "max_client_batch_size",
+    "auto_truncate",
+    "tokenization_workers",
+    "version",
+}
+
 INFO_KEYS = {
     "model_id",
     "dimension",
@@ -101,3 +116,77 @@ def test_info_reports_every_contract_key(client: TestClient) -> None:
 def test_health_is_200_when_ready(client: TestClient) -> None:
     """/health answers 200 once the (preloaded) model is serving."""
     assert client.get("/health").status_code == 200
+
+
+def test_info_carries_tei_field_names_with_real_values(client: TestClient) -> None:
+    """/info has TEI's field names (model_dtype, max_client_batch_size...) next to ours."""
+    info = client.get("/info").json()
+    assert set(info) >= TEI_INFO_KEYS
+    assert info["model_dtype"] == info["dtype"] == "float32"
+    assert info["max_client_batch_size"] == info["max_inputs_per_request"] == 256
+    assert info["max_batch_requests"] == info["max_batch_size"]
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}}
+    assert isinstance(info["max_batch_tokens"], int)
+    assert info["max_batch_tokens"] > 0
+    assert info["auto_truncate"] is False
+
+
+def test_token_id_inputs_embed_like_the_text_they_came_from(
+    client: TestClient, model: EmbeddingModel
+) -> None:
+    """OpenAI token-id inputs (list[int] and list[list[int]], as LangChain sends them) are
+    the model's own ids, embedded as given: the same rows as the texts they encode."""
+    texts = ["hello world", "token ids from a client-side tokenizer"]
+    ids = model.tokenize(texts)
+    by_text = client.post("/v1/embeddings", json={"input": texts}).json()["data"]
+    one = client.post("/v1/embeddings", json={"input": ids[0]}).json()
+    many = client.post("/v1/embeddings", json={"input": ids}).json()
+    tei = client.post("/embed", json={"inputs": ids})
+    assert len(one["data"]) == 1
+    assert len(many["data"]) == 2
+    assert tei.status_code == 200
+    expected = np.array([d["embedding"] for d in by_text], dtype=np.float32)
+    got_one = np.array([one["data"][0]["embedding"]], dtype=np.float32)
+    got_many = np.array([d["embedding"] for d in many["data"]], dtype=np.float32)
+    assert cosine_rows(got_one, expected[:1]).min() > 0.99999
+    assert cosine_rows(got_many, expected).min() > 0.99999
+    assert cosine_rows(np.array(tei.json(), dtype=np.float32), expected).min() > 0.99999
+    assert many["usage"]["prompt_tokens"] == sum(len(x) for x in ids)
+
+
+def test_over_long_token_ids_are_cut_when_asked(client: TestClient) -> None:
+    """Token-id inputs over the model's limit are cut to it with truncate=true."""
+    resp = client.post("/v1/embeddings", json={"input": [101] + [2000] * 400, "truncate": True})
+    assert resp.status_code == 200
+    assert resp.json()["usage"]["prompt_tokens"] == 256
+
+
+def test_dimensions_truncates_and_renormalises(client: TestClient) -> None:
+    """dimensions=d returns the first d components, renormalised to unit length (Matryoshka),
+    on both routes."""
+    full = np.array(client.post("/embed", json={"inputs": ["shorter vectors"]}).json()[0])
+    oai = client.post("/v1/embeddings", json={"input": "shorter vectors", "dimensions": 64}).json()
+    tei = client.post("/embed", json={"inputs": "shorter vectors", "dimensions": 64}).json()
+    expected = full[:64] / np.linalg.norm(full[:64])
+    for row in (np.array(oai["data"][0]["embedding"]), np.array(tei[0])):
+        assert row.shape == (64,)
+        assert abs(float(np.linalg.norm(row)) - 1.0) < 1e-4
+        np.testing.assert_allclose(row, expected, atol=1e-5)
+
+
+def test_embeddings_alias_serves_the_openai_shape(client: TestClient) -> None:
+    """POST /embeddings (the path infinity and gateways use) answers like /v1/embeddings."""
+    alias = client.post("/embeddings", json={"input": ["same text"]}).json()
+    main = client.post("/v1/embeddings", json={"input": ["same text"]}).json()
+    assert alias["object"] == "list"
+    np.testing.assert_allclose(
+        alias["data"][0]["embedding"], main["data"][0]["embedding"], atol=1e-6
+    )
+
+
+def test_auto_truncate_cuts_instead_of_413(make_client: Any) -> None:
+    """With auto_truncate, an over-long text is cut unless the request says truncate=false."""
+    client = make_client(auto_truncate=True)
+    assert client.post("/embed", json={"inputs": "word " * 400}).status_code == 200
+    refused = client.post("/embed", json={"inputs": "word " * 400, "truncate": False})
+    assert refused.status_code == 413
