@@ -292,7 +292,9 @@ def test_servicemonitor_scrapes_the_worker_services() -> None:
     ]
     assert {s["metadata"]["name"] for s in selected} == {"embed-worker-gpu", "embed-worker-cpu"}
     for endpoint in spec["endpoints"]:
-        assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "relabelings"}
+        assert set(endpoint) <= {
+            "port", "path", "interval", "scrapeTimeout", "relabelings", "authorization",
+        }  # fmt: skip
         assert endpoint["path"] == "/metrics"
         for service in selected:
             assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
