@@ -155,8 +155,7 @@ def test_hedging_answers_requests_stuck_on_a_hung_backend_sync():
             run_sync(client, 40, 1)  # latency samples for the hedge delay
             hung.hang = True
             before = hung.hits
-            # Few enough that the loser threads parked on the hung backend cannot fill
-            # the hedging thread pool (each stays until the backend answers).
+            # Each losing copy stays parked on the hung backend until it answers.
             result = run_sync(client, 9, 1)
             assert result.failed == 0, result.errors[:3]
             assert result.ok == 9
