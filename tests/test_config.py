@@ -388,3 +388,25 @@ def test_classmethods_build_all_four_classes_and_overrides_win() -> None:
     anyio.run(main)
     with pytest.raises(ConfigError, match=f"^{P}BACKENDS"):
         EmbeddingClient.from_env(environ={f"{P}BACKENDS": "nope"})
+
+
+def test_dns_settings_build_a_dns_discovery() -> None:
+    """If this fails, DNS targets from a config (tiers, ports, TTL bounds) do not reach
+    the DnsDiscovery the transport balances over."""
+    pytest.importorskip("dns.resolver")
+    from embedbalance import DnsDiscovery
+
+    cfg = from_env(
+        environ={
+            f"{P}DNS": "gpu.ns.svc;port=8000;tier=0,cpu.ns.svc;tier=1;weight=0.5",
+            f"{P}DNS_PORT": "9000",
+            f"{P}DNS_MAX_TTL": "10",
+        }
+    )
+    discovery = cfg.transport_kwargs()["backends"]
+    assert isinstance(discovery, DnsDiscovery)
+    assert [(t.name, t.port, t.tier, t.weight) for t in discovery.targets] == [
+        ("gpu.ns.svc", 8000, 0, 1.0),
+        ("cpu.ns.svc", None, 1, 0.5),
+    ]
+    assert (discovery.port, discovery.max_ttl) == (9000, 10.0)

@@ -21,6 +21,7 @@ is the same list, and a test round-trips every one.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import re
@@ -176,11 +177,12 @@ class Config:
             if not self.backends:
                 raise ConfigError("no backends: set 'backends' or 'dns'")
             return list(self.backends)
-        from .dns import DnsDiscovery, DnsTarget  # needs the dns extra
-
+        # Imported by name, on use: the dns extra (dnspython) is optional, and the
+        # transports (which call this) sit beside DNS discovery, not above it.
+        dns = importlib.import_module(".dns", __package__)
         options = {k: v for k, v in self.dns.items() if k != "targets"}
-        targets = [DnsTarget(**t) for t in self.dns["targets"]]
-        return DnsDiscovery(targets, **options)
+        targets = [dns.DnsTarget(**t) for t in self.dns["targets"]]
+        return dns.DnsDiscovery(targets, **options)
 
     def to_env(self, prefix: str = DEFAULT_PREFIX) -> dict[str, str]:
         """The environment variables that :func:`from_env` turns back into this config."""
