@@ -26,7 +26,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
@@ -88,8 +88,14 @@ class AttemptPolicy:
     pool: BackendPool
     retry: Retry
     hedge: Hedge | None
-    attempt_timeout: float | None
+    attempt_timeout: float | Literal["auto"] | None
     total_timeout: float | None
+    #: With ``attempt_timeout="auto"``: an attempt may take this many times its backend's
+    #: recent p99 (the pool's, before the backend has one).
+    auto_multiple: float = 4.0
+    #: ...but never less than this (seconds): a scheduling hiccup on a busy client must
+    #: not abandon a healthy backend whose answers usually take microseconds.
+    auto_floor: float = 0.1
     on_retry: Callable[[], None] = lambda: None
     on_hedge: Callable[[], None] = lambda: None
     on_budget_exhausted: Callable[[], None] = lambda: None
@@ -105,8 +111,13 @@ class AttemptPolicy:
     def __attrs_post_init__(self) -> None:
         for name in ("attempt_timeout", "total_timeout"):
             value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be a finite number > 0 or None, got {value!r}")
+            if value is None or (name == "attempt_timeout" and value == "auto"):
+                continue
+            if isinstance(value, str) or not (value > 0 and math.isfinite(value)):
+                allowed = "a finite number > 0"
+                if name == "attempt_timeout":
+                    allowed += ', "auto"'
+                raise ValueError(f"{name} must be {allowed} or None, got {value!r}")
         clock = self.pool.clock
         self.budget = RetryBudget(self.retry.budget, clock)
         _forksafe.register(self.budget)
@@ -181,9 +192,25 @@ class Flow:
             return None
         return self.deadline - self.policy.wall()
 
-    def _attempt_timeout(self) -> float | None:
+    def _attempt_timeout(self, lease: Lease | None = None) -> float | None:
+        """This attempt's deadline: the smaller of the per-attempt limit and what is
+        left of the request's; ``"auto"`` asks the pool for a multiple of what the
+        chosen backend has shown (its recent p99)."""
         remaining = self._remaining()
         per_attempt = self.policy.attempt_timeout
+        if per_attempt == "auto":
+            if lease is None:
+                return remaining
+            deadline = self.policy.pool.attempt_deadline(
+                lease.backend, multiple=self.policy.auto_multiple, ceiling=remaining
+            )
+            if deadline is None or deadline >= self.policy.auto_floor:
+                return deadline
+            return (
+                self.policy.auto_floor
+                if remaining is None
+                else min(self.policy.auto_floor, remaining)
+            )
         if remaining is None:
             return per_attempt
         return remaining if per_attempt is None else min(per_attempt, remaining)
@@ -217,6 +244,8 @@ class Flow:
             return None
         self.exclude.add(lease.backend.url)
         self._number = n + 1
+        if self.policy.attempt_timeout == "auto":
+            timeout = self._attempt_timeout(lease)
         if n:
             log.info(
                 "retrying on %s (attempt %d of %d; previous: %s)",

@@ -636,7 +636,7 @@ class EmbeddingClient:
         panic_threshold: float = 0.5,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
-        attempt_timeout: float | None = None,
+        attempt_timeout: float | Literal["auto"] | None = None,
         transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
         clock: Clock = monotonic,
@@ -942,7 +942,7 @@ class AsyncEmbeddingClient:
         panic_threshold: float = 0.5,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
-        attempt_timeout: float | None = None,
+        attempt_timeout: float | Literal["auto"] | None = None,
         transport: httpx.AsyncBaseTransport
         | Callable[[Backend], httpx.AsyncBaseTransport]
         | None = None,

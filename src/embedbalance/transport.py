@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
 import attrs
@@ -220,7 +220,7 @@ class _Core:
         panic_threshold: float,
         retry: Retry | int | bool | None,
         hedge: Hedge | None,
-        attempt_timeout: float | None,
+        attempt_timeout: float | Literal["auto"] | None,
         total_timeout: float | None,
         metrics: MetricsSink | None,
         clock: Clock,
@@ -373,7 +373,7 @@ class _Core:
     def timed_out(self, lease: Lease, timeout: float | None) -> AttemptResult:
         """An attempt past its deadline: abandoned, and a failure of its backend (a
         backend that hangs must be ejected like one that refuses)."""
-        error = httpx.ReadTimeout(f"attempt timed out after {timeout:g}s")
+        error = httpx.ReadTimeout(f"attempt timed out after {timeout:.3g}s")
         self.abandon(lease, Outcome.FAILURE)
         return AttemptResult(
             lease, Outcome.FAILURE, str(error), error=error, retryable=True, sent=True
@@ -434,7 +434,10 @@ _DOC_PARAMS = """
     - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
     - ``attempt_timeout``: seconds one attempt may take in all (connect, send, answer)
       before it is abandoned, counted as a failure of its backend and retried elsewhere
-      (Envoy's per-try timeout). ``None``: only httpx's per-phase timeouts apply.
+      (Envoy's per-try timeout). ``"auto"``: four times what that backend has shown
+      (its recent p99; the pool's before it has one), at least 0.1 s, so a straggler or
+      a hung backend costs about the pool's tail, not the caller's whole timeout. ``None``: only
+      httpx's per-phase timeouts apply.
     - ``total_timeout``: seconds a request may take in all, every attempt included
       (Envoy's route timeout); per request, ``extensions["embedbalance.total_timeout"]``.
       When it runs out before any answer, :class:`~embedbalance.DeadlineExceeded`.
@@ -476,7 +479,7 @@ class BalancingTransport(httpx.BaseTransport):
         panic_threshold: float = 0.5,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
-        attempt_timeout: float | None = None,
+        attempt_timeout: float | Literal["auto"] | None = None,
         total_timeout: float | None = None,
         transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
@@ -713,7 +716,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         panic_threshold: float = 0.5,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
-        attempt_timeout: float | None = None,
+        attempt_timeout: float | Literal["auto"] | None = None,
         total_timeout: float | None = None,
         transport: httpx.AsyncBaseTransport
         | Callable[[Backend], httpx.AsyncBaseTransport]
