@@ -184,6 +184,16 @@ def test_all_variables_together_round_trip_into_kwargs() -> None:
     )
 
 
+def test_attempt_timeout_auto_passes_through() -> None:
+    """If this fails, the transports' ``attempt_timeout="auto"`` cannot be chosen from
+    configuration, or survives only one way of the environment round trip."""
+    cfg = from_env(environ={f"{P}BACKENDS": "http://a:1", f"{P}ATTEMPT_TIMEOUT": "auto"})
+    assert cfg.transport_kwargs()["attempt_timeout"] == "auto"
+    assert from_env(environ=cfg.to_env()) == cfg
+    with pytest.raises(ConfigError, match=r"timeouts\.request"):
+        from_config({"timeouts": {"request": "auto"}})
+
+
 def test_unset_means_class_defaults() -> None:
     """If this fails, a config pins defaults the user never chose (a later version's
     better default would not reach them)."""

@@ -129,7 +129,7 @@ class Config:
     outlier_detection: OutlierDetection | bool | None = None
     slow_start: SlowStart | bool | None = None
     panic_threshold: float | None = None
-    timeouts: Mapping[str, float] = attrs.field(factory=dict)
+    timeouts: Mapping[str, float | str] = attrs.field(factory=dict)
     client: Mapping[str, Any] = attrs.field(factory=dict)
     api_key: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "***")
     headers: Mapping[str, str] = attrs.field(factory=dict)
@@ -440,12 +440,15 @@ def _kind(annotation: Any) -> type:
     return str
 
 
-def _timeouts(value: Any) -> dict[str, float]:
+def _timeouts(value: Any) -> dict[str, float | str]:
     if not isinstance(value, Mapping):
         raise ConfigError(f"timeouts: expected a mapping of {', '.join(_TIMEOUTS)}, got {value!r}")
     _no_unknown("timeouts", value, tuple(_TIMEOUTS))
-    out = {}
+    out: dict[str, float | str] = {}
     for key, raw in value.items():
+        if key == "attempt" and isinstance(raw, str) and raw.strip().lower() == "auto":
+            out[key] = "auto"  # each attempt gets a deadline from its backend's p99
+            continue
         seconds = _number(f"timeouts.{key}", raw, float)
         if seconds <= 0:
             raise ConfigError(f"timeouts.{key}: expected seconds > 0, got {seconds!r}")
