@@ -42,7 +42,7 @@ import httpx
 from ._attempts import AttemptPolicy, AttemptResult, Flow, Step
 from ._backend import Backend, BackendLike
 from ._clock import Clock, monotonic
-from ._hints import parse_queue_depth, parse_retry_after
+from ._hints import parse_hints, parse_retry_after
 from ._threads import Runner
 from .balancers import Balancer
 from .discovery import Discovery
@@ -350,7 +350,7 @@ class _Core:
             outcome,
             latency=latency,
             retry_after=retry_after,
-            queue_depth=parse_queue_depth(headers),
+            hints=parse_hints(headers),
         )
         if outcome is Outcome.SUCCESS:
             self.policy.latencies.add(latency)
