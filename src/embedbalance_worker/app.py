@@ -17,7 +17,7 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any
@@ -32,7 +32,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedbalance_worker.admission import Admission, Refused
-from embedbalance_worker.batcher import Batcher, BatchStats, Closed, Overloaded
+from embedbalance_worker.batcher import Batcher, BatchStats, Closed, Forward, Overloaded
 from embedbalance_worker.config import WorkerConfig
 from embedbalance_worker.errors import ApiError, error_response
 from embedbalance_worker.liveness import Liveness
@@ -118,6 +118,9 @@ class WorkerState:
             max_workers=config.tokenization_workers, thread_name_prefix="tokenize"
         )
         self._api_key = config.api_key.encode() if config.api_key else None
+        # Our own thread for loading, not the loop's default executor: asyncio.run joins
+        # that one on exit, which would make a SIGTERM during loading wait for the load.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="load")
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -125,10 +128,10 @@ class WorkerState:
         loop = asyncio.get_running_loop()
         try:
             if self.model is None:
-                self.model = await loop.run_in_executor(None, EmbeddingModel, self.config)
+                self.model = await loop.run_in_executor(self._loader, EmbeddingModel, self.config)
             if self.max_batch_tokens is None:
                 self.max_batch_tokens = await loop.run_in_executor(
-                    None, self.model.calibrate_batch_tokens
+                    self._loader, self.model.calibrate_batch_tokens
                 )
         except Exception as exc:
             self.phase = "failed"
@@ -138,7 +141,7 @@ class WorkerState:
                 self.on_fatal(exc)
             return
         self.batcher = Batcher(
-            self.model.forward,
+            _delayed(self.model.forward, self.config.delay_ms / 1000.0),
             max_batch_size=self.config.max_batch_size,
             max_batch_tokens=self.max_batch_tokens,
             max_queue_tokens=self.config.max_queue_tokens,
@@ -168,6 +171,7 @@ class WorkerState:
     async def stop(self) -> None:
         self.begin_drain()
         self._tokenizer_threads.shutdown(wait=False)
+        self._loader.shutdown(wait=False)
         if self.batcher is not None:
             try:  # a forward pass that never returns must not hold shutdown
                 await asyncio.wait_for(self.batcher.aclose(), STOP_TIMEOUT_S)
@@ -328,6 +332,20 @@ class WorkerState:
         if req.normalize:
             rows = l2_normalize(rows)
         return rows, sum(len(x) for x in ids), req
+
+
+def _delayed(forward: Forward, delay_s: float) -> Forward:
+    """``forward``, then a sleep: the demo/test-only ``delay_ms``, outside the model so
+    start-up (warm-up, calibration) is not slowed by it."""
+    if delay_s <= 0:
+        return forward
+
+    def slow(batch: Sequence[Sequence[int]]) -> FloatArray:
+        rows = forward(batch)
+        time.sleep(delay_s)
+        return rows
+
+    return slow
 
 
 def _state(request: Request) -> WorkerState:

@@ -155,7 +155,6 @@ class EmbeddingModel:
         self.pipeline: Pipeline = read_pipeline(self.path, config.pooling)
         self.pooling = self.pipeline.pooling_name
         self.device = resolve_device(config.device)
-        self.delay_s = config.delay_ms / 1000.0
         started = time.perf_counter()
         source = self.pipeline.transformer_path
         tok_source = source if (source / "tokenizer.json").is_file() else self.path
@@ -310,8 +309,6 @@ class EmbeddingModel:
             pooled = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
             for layer in self.dense:
                 pooled = layer(pooled)
-        if self.delay_s > 0:
-            time.sleep(self.delay_s)
         out: FloatArray = pooled.cpu().numpy().astype(np.float32, copy=False)
         return out
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -109,3 +110,55 @@ def test_api_key_from_the_environment() -> None:
             worker.url + "/embed", json={"inputs": "a"}, headers={"Authorization": "Bearer k1"}
         )
         assert ok.status_code == 200
+
+
+def test_sigterm_while_the_model_loads_exits_promptly() -> None:
+    """SIGTERM during loading ends the process well within the drain bound, exit 0, even
+    though the load itself cannot be interrupted."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "embedbalance_worker", "--port", "0", "--drain-timeout", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **OFFLINE_ENV},
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert LISTENING.search(proc.stdout.readline()), "no listening line"
+        time.sleep(0.3)  # uvicorn installs its signal handlers right after the line
+        os.kill(proc.pid, signal.SIGTERM)
+        started = time.monotonic()
+        code = proc.wait(timeout=30)
+        assert code == 0
+        assert time.monotonic() - started < 2 + 5 + 2
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def test_sigterm_with_a_forward_pass_that_never_ends_is_bounded() -> None:
+    """A forward pass that hangs past the drain timeout cannot hold the process: it exits
+    within drain timeout + 5 s of SIGTERM."""
+    worker = start_worker(
+        "--delay-ms", "120000", "--drain-timeout", "1", "--max-batch-tokens", "512"
+    )
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            hung = pool.submit(
+                lambda: httpx.post(worker.url + "/embed", json={"inputs": ["x"]}, timeout=60)
+            )
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if "embedbalance_worker_in_flight 1.0" in httpx.get(worker.url + "/metrics").text:
+                    break
+                time.sleep(0.05)
+            os.kill(worker.pid, signal.SIGTERM)
+            started = time.monotonic()
+            worker.proc.wait(timeout=30)
+            elapsed = time.monotonic() - started
+            with contextlib.suppress(httpx.HTTPError):  # the process is gone
+                hung.result(timeout=30)
+        assert elapsed < 1 + 5 + 2.5, elapsed
+    finally:
+        worker.kill()
