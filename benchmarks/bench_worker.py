@@ -3,11 +3,18 @@
 Measured in one run, all on 127.0.0.1:
   1. raw forward throughput (texts/s) at the best batch size, short (~12 tokens) and
      medium (~120 tokens) texts, float32 and bfloat16;
-  2. the worker under 64 concurrent clients x 1 text and 8 clients x 32 texts, as a ratio
+  2. the worker under 32 concurrent clients x 1 text and 8 clients x 32 texts, as a ratio
      of (1) and against sentence-transformers ``encode`` on the same texts;
   3. single-client p50 latency minus the raw batch-1 forward time;
-  4. a peer server (infinity-emb) under the same load, when a separate venv provides it
-     (``--peer-python PATH``, default /tmp/peer-venv/bin/python if present).
+  4. a flood: 64 clients sending maximum-size bodies of over-long texts while one client
+     sends a valid short request every 200 ms (peak RSS, that client's latencies);
+  5. a peer server (infinity-emb) under the same load, when a separate venv provides it
+     (``--peer-python PATH``).
+
+Goals (checked and printed): worker >= 0.9x raw on short and medium texts with 32
+clients; single-client overhead <= 3 ms; flood peak RSS <= 1.5 GiB with every valid
+request answered within 1 s. On a GPU (``--device cuda``) the same run records GPU
+figures, with ``--dtype`` float16 or bfloat16 for the worker and the raw forward.
 
 Why a hand-rolled HTTP/1.1 client: on a small machine the load generator shares the CPU
 with the server, and a client that parses nothing but the status line and the length
@@ -102,7 +109,7 @@ def timed_loop(fn: Any, seconds: float, max_iters: int = 100_000) -> tuple[int, 
 def raw_throughput(
     model: EmbeddingModel, texts: list[str], sizes: tuple[int, ...], seconds: float
 ) -> dict[str, Any]:
-    ids = [model.truncate(x) for x in model.tokenize(texts)]
+    ids = model.tokenize(texts)
     per_size = {}
     for bs in sizes:
         batch = ids[:bs]
@@ -113,7 +120,7 @@ def raw_throughput(
 
 
 def batch1_forward_ms(model: EmbeddingModel, text: str, seconds: float) -> float:
-    ids = [model.truncate(model.tokenize([text])[0])]
+    ids = model.tokenize([text])
     samples: list[float] = []
     deadline = time.perf_counter() + seconds
     model.forward(ids)
@@ -229,6 +236,57 @@ def single_client_p50_ms(url: str, path: str, key: str, text: str, seconds: floa
     return float(out["p50_ms"])
 
 
+def _peak_rss_gib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024**2
+    return float("nan")
+
+
+def flood(seconds: float, payload_limit: int = 4 * 1024 * 1024) -> dict[str, Any]:
+    """64 clients of maximum-size bodies of over-long texts, one valid probe every 200 ms."""
+    import threading
+
+    import httpx
+
+    text = "an over long text that repeats itself " * 420
+    body = json.dumps({"inputs": [text] * 256}).encode()
+    assert len(body) <= payload_limit
+    out: dict[str, Any] = {}
+    with start_worker("--payload-limit", str(payload_limit), timeout=120) as worker:
+        before = _peak_rss_gib(worker.pid)
+        load: dict[str, Any] = {}
+        flooder = threading.Thread(
+            target=lambda: load.update(
+                asyncio.run(_load(worker.url, "/embed", [[body]] * 64, seconds + 1.0))
+            ),
+            daemon=True,
+        )
+        flooder.start()
+        time.sleep(1.5)
+        probes: list[tuple[int, float]] = []
+        with httpx.Client(timeout=10) as client:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                t = time.monotonic()
+                code = client.post(worker.url + "/embed", json={"inputs": ["valid"]}).status_code
+                probes.append((code, time.monotonic() - t))
+                time.sleep(max(0.0, 0.2 - (time.monotonic() - t)))
+        flooder.join(timeout=seconds + 30)
+        lat = sorted(s for _, s in probes)
+        out = {
+            "flood_requests": load.get("errors", 0) + load.get("ok", 0),
+            "flood_accepted": load.get("ok", 0),
+            "probes": len(probes),
+            "probes_ok": sum(1 for c, _ in probes if c == 200),
+            "probe_p50_ms": lat[len(lat) // 2] * 1000 if lat else float("nan"),
+            "probe_max_ms": lat[-1] * 1000 if lat else float("nan"),
+            "rss_before_gib": before,
+            "peak_rss_gib": _peak_rss_gib(worker.pid),
+        }
+    return out
+
+
 # -- peer -------------------------------------------------------------------------------
 def start_peer(python: str, seconds: float) -> tuple[subprocess.Popen[bytes] | None, str, str]:
     """Start infinity-emb on a free port; returns (process, url, note)."""
@@ -284,9 +342,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0, help="per load scenario")
     parser.add_argument("--raw-seconds", type=float, default=1.5, help="per raw batch size")
+    parser.add_argument("--flood-seconds", type=float, default=8.0)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument(
         "--peer-python",
-        default="/tmp/peer-venv/bin/python",
+        default=os.environ.get("PEER_PYTHON", "peer-venv/bin/python"),
         help="interpreter of a separate venv with infinity-emb installed (skipped if absent)",
     )
     args = parser.parse_args()
@@ -301,25 +362,25 @@ def main() -> int:
             "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(),
         },
-        "command": "python benchmarks/bench_worker.py",
+        "command": "python " + " ".join(sys.argv),
     }
     texts = {"short": make_texts(512, 8, 1), "medium": make_texts(512, 110, 2)}
 
     print("raw forward ...", flush=True)
-    fp32 = EmbeddingModel(WorkerConfig())
+    fp32 = EmbeddingModel(WorkerConfig(device=args.device, dtype=args.dtype))
     results["tokens_per_text"] = {
         k: statistics.mean(len(x) for x in fp32.tokenize(v[:64])) for k, v in texts.items()
     }
     raw: dict[str, Any] = {}
     raw["float32"] = {
-        "short": raw_throughput(fp32, texts["short"], (16, 32, 64, 128), args.raw_seconds),
-        "medium": raw_throughput(fp32, texts["medium"], (8, 16, 32, 64), args.raw_seconds),
+        "short": raw_throughput(fp32, texts["short"], (4, 8, 16, 32, 64, 128), args.raw_seconds),
+        "medium": raw_throughput(fp32, texts["medium"], (2, 4, 8, 16, 32, 64), args.raw_seconds),
     }
     batch1_ms = batch1_forward_ms(fp32, texts["short"][0], 2.0)
     st_model_texts: dict[str, float] = {}
     from sentence_transformers import SentenceTransformer
 
-    st = SentenceTransformer(str(default_model_path()), device="cpu")
+    st = SentenceTransformer(str(default_model_path()), device=args.device)
     for kind in ("short", "medium"):
         bs = raw["float32"][kind]["best_batch"]
         sample = texts[kind][:256]
@@ -329,10 +390,10 @@ def main() -> int:
         st_model_texts[kind] = len(sample) / (time.perf_counter() - t)
     del st
     del fp32
-    bf16 = EmbeddingModel(WorkerConfig(dtype="bfloat16"))
+    bf16 = EmbeddingModel(WorkerConfig(device=args.device, dtype="bfloat16"))
     raw["bfloat16"] = {
-        "short": raw_throughput(bf16, texts["short"], (16, 32, 64, 128), args.raw_seconds),
-        "medium": raw_throughput(bf16, texts["medium"], (8, 16, 32, 64), args.raw_seconds),
+        "short": raw_throughput(bf16, texts["short"], (4, 8, 16, 32, 64, 128), args.raw_seconds),
+        "medium": raw_throughput(bf16, texts["medium"], (2, 4, 8, 16, 32, 64), args.raw_seconds),
     }
     raw["bfloat16_canary_cosine"] = bf16.canary_cosine
     del bf16
@@ -340,10 +401,10 @@ def main() -> int:
     results["raw_batch1_forward_ms"] = batch1_ms
     results["sentence_transformers_texts_per_s"] = st_model_texts
 
-    scenarios = (("64x1", 64, 1), ("8x32", 8, 32))
+    scenarios = (("32x1", 32, 1), ("8x32", 8, 32))
     print("worker under load ...", flush=True)
     worker_res: dict[str, Any] = {}
-    with start_worker(timeout=120) as worker:
+    with start_worker("--device", args.device, "--dtype", args.dtype, timeout=120) as worker:
         results["worker_single_client_p50_ms"] = single_client_p50_ms(
             worker.url, "/embed", "inputs", texts["short"][0], 3.0
         )
@@ -362,6 +423,17 @@ def main() -> int:
                 )
     results["worker"] = worker_res
     results["latency_overhead_ms"] = results["worker_single_client_p50_ms"] - batch1_ms
+    print("flood ...", flush=True)
+    results["flood"] = flood(args.flood_seconds)
+    fl = results["flood"]
+    results["goals"] = {
+        "short 32x1 >= 0.9x raw": worker_res["short/32x1"]["ratio_to_raw"] >= 0.9,
+        "medium 32x1 >= 0.9x raw": worker_res["medium/32x1"]["ratio_to_raw"] >= 0.9,
+        "single-client overhead <= 3 ms": results["latency_overhead_ms"] <= 3.0,
+        "flood peak RSS <= 1.5 GiB": fl["peak_rss_gib"] <= 1.5,
+        "flood: every valid request 200 within 1 s": fl["probes_ok"] == fl["probes"]
+        and fl["probe_max_ms"] <= 1000,
+    }
 
     peer: dict[str, Any] = {"name": "infinity-emb"}
     if Path(args.peer_python).exists():
@@ -455,6 +527,18 @@ def render(r: dict[str, Any]) -> str:
         "",
         f"worker p50 {r['worker_single_client_p50_ms']:.2f} ms, raw batch-1 forward "
         f"{r['raw_batch1_forward_ms']:.2f} ms, overhead {r['latency_overhead_ms']:.2f} ms.",
+        "",
+        "## Flood (64 clients, maximum-size bodies of over-long texts)",
+        "",
+        f"flood requests answered {r['flood']['flood_requests']} "
+        f"(accepted: {r['flood']['flood_accepted']}); valid probes {r['flood']['probes_ok']}"
+        f"/{r['flood']['probes']} answered 200, p50 {r['flood']['probe_p50_ms']:.0f} ms, "
+        f"max {r['flood']['probe_max_ms']:.0f} ms; peak RSS {r['flood']['peak_rss_gib']:.2f} GiB "
+        f"(after start-up {r['flood']['rss_before_gib']:.2f} GiB).",
+        "",
+        "## Goals",
+        "",
+        *(f"- {name}: {'met' if ok else 'MISSED'}" for name, ok in r["goals"].items()),
         "",
         "## Peer server: infinity-emb",
         "",
