@@ -878,19 +878,30 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         return response, body
 
     async def _attempt(
-        self, request: httpx.Request, lease: Lease, validate: Validator | None
+        self,
+        request: httpx.Request,
+        lease: Lease,
+        validate: Validator | None,
+        deadline: float | None = None,
     ) -> AttemptResult:
-        """One attempt awaited directly (no deadline, no hedge)."""
+        """One attempt awaited directly, within ``deadline`` seconds when there is one (no hedge:
+        a cancel scope is all a deadline needs here, no task group)."""
         core = self._core
-        routed = core.route(request, lease.backend, None)
+        routed = core.route(request, lease.backend, deadline)
+        result: AttemptResult | None = None
+        scope: anyio.CancelScope | None = None
         try:
-            response, body = await self._exchange(lease.backend, routed)
-        except httpx.TransportError as exc:
-            return core.settle_error(lease, exc)
-        except BaseException:
-            core.abandon(lease)
-            raise
-        return core.settle_response(lease, response, body, routed, validate)
+            with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
+                try:
+                    response, body = await self._exchange(lease.backend, routed)
+                except httpx.TransportError as exc:
+                    result = core.settle_error(lease, exc)
+                else:
+                    result = core.settle_response(lease, response, body, routed, validate)
+        finally:
+            if result is None and not (scope is not None and scope.cancelled_caught):
+                core.abandon(lease)  # an error or the caller's cancellation is on its way
+        return result if result is not None else core.timed_out(lease, deadline)
 
     async def _race(
         self, request: httpx.Request, flow: Flow, step: Step, validate: Validator | None
@@ -967,8 +978,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         flow = core.begin(request)
         validate = request.extensions.get(VALIDATE_EXTENSION)
         while (step := flow.next_step()) is not None:
-            if step.timeout is None and step.hedge_after is None:
-                flow.record(await self._attempt(request, step.lease, validate))
+            if step.hedge_after is None:
+                flow.record(await self._attempt(request, step.lease, validate, step.timeout))
             else:
                 await self._race(request, flow, step, validate)
         return core.respond(flow)
