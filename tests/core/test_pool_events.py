@@ -1,0 +1,84 @@
+"""Membership events carry the clock's time and their detail, and a re-admitted backend
+starts with its old failures forgotten — on a manual clock."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import embedbalance as eb
+
+from .conftest import urls
+
+U = urls(4)
+
+
+def _recording_pool(clock: eb.ManualClock, **kwargs: object) -> tuple[eb.BackendPool, list]:
+    events: list[tuple[str, str, float, str]] = []
+    pool = eb.BackendPool(U[:3], clock=clock, **kwargs)  # type: ignore[arg-type]
+    pool.add_listener(lambda e: events.append((e.kind, e.url, e.at, e.detail)))
+    return pool, events
+
+
+def test_removing_an_idle_backend_reports_removed_then_released_at_the_clock_time() -> None:
+    """remove() of a backend with nothing in flight emits 'removed' (0 in flight) and 'released', stamped with the pool clock."""
+    clock = eb.ManualClock(50.0)
+    pool, events = _recording_pool(clock)
+    pool.remove(U[0])
+    assert events == [
+        ("removed", U[0], 50.0, "0 in flight"),
+        ("released", U[0], 50.0, "left the pool"),
+    ]
+
+
+def test_removing_a_busy_backend_releases_it_when_it_drains() -> None:
+    """A backend removed with work in flight says how much, and is released only when its last lease ends."""
+    clock = eb.ManualClock(5.0)
+    pool, events = _recording_pool(clock)
+    lease = pool.acquire(exclude=U[1:3])
+    pool.remove(U[0])
+    assert events == [("removed", U[0], 5.0, "1 in flight")]
+    clock.advance(2.0)
+    pool.release(lease, eb.Outcome.SUCCESS)
+    assert events[-1][:3] == ("released", U[0], 7.0)
+
+
+def test_update_reports_every_change_at_the_clock_time() -> None:
+    """update() emits one stamped event per removal and addition, none lost when there are several."""
+    clock = eb.ManualClock(9.0)
+    pool, events = _recording_pool(clock)
+    pool.update([U[2], U[3]])
+    kinds = Counter((kind, url) for kind, url, _, _ in events)
+    assert kinds == Counter(
+        {
+            ("removed", U[0]): 1,
+            ("released", U[0]): 1,
+            ("removed", U[1]): 1,
+            ("released", U[1]): 1,
+            ("added", U[3]): 1,
+        }
+    )
+    assert {at for _, _, at, _ in events} == {9.0}
+
+
+def test_readmitted_backend_has_its_old_failures_forgotten() -> None:
+    """After its ejection time a backend comes back without the failure penalty that got it ejected, so it competes evenly again."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool(
+        U[:2],
+        clock=clock,
+        balancer=eb.LeastConnections(),
+        slow_start=None,
+        rng=random.Random(4),
+        outlier_detection=eb.OutlierDetection(consecutive_failures=3, base_ejection_time=1.0),
+    )
+    for _ in range(3):
+        pool.release(pool.acquire(exclude=[U[1]]), eb.Outcome.FAILURE)
+    assert pool.stats().by_url()[U[0]].state == "ejected"
+    clock.advance(1.0)
+    picks = Counter()
+    for _ in range(200):
+        lease = pool.acquire()
+        picks[lease.backend.url] += 1
+        pool.release(lease, eb.Outcome.SUCCESS, latency=0.01)
+    assert picks[U[0]] > 60, picks
