@@ -49,11 +49,20 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/core/test_gpu_priority.py",
         ],
     ),
-    # The pool and the balancers sit under every core test, so mutmut picks, per
+    # The balancers and metrics sit under every core test, so mutmut picks, per
     # mutant, whichever of them run the mutated function.
     "load": ("src/embedbalance/load.py", ["tests/core"]),
     "balancers": ("src/embedbalance/balancers.py", ["tests/core"]),
-    "pool": ("src/embedbalance/pool.py", ["tests/core"]),
+    "pool": (
+        "src/embedbalance/pool.py",
+        [
+            "tests/core/test_pool.py",
+            "tests/core/test_pool_events.py",
+            "tests/core/test_health.py",
+            "tests/core/test_overload.py",
+            "tests/core/test_slow_start.py",
+        ],
+    ),
     "_batching": (
         "src/embedbalance/_batching.py",
         ["tests/client/test_batching.py", "tests/client/test_batching_edges.py"],
