@@ -24,10 +24,10 @@ from tests.helpers.worker_proc import WorkerProcess, start_worker  # noqa: E402
 
 BASE = ("--torch-threads", "1", "--max-wait-ms", "2")
 #: Sleep per forward pass. Both benchmarked workers get one, large against a forward
-#: pass over a few short texts, so that their capacities are set by the delays (a 4x
-#: ratio in the sleep, about 3.5x in capacity) and not by how busy the machine's
+#: pass over two one-word texts, so that their capacities are set by the delays (a 4x
+#: ratio in the sleep, 3x to 4x in capacity) and hardly by how busy the machine's
 #: cores happen to be while the test runs.
-FAST_DELAY_MS, SLOW_DELAY_MS = 50, 200
+FAST_DELAY_MS, SLOW_DELAY_MS = 100, 400
 
 SPECS = {
     "fast": (*BASE, "--delay-ms", str(FAST_DELAY_MS)),

@@ -14,13 +14,13 @@ from tests.helpers.worker_proc import WorkerProcess
 
 from embedbalance.cli import main
 
-BATCH = 8
+BATCH = 2
 CONCURRENCY = 4
-#: Short texts: a forward pass over a few of them is small next to the workers' delays.
-SHORT = [f"short text number {i} for the bench" for i in range(64)]
+#: One-word texts: a forward pass over two of them is small next to the workers' delays.
+SHORT = [f"word{i}" for i in range(64)]
 
 
-def _capacity(url: str, seconds: float = 2.0) -> float:
+def _capacity(url: str, seconds: float = 2.5) -> float:
     """Texts/s of ``url`` alone at a fixed concurrency: the independent measurement."""
     batches = [SHORT[i : i + BATCH] for i in range(0, len(SHORT), BATCH)]
     done = [0] * CONCURRENCY
@@ -56,7 +56,7 @@ def test_bench_ranks_and_weighs_replicas(
     status = main(
         [
             "bench", fast, slow, "--json", "--batch-size", str(BATCH), "--texts", str(texts),
-            "--concurrency", "1,2,4", "--level-seconds", "1.5", "--plot", str(plot),
+            "--concurrency", "1,2,4", "--level-seconds", "2.5", "--plot", str(plot),
         ]
     )  # fmt: skip
     assert status == 0
