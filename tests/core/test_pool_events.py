@@ -82,3 +82,31 @@ def test_readmitted_backend_has_its_old_failures_forgotten() -> None:
         picks[lease.backend.url] += 1
         pool.release(lease, eb.Outcome.SUCCESS, latency=0.01)
     assert picks[U[0]] > 60, picks
+
+
+def test_health_events_carry_kind_url_time_and_detail_exactly() -> None:
+    """Ejection, re-admission and active-check verdicts are reported with their kind, backend, clock time and a detail saying why, each exactly once."""
+    clock = eb.ManualClock(10.0)
+    pool, events = _recording_pool(
+        clock,
+        health_check=eb.HealthCheck(rise=2, fall=2),
+        outlier_detection=eb.OutlierDetection(consecutive_failures=2, base_ejection_time=4.0),
+    )
+    for _ in range(2):
+        pool.release(pool.acquire(exclude=U[1:3]), eb.Outcome.FAILURE)
+    assert events == [("ejected", U[0], 10.0, "2 failures, for 4s")]
+    assert pool.stats().by_url()[U[0]].ejections == 1
+    clock.advance(1.0)
+    pool.report_check(U[0], True)
+    pool.report_check(U[0], True)  # rise passed checks after the ejection: back early
+    assert events[1:] == [
+        ("healthy", U[0], 11.0, "2 checks passed"),
+        ("readmitted", U[0], 11.0, "active checks passed"),
+    ]
+    assert pool.stats().by_url()[U[0]].state == "healthy"
+    clock.advance(1.0)
+    for _ in range(3):
+        pool.report_check(U[1], False)
+    assert events[3:] == [("unhealthy", U[1], 12.0, "2 checks failed")]
+    assert pool.stats().by_url()[U[1]].state == "unhealthy"
+    assert pool.stats().by_url()[U[0]].ejections == 1
