@@ -6,6 +6,8 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import pytest
+
 import embedbalance as eb
 
 from .conftest import urls
@@ -110,3 +112,34 @@ def test_health_events_carry_kind_url_time_and_detail_exactly() -> None:
     assert events[3:] == [("unhealthy", U[1], 12.0, "2 checks failed")]
     assert pool.stats().by_url()[U[1]].state == "unhealthy"
     assert pool.stats().by_url()[U[0]].ejections == 1
+
+
+def test_release_accounting_over_many_requests() -> None:
+    """Counters add up over many releases, outstanding cost tracks leases in flight, and a latency not given is the pool clock's time since acquire."""
+    clock = eb.ManualClock(100.0)
+    pool = eb.BackendPool([U[0]], clock=clock, outlier_detection=None)
+    leases = [pool.acquire(cost=c) for c in (2.0, 3.0, 5.0)]
+    assert pool.stats().backends[0].outstanding_cost == 10.0
+    clock.advance(0.25)
+    pool.release(leases[0], eb.Outcome.SUCCESS)
+    assert pool.stats().backends[0].outstanding_cost == 8.0
+    pool.release(leases[1], eb.Outcome.SUCCESS)
+    pool.release(leases[2], eb.Outcome.FAILURE)
+    for _ in range(2):
+        pool.release(pool.acquire(), eb.Outcome.FAILURE)
+    row = pool.stats().backends[0]
+    assert (row.requests, row.successes, row.failures, row.pending) == (5, 2, 3, 0)
+    assert row.outstanding_cost == 0.0
+    assert row.latency_p50 == 0.25
+
+
+def test_draining_backend_is_named_when_nothing_is_available() -> None:
+    """NoBackendAvailable names a removed backend that still has work in flight as draining."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool([U[0]], clock=clock)
+    lease = pool.acquire()
+    pool.remove(U[0])
+    with pytest.raises(eb.NoBackendAvailable) as info:
+        pool.acquire()
+    assert info.value.reasons == (eb.Unavailability(U[0], "draining"),)
+    pool.release(lease, eb.Outcome.SUCCESS)
