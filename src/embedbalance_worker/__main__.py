@@ -341,6 +341,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             # A last guard behind our own admission (which answers 429 with JSON): probes
             # and scrapes keep some room above the embedding bound.
             limit_concurrency=config.max_concurrent_requests + 64,
+            # Pinned, not "auto": the early answers (413 from Content-Length, 429 at
+            # admission) rely on the protocol reading and discarding the unread body
+            # on a kept-alive connection, which is tested with h11. With httptools
+            # and uvloop installed, a flood of refused large bodies starved other
+            # connections in our tests.
+            http="h11",
+            loop="asyncio",
             timeout_graceful_shutdown=int(HARD_EXIT_GRACE_S),
         ),
         app.state.worker,
