@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 __all__ = ["Runner"]
 
 T = TypeVar("T")
+_STOP: Any = object()  # tells an idle thread to exit (shutdown)
 
 #: Seconds an idle thread waits for another task before it exits.
 IDLE_SECONDS = 30.0
@@ -40,6 +42,7 @@ class Runner:
         self._tasks: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]]
         self._tasks = queue.SimpleQueue()
         self._idle = 0  # threads waiting for a task and not yet claimed by a submit
+        self._threads: set[threading.Thread] = set()
 
     @property
     def idle(self) -> int:
@@ -58,8 +61,27 @@ class Runner:
         if reuse:
             self._tasks.put(task)
         else:
-            threading.Thread(target=self._work, args=(task,), name=self._name, daemon=True).start()
+            thread = threading.Thread(target=self._work, args=(task,), name=self._name, daemon=True)
+            with self._lock:
+                self._threads.add(thread)
+            thread.start()
         return future
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Let every idle thread go and join it, and join busy ones for up to ``timeout``
+        seconds in all (an abandoned attempt ends with its connection, which the
+        transport closes first). Later submits start new threads."""
+        if self._pid != os.getpid():
+            self._reset()
+            return
+        with self._lock:
+            idle, self._idle = self._idle, 0
+            threads = list(self._threads)
+        for _ in range(idle):
+            self._tasks.put(_STOP)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _work(self, task: tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None) -> None:
         tasks = self._tasks
@@ -78,11 +100,18 @@ class Runner:
             task = None
             while task is None:
                 try:
-                    task = tasks.get(timeout=self._idle_seconds)
+                    got = tasks.get(timeout=self._idle_seconds)
                 except queue.Empty:
                     with self._lock:
                         # Exit only if no submit has claimed a waiting thread meanwhile;
                         # else a task is (about to be) queued for one of us: keep waiting.
                         if self._idle > 0:
                             self._idle -= 1
+                            self._threads.discard(threading.current_thread())
                             return
+                    continue
+                if got is _STOP:
+                    with self._lock:
+                        self._threads.discard(threading.current_thread())
+                    return
+                task = got

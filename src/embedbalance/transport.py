@@ -581,6 +581,7 @@ class BalancingTransport(httpx.BaseTransport):
             self._started_pid = None
         for inner in self._inner.all():
             inner.close()
+        self._runner.shutdown()
 
     # -- sending --------------------------------------------------------------------
 

@@ -68,3 +68,15 @@ def test_a_forked_child_runs_tasks() -> None:
         os._exit(0 if ok else 3)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_shutdown_joins_idle_threads_and_later_submits_still_run() -> None:
+    """After shutdown no runner thread is left (a closed transport leaves none behind),
+    and a later submit starts afresh."""
+    runner = Runner(name="runner-under-test")
+    for f in [runner.submit(lambda: None) for _ in range(4)]:
+        f.result(timeout=5)
+    runner.shutdown()
+    assert not [t for t in threading.enumerate() if t.name == "runner-under-test"]
+    assert runner.submit(lambda: 5).result(timeout=5) == 5
+    runner.shutdown()
