@@ -35,7 +35,7 @@ def tests(session: nox.Session) -> None:
     """The default suite: everything but the `slow` marker; under 10 minutes on 2 cores."""
     _install(session)
     _system_deps(session)
-    session.run("pytest", "-m", "not slow", *session.posargs, env=OFFLINE)
+    session.run("pytest", "-m", "not slow", "--durations=25", *session.posargs, env=OFFLINE)
 
 
 @nox.session(python=PYTHON)

@@ -7,6 +7,7 @@ import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -44,12 +45,10 @@ def _capacity(url: str, seconds: float = 2.5) -> float:
         return sum(done) / (time.monotonic() - started)
 
 
-def test_bench_ranks_and_weighs_replicas(
-    cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """If this fails, bench ranks a slowed replica above a fast one, or suggests weights
-    more than 25% off the replicas' measured capacity ratio, or drops its plot."""
-    fast, slow = cli_workers["fast"].url, cli_workers["slow"].url
+def _bench_report(
+    fast: str, slow: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> dict[str, Any]:
+    """Run ``bench --json`` over both replicas with a plot; return the parsed report."""
     plot = tmp_path / "bench.png"
     texts = tmp_path / "texts.txt"
     texts.write_text("\n".join(SHORT))
@@ -60,19 +59,44 @@ def test_bench_ranks_and_weighs_replicas(
         ]
     )  # fmt: skip
     assert status == 0
-    report = json.loads(capsys.readouterr().out)
+    assert plot.stat().st_size > 10_000
+    report: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return report
+
+
+def test_bench_ranks_replicas_and_reports_every_level(
+    cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """If this fails, bench ranks a slowed replica above a fast one, drops a level of its
+    ramp, counts errors where there were none, or drops its plot."""
+    fast, slow = cli_workers["fast"].url, cli_workers["slow"].url
+    report = _bench_report(fast, slow, capsys, tmp_path)
     capacity = {r["url"]: r["capacity"] for r in report["replicas"]}
     assert capacity[fast] > capacity[slow] > 0
     weights = report["suggested"]["weights"]
     assert weights[slow] == 1.0
-    measured = _capacity(fast) / _capacity(slow)
-    assert measured > 1.2, "the delay did not slow the worker enough to tell them apart"
-    assert abs(weights[fast] / measured - 1) <= 0.25, (weights, measured)
+    assert weights[fast] > 1.0
     assert report["suggested"]["hpa_queue_depth"] >= 1
     for r in report["replicas"]:
         assert [lv["concurrency"] for lv in r["levels"]] == [1, 2, 4]
         assert all(lv["errors"] == 0 for lv in r["levels"])
-    assert plot.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_bench_weights_follow_an_independent_capacity_measurement(
+    cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """If this fails, bench suggests weights more than 25% off the replicas' capacity
+    ratio as measured independently right after it.
+
+    In the slow suite: both numbers are measurements, and on a busy two-core machine the
+    forward pass (not the workers' fixed delays) sets the capacity ratio, which then
+    drifts between the two measurements."""
+    fast, slow = cli_workers["fast"].url, cli_workers["slow"].url
+    weights = _bench_report(fast, slow, capsys, tmp_path)["suggested"]["weights"]
+    measured = _capacity(fast) / _capacity(slow)
+    assert measured > 1.2, "the delay did not slow the worker enough to tell them apart"
+    assert abs(weights[fast] / measured - 1) <= 0.25, (weights, measured)
 
 
 def test_bench_table_lists_the_fast_replica_first(
