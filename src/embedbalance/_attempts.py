@@ -242,6 +242,7 @@ class Flow:
                 raise
             self._stop("no other backend to try")
             return None
+        lease.attempt = len(self.exclude)
         self.exclude.add(lease.backend.url)
         self._number = n + 1
         if self.policy.attempt_timeout == "auto":
@@ -267,6 +268,8 @@ class Flow:
             lease = self.policy.pool.acquire(self.cost, self.exclude)
         except NoBackendAvailable:
             return None
+        lease.attempt = len(self.exclude)
+        lease.hedge = True
         self.exclude.add(lease.backend.url)
         log.debug("hedging on %s", lease.backend.url)
         return lease

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 import anyio
 import httpx
 
+from . import _tracing
 from ._backend import Backend
 from .health import HealthCheck
 from .pool import BackendPool
@@ -73,7 +74,8 @@ def http_probe(
 
     def probe(backend: Backend) -> bool:
         try:
-            response = transport_for(backend).handle_request(check_request(backend, policy))
+            with _tracing.suppressed():
+                response = transport_for(backend).handle_request(check_request(backend, policy))
             try:
                 response.read()
             finally:
@@ -95,7 +97,8 @@ def async_http_probe(
         try:
             with anyio.fail_after(policy.timeout):
                 transport = transport_for(backend)
-                response = await transport.handle_async_request(check_request(backend, policy))
+                with _tracing.suppressed():
+                    response = await transport.handle_async_request(check_request(backend, policy))
                 try:
                     await response.aread()
                 finally:

@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
+from typing import Any
 
 import attrs
 import numpy as np
@@ -77,6 +78,12 @@ class Lease:
     #: (outstanding cost): how many requests its latency was shared with.
     load_at_start: float = 1.0
     released: bool = False
+    #: How many attempts of the same request started before this one (0: the first).
+    attempt: int = 0
+    #: Whether this attempt is a hedge (a copy raced against one still in flight).
+    hedge: bool = False
+    #: The attempt's tracing span while it is open (see the transports); opaque here.
+    span: Any = attrs.field(default=None, repr=False)
 
 
 @attrs.frozen

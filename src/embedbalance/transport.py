@@ -39,6 +39,7 @@ import anyio
 import attrs
 import httpx
 
+from . import _tracing
 from ._attempts import AttemptPolicy, AttemptResult, Flow, Step
 from ._backend import Backend, BackendLike
 from ._clock import Clock, monotonic
@@ -258,6 +259,8 @@ class _Core:
         )
         self.metrics.bind(self.pool)
         self.clock = clock
+        #: Named in each attempt's tracing span.
+        self.balancer_name = type(self.pool.balancer).__name__
 
     # -- per request ----------------------------------------------------------------
 
@@ -281,11 +284,11 @@ class _Core:
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
         return self.policy.begin(cost, replayable and idempotent, total)
 
-    def route(
-        self, request: httpx.Request, backend: Backend, timeout: float | None
-    ) -> httpx.Request:
-        """The request as sent to ``backend``: new scheme/host/port, same everything else;
-        every phase of httpx's timeout capped at ``timeout`` (the attempt's deadline)."""
+    def route(self, request: httpx.Request, lease: Lease, timeout: float | None) -> httpx.Request:
+        """The request as sent to the lease's backend: new scheme/host/port, same
+        everything else; every phase of httpx's timeout capped at ``timeout`` (the
+        attempt's deadline). The attempt's span starts here, in the caller's context."""
+        backend = lease.backend
         target, host_header = _target(backend, request.url.raw_path)
         headers = request.headers.copy()
         headers["Host"] = host_header
@@ -298,6 +301,7 @@ class _Core:
             extensions["timeout"] = phases
         if backend.tls_server_name is not None:
             extensions["sni_hostname"] = backend.tls_server_name
+        _tracing.start_attempt(request, lease, target, self.balancer_name)
         return httpx.Request(
             request.method, target, headers=headers, stream=request.stream, extensions=extensions
         )
@@ -343,6 +347,12 @@ class _Core:
                 self.abandon(lease)
                 raise
         latency = self.clock() - lease.started_at
+        _tracing.end_attempt(
+            lease,
+            outcome.value,
+            status,
+            None if outcome is Outcome.SUCCESS else description,
+        )
         # Metrics first: the release may end the backend's life, and its series with it.
         self.metrics.request(lease.backend.url, outcome.value, latency)
         self.pool.release(
@@ -359,6 +369,7 @@ class _Core:
     def settle_error(self, lease: Lease, exc: httpx.TransportError) -> AttemptResult:
         """A transport error: a failure of the backend; resendable when never sent."""
         sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        _tracing.end_attempt(lease, Outcome.FAILURE.value, error=type(exc).__name__)
         self.metrics.request(lease.backend.url, Outcome.FAILURE.value, None)
         self.pool.release(lease, Outcome.FAILURE)
         return AttemptResult(
@@ -374,6 +385,7 @@ class _Core:
         """An attempt past its deadline: abandoned, and a failure of its backend (a
         backend that hangs must be ejected like one that refuses)."""
         error = httpx.ReadTimeout(f"attempt timed out after {timeout:.3g}s")
+        _tracing.end_attempt(lease, Outcome.FAILURE.value, error="timeout")
         self.abandon(lease, Outcome.FAILURE)
         return AttemptResult(
             lease, Outcome.FAILURE, str(error), error=error, retryable=True, sent=True
@@ -382,6 +394,7 @@ class _Core:
     def abandon(self, lease: Lease, outcome: Outcome = Outcome.CANCELLED) -> None:
         """Release a lease whose attempt will not be waited for (a hedge's loser, a
         cancelled caller)."""
+        _tracing.end_attempt(lease, outcome.value)
         if not lease.released:
             self.metrics.request(lease.backend.url, outcome.value, None)
             self.pool.release(lease, outcome)
@@ -585,9 +598,10 @@ class BalancingTransport(httpx.BaseTransport):
 
     # -- sending --------------------------------------------------------------------
 
-    def _exchange(self, backend: Backend, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
+    def _exchange(self, lease: Lease, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
         """Send and read the whole answer (not decompressed: the headers still say how)."""
-        response = self._inner.get(backend).handle_request(routed)
+        with _tracing.activate(lease):
+            response = self._inner.get(lease.backend).handle_request(routed)
         try:
             # An inner transport may hand back an answer already in memory (a mock, a
             # cache): its raw stream is spent, its content is the body.
@@ -603,9 +617,9 @@ class BalancingTransport(httpx.BaseTransport):
     ) -> AttemptResult:
         """One attempt in the caller's thread (no deadline, no hedge)."""
         core = self._core
-        routed = core.route(request, lease.backend, None)
+        routed = core.route(request, lease, None)
         try:
-            response, body = self._exchange(lease.backend, routed)
+            response, body = self._exchange(lease, routed)
         except httpx.TransportError as exc:
             return core.settle_error(lease, exc)
         except BaseException:
@@ -628,8 +642,8 @@ class BalancingTransport(httpx.BaseTransport):
 
         def launch(lease: Lease) -> None:
             left = None if deadline == math.inf else max(deadline - wall(), 0.001)
-            routed = core.route(request, lease.backend, left)
-            live[self._runner.submit(self._exchange, lease.backend, routed)] = (lease, routed)
+            routed = core.route(request, lease, left)
+            live[self._runner.submit(self._exchange, lease, routed)] = (lease, routed)
 
         launch(step.lease)
         try:
@@ -864,11 +878,10 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
     # -- sending --------------------------------------------------------------------
 
-    async def _exchange(
-        self, backend: Backend, routed: httpx.Request
-    ) -> tuple[httpx.Response, bytes]:
+    async def _exchange(self, lease: Lease, routed: httpx.Request) -> tuple[httpx.Response, bytes]:
         """Send and read the whole answer (not decompressed: the headers still say how)."""
-        response = await self._ainner.get(backend).handle_async_request(routed)
+        with _tracing.activate(lease):
+            response = await self._ainner.get(lease.backend).handle_async_request(routed)
         try:
             if hasattr(response, "_content"):  # in memory already (see the sync twin)
                 body = response.content
@@ -888,13 +901,13 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         """One attempt awaited directly, within ``deadline`` seconds when there is one (no hedge:
         a cancel scope is all a deadline needs here, no task group)."""
         core = self._core
-        routed = core.route(request, lease.backend, deadline)
+        routed = core.route(request, lease, deadline)
         result: AttemptResult | None = None
         scope: anyio.CancelScope | None = None
         try:
             with anyio.move_on_after(math.inf if deadline is None else deadline) as scope:
                 try:
-                    response, body = await self._exchange(lease.backend, routed)
+                    response, body = await self._exchange(lease, routed)
                 except httpx.TransportError as exc:
                     result = core.settle_error(lease, exc)
                 else:
@@ -921,7 +934,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
         async def run(lease: Lease, routed: httpx.Request) -> None:
             try:
-                exchanged = await self._exchange(lease.backend, routed)
+                exchanged = await self._exchange(lease, routed)
             except Exception as exc:
                 send.send_nowait((lease, routed, None, exc))
             else:
@@ -932,7 +945,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             def launch(lease: Lease) -> None:
                 left = None if deadline == math.inf else max(deadline - wall(), 0.001)
                 live[id(lease)] = lease
-                tg.start_soon(run, lease, core.route(request, lease.backend, left))
+                tg.start_soon(run, lease, core.route(request, lease, left))
 
             launch(step.lease)
             try:

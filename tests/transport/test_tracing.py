@@ -1,0 +1,200 @@
+"""OpenTelemetry: one span per attempt, under the caller's span, with the HTTP client
+semantic-convention attributes; the httpx instrumentation's own spans nest under the
+attempt; health probes stay out of traces. Real control servers, the SDK's in-memory
+exporter."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+import embedbalance as eb
+from embedbalance.health_runner import async_http_probe, http_probe
+
+pytest.importorskip("opentelemetry.sdk", reason="the otel extra (opentelemetry-sdk) is needed")
+
+from opentelemetry import trace
+from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
+    InMemorySpanExporter,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+REQUESTS = 6
+
+
+@pytest.fixture(scope="module")
+def exporter() -> InMemorySpanExporter:
+    """The process's tracer provider (set once: OpenTelemetry refuses a second one)."""
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    memory = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    return memory
+
+
+@pytest.fixture
+def spans(exporter: InMemorySpanExporter) -> Iterator[Callable[[], list[ReadableSpan]]]:
+    exporter.clear()
+    yield lambda: list(exporter.get_finished_spans())
+    exporter.clear()
+
+
+@contextlib.contextmanager
+def instrumented() -> Iterator[None]:
+    """httpx instrumented (its transports' requests become spans) for the block only:
+    the servers' own start-up polls stay out."""
+    HTTPXClientInstrumentor().instrument()
+    try:
+        yield
+    finally:
+        HTTPXClientInstrumentor().uninstrument()
+
+
+def _check_attempts(
+    finished: list[ReadableSpan], caller: ReadableSpan, good: Any, bad: Any
+) -> list[ReadableSpan]:
+    """The attempt spans: each under the caller's span, a failed first attempt on the
+    failing server followed by a resend on the good one."""
+    attempts = [s for s in finished if "embedbalance.backend" in (s.attributes or {})]
+    assert attempts, [s.name for s in finished]
+    for span in attempts:
+        attrs = dict(span.attributes or {})
+        assert span.kind is trace.SpanKind.CLIENT
+        assert span.parent is not None
+        assert span.parent.span_id == caller.context.span_id
+        assert attrs["http.request.method"] == "POST"
+        assert attrs["server.address"] == "127.0.0.1"
+        assert attrs["embedbalance.balancer"] == "RoundRobin"
+        assert attrs["url.full"].endswith("/embed")
+        port = attrs["server.port"]
+        if port == bad.port:
+            assert attrs["http.response.status_code"] == 500
+            assert span.status.status_code is trace.StatusCode.ERROR
+            assert attrs["error.type"] == "HTTP 500"
+        else:
+            assert port == good.port
+            assert attrs["http.response.status_code"] == 200
+            assert attrs["embedbalance.outcome"] == "success"
+            assert span.status.status_code is not trace.StatusCode.ERROR
+    failed = [s for s in attempts if s.attributes["server.port"] == bad.port]  # type: ignore[index]
+    resent = [s for s in attempts if s.attributes.get("http.request.resend_count") == 1]  # type: ignore[union-attr]
+    # Round-robin over the two: about half the requests start on the failing server and
+    # each is resent once, on the good one; the others take one attempt.
+    assert failed, "no request was tried on the failing server"
+    assert len(resent) == len(failed)
+    assert len(attempts) == REQUESTS + len(failed)
+    return attempts
+
+
+def test_sync_attempt_spans_nest_under_the_caller(
+    servers: Callable[..., list[Any]],
+    spans: Callable[[], list[ReadableSpan]],
+) -> None:
+    """If this fails, a sync attempt gets no span, loses its parent, misses a semantic-
+    convention attribute, a retry is not counted as a resend, or the inner request's
+    span (httpx instrumentation) does not nest under its attempt."""
+    good, bad = servers(1)[0], servers(1, mode="fail")[0]
+    transport = eb.BalancingTransport(
+        [good.url, bad.url], balancer=eb.RoundRobin(), retry=eb.Retry(attempts=2)
+    )
+    tracer = trace.get_tracer("test")
+    with (
+        instrumented(),
+        httpx.Client(transport=transport, base_url="http://embedders") as client,
+        tracer.start_as_current_span("caller"),
+    ):
+        for i in range(REQUESTS):
+            client.post("/embed", json={"inputs": [f"t{i}"]}).raise_for_status()
+    finished = spans()
+    caller = next(s for s in finished if s.name == "caller")
+    attempts = _check_attempts(finished, caller, good, bad)
+    ids = {s.context.span_id for s in attempts}
+    inner = [s for s in finished if s not in attempts and s.name != "caller"]
+    assert inner, "the httpx instrumentation recorded nothing"
+    orphans = [
+        (s.name, s.parent, dict(s.attributes or {}))
+        for s in inner
+        if s.parent is None or s.parent.span_id not in ids
+    ]
+    assert not orphans, orphans
+
+
+@pytest.mark.anyio
+async def test_async_attempt_spans_nest_under_the_caller(
+    servers: Callable[..., list[Any]], spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    """If this fails, the async twin's attempts lose their spans or their parent."""
+    good, bad = servers(1)[0], servers(1, mode="fail")[0]
+    transport = eb.AsyncBalancingTransport(
+        [good.url, bad.url], balancer=eb.RoundRobin(), retry=eb.Retry(attempts=2)
+    )
+    tracer = trace.get_tracer("test")
+    async with httpx.AsyncClient(transport=transport, base_url="http://embedders") as client:
+        with tracer.start_as_current_span("caller"):
+            for i in range(REQUESTS):
+                (await client.post("/embed", json={"inputs": [f"t{i}"]})).raise_for_status()
+    finished = spans()
+    caller = next(s for s in finished if s.name == "caller")
+    _check_attempts(finished, caller, good, bad)
+
+
+def test_hedge_loser_is_marked_cancelled_not_failed(
+    servers: Callable[..., list[Any]], spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    """If this fails, a hedge's copy is not marked as one, or the copy that lost the
+    race is reported as an error."""
+    slow, fast = servers(2)
+    transport = eb.BalancingTransport(
+        [slow.url, fast.url],
+        balancer=eb.RoundRobin(),
+        hedge=eb.Hedge(min_samples=1, min_delay=0.05, budget_ratio=1.0),
+    )
+    with httpx.Client(transport=transport, base_url="http://embedders") as client:
+        for _ in range(4):  # latency samples for the hedge delay, both servers fast
+            client.post("/embed", json={"inputs": ["x"]}).raise_for_status()
+        slow.control(delay=2.0)
+        spans_before = len(spans())
+        for _ in range(2):  # round-robin: one of the two starts on `slow`
+            client.post("/embed", json={"inputs": ["x"]}).raise_for_status()
+    attempts = [s for s in spans()[spans_before:] if "embedbalance.backend" in (s.attributes or {})]
+    hedges = [s for s in attempts if s.attributes["embedbalance.hedge"]]  # type: ignore[index]
+    assert hedges, [dict(s.attributes or {}) for s in attempts]
+    for hedge in hedges:
+        assert hedge.attributes["server.port"] == fast.port  # type: ignore[index]
+        assert hedge.attributes["http.request.resend_count"] == 1  # type: ignore[index]
+    losers = [s for s in attempts if s.attributes["server.port"] == slow.port]  # type: ignore[index]
+    assert len(losers) == len(hedges)
+    for loser in losers:
+        assert loser.attributes["embedbalance.outcome"] == "cancelled"  # type: ignore[index]
+        assert loser.status.status_code is not trace.StatusCode.ERROR
+
+
+@pytest.mark.anyio
+async def test_health_probes_stay_out_of_traces(
+    servers: Callable[..., list[Any]],
+    spans: Callable[[], list[ReadableSpan]],
+) -> None:
+    """If this fails, every health probe (sync or async) becomes a span in the user's
+    traces under the httpx instrumentation."""
+    server = servers(1)[0]
+    backend = eb.Backend(server.url)
+    policy = eb.HealthCheck()
+    with instrumented():
+        with httpx.HTTPTransport() as inner:
+            assert http_probe(policy, lambda _: inner)(backend)
+            with httpx.Client(transport=inner) as plain:  # the control: instrumentation is on
+                plain.get(server.url + "/health")  # noqa: ASYNC212 - a sync transport's own client
+        async with httpx.AsyncHTTPTransport() as ainner:
+            assert await async_http_probe(policy, lambda _: ainner)(backend)
+    finished = spans()
+    assert len(finished) == 1, [(s.name, s.attributes) for s in finished]
