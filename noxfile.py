@@ -18,12 +18,16 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", "constraints.txt")
-ALL_EXTRAS = ".[worker,prometheus,dns,progress,demo,test]"
+ALL_EXTRAS = ".[worker,prometheus,dns,progress,plot]"
+#: The development dependency groups of pyproject.toml (test tools, the demo's plots).
+GROUPS = nox.project.dependency_groups(
+    nox.project.load_toml(ROOT / "pyproject.toml"), "test", "demo"
+)
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 def _install(session: nox.Session, target: str = ALL_EXTRAS, *extra: str) -> None:
-    session.install(*CONSTRAINTS, "-e", target, *extra)
+    session.install(*CONSTRAINTS, "-e", target, *GROUPS, *extra)
 
 
 def _system_deps(session: nox.Session) -> None:
@@ -59,7 +63,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build docs/ with warnings as errors and run every code example in them."""
-    _install(session, ".[test,dns,prometheus]", "mkdocs")
+    _install(session, ".[dns,prometheus]", "mkdocs")
     session.run("mkdocs", "build", "--strict", "--site-dir", str(ROOT / "site"))
     session.run("pytest", "tests/test_docs.py", *session.posargs, env=OFFLINE)
 
@@ -89,5 +93,5 @@ def bench(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: 3 real workers on loopback, a corpus balanced over them, a report."""
-    _install(session, ".[worker,prometheus,demo]")
+    _install(session, ".[worker,prometheus]")
     session.run("python", "examples/demo.py", *session.posargs, env={**OFFLINE, **os.environ})
