@@ -23,6 +23,7 @@ EXPECTED = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",

@@ -26,6 +26,7 @@ from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
     AllAttemptsFailed,
     Attempt,
+    ConfigError,
     DeadlineExceeded,
     DimensionMismatch,
     EmbedbalanceError,
@@ -90,6 +91,7 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",

@@ -43,7 +43,7 @@ from .balancers import (
     ShortestExpectedDelay,
     WeightedRoundRobin,
 )
-from .exceptions import EmbedbalanceError
+from .exceptions import ConfigError
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .retry import Hedge, Retry, RetryBudgetPolicy
 
@@ -60,11 +60,6 @@ __all__ = [
 ]
 
 DEFAULT_PREFIX: Final = "EMBEDBALANCE_"
-
-
-class ConfigError(EmbedbalanceError, ValueError):
-    """A setting is missing, unknown or malformed; the message names it (``retry.attempts``,
-    or the environment variable) and what was expected."""
 
 
 #: Balancer names accepted by ``balancer:`` / ``EMBEDBALANCE_BALANCER``.

@@ -21,6 +21,7 @@ import httpx
 __all__ = [
     "AllAttemptsFailed",
     "Attempt",
+    "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",
     "EmbedbalanceError",
@@ -32,6 +33,12 @@ __all__ = [
 
 class EmbedbalanceError(Exception):
     """Base class of every exception embedbalance raises deliberately."""
+
+
+class ConfigError(EmbedbalanceError, ValueError):
+    """A setting is missing, unknown or malformed; the message names it (``retry.attempts``,
+    or the environment variable) and what was expected. Raised by ``from_env`` and
+    ``from_config``; a ``ValueError`` so that code validating settings catches it."""
 
 
 @attrs.frozen
