@@ -147,7 +147,10 @@ class RoundRobin(Balancer):
 
     The baseline: right for identical backends and uniform requests, wrong as soon
     as one replica is slower — it keeps sending it a full share (nginx's and
-    HAProxy's default).
+    HAProxy's default). Slow start still applies: a backend still ramping takes its
+    turn only with probability (its slow-start factor), else the turn passes to the
+    next, so a cold replica is not handed its full share at once (Envoy does the same
+    for its round robin).
     """
 
     def __init__(self) -> None:
@@ -163,8 +166,18 @@ class RoundRobin(Balancer):
         population: Sequence[BackendState],
     ) -> BackendState:
         counter = self._counter
-        self._counter = counter + 1
-        return candidates[counter % len(candidates)]  # strategies.round_robin, inlined
+        n = len(candidates)
+        for k in range(n):
+            state = candidates[(counter + k) % n]
+            if now - state.admitted_at >= state.slow_start.window:
+                break  # warm: the common case costs one comparison
+            if rng.random() * state.weight < state.effective_weight(now):
+                break
+        else:
+            k = 0  # every one is ramping and each declined: plain rotation
+            state = candidates[counter % n]
+        self._counter = counter + k + 1
+        return state
 
 
 class WeightedRoundRobin(Balancer):

@@ -29,14 +29,6 @@ BALANCERS: dict[str, Callable[[], eb.Balancer]] = {
     "RoundRobin": eb.RoundRobin,
 }
 
-ROUND_ROBIN_IGNORES_SLOW_START = pytest.mark.xfail(
-    strict=True,
-    reason="RoundRobin ignores weights and so effective weights: a backend added at "
-    "runtime gets its full 1/n share at once, although docs/strategies.md promises slow "
-    "start to every backend added at runtime",
-)
-
-
 def _shares(balancer: eb.Balancer, slow_start: eb.SlowStart) -> tuple[float, float]:
     """The new backend's share of requests in the first half of its window, and after it."""
     clock = eb.ManualClock(1000.0)
@@ -72,13 +64,7 @@ def _shares(balancer: eb.Balancer, slow_start: eb.SlowStart) -> tuple[float, flo
     return during, after
 
 
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=ROUND_ROBIN_IGNORES_SLOW_START) if n == "RoundRobin" else n
-        for n in BALANCERS
-    ],
-)
+@pytest.mark.parametrize("name", list(BALANCERS))
 def test_added_backend_gets_a_reduced_but_non_zero_share(name: str) -> None:
     """During its window a new backend gets less than it would without slow start, but not nothing, and its share recovers after the window (else a cold replica is flooded, or starved forever)."""
     make = BALANCERS[name]
