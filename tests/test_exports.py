@@ -23,6 +23,8 @@ EXPECTED = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "Canary",
+    "CanaryVerdict",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",

@@ -21,6 +21,7 @@ from .balancers import (
     ShortestExpectedDelay,
     WeightedRoundRobin,
 )
+from .canary import Canary, CanaryVerdict
 from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
 from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
@@ -90,6 +91,8 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "Canary",
+    "CanaryVerdict",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",
