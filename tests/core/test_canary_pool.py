@@ -194,3 +194,24 @@ def test_the_sync_checker_sends_canaries_only_after_a_passed_check() -> None:
     assert rows[URLS[0]].state == "healthy"
     assert rows[URLS[1]].state == "unhealthy"
     assert rows[URLS[2]].state == "healthy"
+
+
+def test_canary_ejections_show_in_the_metrics() -> None:
+    """A canary ejection counts in ``embedbalance_ejections_total`` and the backend's
+    ``embedbalance_backend_healthy`` reads 0 (1 again once it agrees). If this fails,
+    dashboards show a wrong replica as healthy."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    registry = prometheus_client.CollectorRegistry()
+    pool = _pool(URLS[:2])
+    eb.PrometheusMetrics(registry).bind(pool)
+    pool.report_canary(URLS[0], True, "ok")
+    pool.report_canary(URLS[1], False, "canary: wrong")
+
+    def sample(name: str, url: str) -> float | None:
+        return registry.get_sample_value(name, {"backend": url})
+
+    assert sample("embedbalance_ejections_total", URLS[1]) == 1.0
+    assert sample("embedbalance_backend_healthy", URLS[1]) == 0.0
+    assert sample("embedbalance_backend_healthy", URLS[0]) == 1.0
+    pool.report_canary(URLS[1], True, "canary: agrees")
+    assert sample("embedbalance_backend_healthy", URLS[1]) == 1.0
