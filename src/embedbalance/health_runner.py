@@ -128,10 +128,13 @@ def canary_answer(canary: Canary, url: str, status: int, content: bytes) -> Cana
         return CanaryAnswer(error=f"HTTP {status}")
     api = api_for(canary.api, canary.path)
     try:
-        rows = api.rows(json.loads(content), url)
-    except ValueError as exc:  # ResponseFormatError is one; so is invalid JSON
-        why = str(exc) if isinstance(exc, ResponseFormatError) else f"invalid JSON: {exc}"
-        return CanaryAnswer(error=why, wrong=True)
+        payload = json.loads(content)
+    except ValueError as exc:
+        return CanaryAnswer(error=f"invalid JSON: {exc}", wrong=True)
+    try:
+        rows = api.rows(payload, url)
+    except ResponseFormatError as exc:
+        return CanaryAnswer(error=str(exc), wrong=True)
     if rows.shape[0] != len(canary.texts):
         why = f"{rows.shape[0]} rows for {len(canary.texts)} texts"
         return CanaryAnswer(error=why, wrong=True)
