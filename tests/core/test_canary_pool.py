@@ -81,18 +81,28 @@ def test_a_disagreeing_backend_is_ejected_with_the_reason_then_readmitted(
 
 
 def test_panic_mode_never_serves_a_replica_the_canary_rejected() -> None:
-    """When most replicas fail their canary, the pool serves only those that pass
-    (panic mode balances over checked replicas only), and none when none pass. If this
+    """When most replicas fail their health checks the pool panics and balances over
+    all of them — but only over those whose canary passed; none when none pass. If this
     fails, panic mode hands out wrong vectors."""
-    pool = _pool()
+    pool = eb.BackendPool(
+        [*URLS, "http://d:1"],
+        health_check=eb.HealthCheck(canary=CANARY, fall=1),
+        clock=eb.ManualClock(),
+    )
     pool.report_canary(URLS[0], True, "ok")
-    pool.report_canary(URLS[1], False, "canary: wrong")
-    pool.report_canary(URLS[2], False, "canary: wrong")
-    for _ in range(20):
+    pool.report_canary(URLS[1], True, "ok")
+    pool.report_canary(URLS[2], False, "canary: wrong")  # d stays pending
+    pool.report_check(URLS[0], False)
+    pool.report_check(URLS[1], False)
+    assert pool.stats().panic
+    picked = set()
+    for _ in range(40):
         lease = pool.acquire()
-        assert lease.backend.url == URLS[0]
+        picked.add(lease.backend.url)
         pool.release(lease)
+    assert picked == set(URLS[:2])
     pool.report_canary(URLS[0], False, "canary: wrong too")
+    pool.report_canary(URLS[1], False, "canary: wrong too")
     with pytest.raises(eb.NoBackendAvailable, match="canary: wrong"):
         pool.acquire()
 
