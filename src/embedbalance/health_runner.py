@@ -59,6 +59,7 @@ __all__ = [
     "http_canary_probe",
     "http_probe",
     "run_async_checks",
+    "speaking_as",
 ]
 
 log = logging.getLogger("embedbalance.health")
@@ -139,6 +140,21 @@ def canary_answer(canary: Canary, url: str, status: int, content: bytes) -> Cana
         why = f"{rows.shape[0]} rows for {len(canary.texts)} texts"
         return CanaryAnswer(error=why, wrong=True)
     return CanaryAnswer(rows=rows)
+
+
+def speaking_as(
+    policy: HealthCheck | None, api: str, path: str | None, model: str | None
+) -> HealthCheck | None:
+    """``policy`` with its canary asking in the embedding client's own API, path and
+    model, where the canary was left at its defaults (TEI's ``/embed``, no model): a
+    client of an OpenAI-only server should not need to say it twice, and a canary
+    sent where the server does not listen would never pass."""
+    canary = None if policy is None else policy.canary
+    if policy is None or canary is None or api not in ("tei", "openai"):
+        return policy
+    if (canary.api, canary.path, canary.model) != ("tei", None, None):
+        return policy  # the user chose: keep it
+    return attrs.evolve(policy, canary=attrs.evolve(canary, api=api, path=path, model=model))
 
 
 def _no_answer(backend: Backend, exc: BaseException) -> CanaryAnswer:

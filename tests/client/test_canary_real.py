@@ -49,10 +49,10 @@ def test_a_wrong_replica_never_serves_a_row(
     workers: tuple[WorkerProcess, ...], corpus: list[str], reference: dict[str, np.ndarray]
 ) -> None:
     """From the first request on, the replica serving rotated vectors gets only canaries:
-    no sub-batch of any result comes from it, and its stats say why (OpenAI shape for
-    both traffic and canary). If this fails, users receive vectors from a replica with
-    the wrong model."""
-    canary = eb.Canary(interval=0.3, api="openai")
+    no sub-batch of any result comes from it, and its stats say why. The canary, left at
+    its defaults, asks in the client's OpenAI shape. If this fails, users receive vectors
+    from a replica with the wrong model."""
+    canary = eb.Canary(interval=0.3)
     with canary_proxy(workers[0].url, "roll") as bad:
         events: list[BatchEvent] = []
         urls = [w.url for w in workers]
@@ -77,6 +77,7 @@ def test_a_wrong_replica_never_serves_a_row(
     assert served == set(urls)
     # Everything the bad replica embedded was a canary.
     assert bad.texts_served["roll"] == bad.embed_requests * len(canary.texts)
+    assert set(bad.paths) == {"/v1/embeddings"}
     assert row.state == "ejected"
     assert row.canary is not None
     assert row.canary.startswith("canary: cosine ")

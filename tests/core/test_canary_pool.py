@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import embedbalance as eb
-from embedbalance.health_runner import CanaryAnswer, CanaryRounds, HealthChecker
+from embedbalance.health_runner import CanaryAnswer, CanaryRounds, HealthChecker, speaking_as
 
 URLS = ["http://a:1", "http://b:1", "http://c:1"]
 CANARY = eb.Canary(texts=["x", "y"], interval=10.0)
@@ -225,3 +225,22 @@ def test_canary_ejections_show_in_the_metrics() -> None:
     assert sample("embedbalance_backend_healthy", URLS[0]) == 1.0
     pool.report_canary(URLS[1], True, "canary: agrees")
     assert sample("embedbalance_backend_healthy", URLS[1]) == 1.0
+
+
+def test_a_default_canary_asks_as_the_client_does() -> None:
+    """A canary left at its defaults takes the client's API, path and model; one the
+    user set is kept. If this fails, a client of an OpenAI-only server gets a canary
+    that can never pass (every replica stays pending)."""
+    policy = eb.HealthCheck(canary=True)
+    spoken = speaking_as(policy, "openai", "/v1/embeddings", "m")
+    assert spoken is not None
+    assert spoken.canary is not None
+    assert (spoken.canary.api, spoken.canary.path, spoken.canary.model) == (
+        "openai",
+        "/v1/embeddings",
+        "m",
+    )
+    chosen = eb.HealthCheck(canary=eb.Canary(api="tei", path="/embed"))
+    assert speaking_as(chosen, "openai", "/v1/embeddings", "m") is chosen
+    assert speaking_as(None, "openai", None, None) is None
+    assert speaking_as(eb.HealthCheck(), "openai", None, None) == eb.HealthCheck()

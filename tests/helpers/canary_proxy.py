@@ -42,6 +42,8 @@ class CanaryProxy:
         #: texts embedded through this proxy, by the mode they were served in
         self.texts_served: Counter[str] = Counter()
         self.embed_requests = 0
+        #: embedding requests by path
+        self.paths: Counter[str] = Counter()
         self._lock = threading.Lock()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -108,6 +110,7 @@ class CanaryProxy:
             data = json.dumps(payload).encode()
             with self._lock:
                 self.embed_requests += 1
+                self.paths[path] += 1
                 self.texts_served[mode] += texts
         passed = [
             (k.encode("latin-1"), v.encode("latin-1"))
