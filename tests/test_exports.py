@@ -23,6 +23,8 @@ EXPECTED = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "Canary",
+    "CanaryVerdict",
     "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",

@@ -21,6 +21,7 @@ from .balancers import (
     ShortestExpectedDelay,
     WeightedRoundRobin,
 )
+from .canary import Canary, CanaryVerdict
 from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
 from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
@@ -91,6 +92,8 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "Canary",
+    "CanaryVerdict",
     "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",

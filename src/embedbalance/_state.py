@@ -57,6 +57,10 @@ class BackendState:
     last_ejected_at: float = -math.inf
     overloaded_until: float | None = None
     active: ActiveCheckState = attrs.Factory(ActiveCheckState)
+    #: The canary's word when canary checks are on: None until the first passes,
+    #: then whether the last verdict agreed; ``canary_detail`` says why.
+    canary: bool | None = None
+    canary_detail: str = "canary: pending"
     removed: bool = False
     # counters
     requests: int = 0

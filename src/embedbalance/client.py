@@ -55,6 +55,7 @@ from .exceptions import (
     ResponseFormatError,
 )
 from .health import HealthCheck, OutlierDetection, SlowStart
+from .health_runner import speaking_as
 from .retry import Hedge, Retry
 from .transport import (
     ATTEMPTS_EXTENSION,
@@ -194,6 +195,10 @@ class _Config:
     server_tokens: int | None = None
     info_done: bool = False
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+
+    def canary_api(self) -> tuple[str, str | None, str | None]:
+        """``(api, path, model)`` for a canary that asks as this client does."""
+        return self.wire.name, self.wire.path, self.options.model
 
     @classmethod
     def build(
@@ -667,7 +672,7 @@ class EmbeddingClient:
         self.transport = BalancingTransport(
             backends,
             balancer=balancer,  # type: ignore[arg-type]
-            health_check=health_check,
+            health_check=speaking_as(health_check, *self._cfg.canary_api()),
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
@@ -975,7 +980,7 @@ class AsyncEmbeddingClient:
         self.transport = AsyncBalancingTransport(
             backends,
             balancer=balancer,  # type: ignore[arg-type]
-            health_check=health_check,
+            health_check=speaking_as(health_check, *self._cfg.canary_api()),
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,

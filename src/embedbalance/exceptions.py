@@ -44,8 +44,9 @@ class ConfigError(EmbedbalanceError, ValueError):
 @attrs.frozen
 class Unavailability:
     """Why one backend could not be picked: ``reason`` is one of ``"ejected"``,
-    ``"unhealthy"``, ``"overloaded"``, ``"excluded"``, ``"draining"``; ``until`` is the
-    clock time the state ends at, where known."""
+    ``"unhealthy"``, ``"overloaded"``, ``"excluded"``, ``"draining"``, or the canary
+    check's word (starting with ``"canary:"``); ``until`` is the clock time the state
+    ends at, where known."""
 
     url: str
     reason: str

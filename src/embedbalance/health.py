@@ -15,6 +15,8 @@ from typing import Any
 
 import attrs
 
+from .canary import Canary
+
 __all__ = [
     "ActiveCheckState",
     "HealthCheck",
@@ -57,6 +59,17 @@ def _positive_percent(_: object, attribute: attrs.Attribute[float], value: float
         raise ValueError(f"{attribute.name} must be > 0 and <= 100, got {value!r}")
 
 
+def _canary(value: object) -> Canary | None:
+    """``True`` is the default canary, ``False``/``None`` none, a :class:`Canary` itself."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return Canary()
+    if isinstance(value, Canary):
+        return value
+    raise ValueError(f"canary must be a bool or a Canary, got {value!r}")
+
+
 def _header_pairs(value: object) -> tuple[tuple[str, str], ...]:
     """Headers as a hashable tuple of ``(name, value)`` pairs, from a mapping or pairs."""
     items: Any = value.items() if isinstance(value, Mapping) else value
@@ -83,6 +96,12 @@ class HealthCheck:
     - ``headers``: sent with every check (an ``Authorization`` header for workers that
       require one). Checks go through the transport's own inner transport, so TLS
       trust, client certificates and proxies are the same as for real requests.
+    - ``canary``: also check that answers are *right* (``True`` for the defaults, or a
+      :class:`~embedbalance.Canary`): a fixed set of texts is embedded on every
+      replica when it joins and periodically, and a replica whose vectors disagree
+      with the majority (or with a given reference) gets no traffic until a later
+      canary agrees. With it on, a replica gets no traffic before its first canary
+      passes. ``None`` (the default) checks liveness only. See ``docs/canary.md``.
     """
 
     path: str = "/health"
@@ -93,6 +112,7 @@ class HealthCheck:
     fall: int = attrs.field(default=3, validator=_at_least_one)
     uneject_on_success: bool = True
     headers: tuple[tuple[str, str], ...] = attrs.field(default=(), converter=_header_pairs)
+    canary: Canary | None = attrs.field(default=None, converter=_canary)
 
     def __attrs_post_init__(self) -> None:
         if not self.path.startswith("/"):

@@ -10,26 +10,58 @@ How a check is sent is a *probe*, a function ``Backend -> bool``. The transports
 one that goes through their own inner transport (the same TLS trust, client
 certificates and proxies as real requests) with the policy's headers; used alone,
 the runners build one over a plain httpx transport.
+
+With the policy's ``canary`` on, a round also embeds the canary texts — on every
+backend once per canary interval, and on backends that have not passed one yet in
+every round — through a *canary probe* (``Backend -> CanaryAnswer``) built the same
+way; :class:`CanaryRounds` (no I/O) decides whom to ask and turns the answers into
+verdicts for :meth:`BackendPool.report_canary`. With it on, the sync checker runs its
+first round before :meth:`HealthChecker.start` returns and the async runner reports
+itself started only after its first round, so the first request already has checked
+replicas to go to.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import random
 import threading
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import anyio
+import anyio.abc
+import attrs
 import httpx
 
 from . import _tracing
 from ._backend import Backend
+from ._clock import Clock
+from ._wire import FloatMatrix, Options, api_for
+from .canary import Canary
+from .exceptions import ResponseFormatError
 from .health import HealthCheck
 from .pool import BackendPool
 
-__all__ = ["AsyncProbe", "HealthChecker", "Probe", "http_probe", "run_async_checks"]
+__all__ = [
+    "AsyncCanaryProbe",
+    "AsyncProbe",
+    "CanaryAnswer",
+    "CanaryProbe",
+    "CanaryRounds",
+    "HealthChecker",
+    "Probe",
+    "async_http_canary_probe",
+    "http_canary_probe",
+    "http_probe",
+    "run_async_checks",
+    "speaking_as",
+]
 
 log = logging.getLogger("embedbalance.health")
 
@@ -39,10 +71,31 @@ Probe = Callable[[Backend], bool]
 AsyncProbe = Callable[[Backend], Awaitable[bool]]
 
 
-def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
-    """The check as sent: ``GET <backend><path>`` with the policy's headers and its
-    timeout on every phase."""
-    t = policy.timeout
+@attrs.frozen(eq=False)
+class CanaryAnswer:
+    """What one backend answered to the canary: its ``rows``, or why there are none.
+
+    ``wrong`` marks an answer that came back but is not embeddings of the canary
+    texts (rows of NaN, the wrong count, not JSON): that is a disagreement. No answer
+    at all (a timeout, a refused connection, an HTTP error) is ``wrong=False``: the
+    liveness check judges that, the canary has no verdict.
+    """
+
+    rows: FloatMatrix | None = None
+    error: str = ""
+    wrong: bool = False
+
+
+#: A sync canary request to one backend.
+CanaryProbe = Callable[[Backend], CanaryAnswer]
+#: An async canary request to one backend.
+AsyncCanaryProbe = Callable[[Backend], Awaitable[CanaryAnswer]]
+
+
+def _request(
+    method: str, backend: Backend, path: str, policy: HealthCheck, timeout: float, **kwargs: Any
+) -> httpx.Request:
+    t = timeout
     extensions: dict[str, object] = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
     headers = list(policy.headers)
     name = backend.tls_server_name
@@ -52,7 +105,167 @@ def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
         default_port = 443 if backend.scheme == "https" else 80
         host = name if backend.port == default_port else f"{name}:{backend.port}"
         headers.append(("Host", host))
-    return httpx.Request("GET", backend.url + policy.path, headers=headers, extensions=extensions)
+    return httpx.Request(
+        method, backend.url + path, headers=headers, extensions=extensions, **kwargs
+    )
+
+
+def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
+    """The check as sent: ``GET <backend><path>`` with the policy's headers and its
+    timeout on every phase."""
+    return _request("GET", backend, policy.path, policy, policy.timeout)
+
+
+def canary_request(backend: Backend, policy: HealthCheck, canary: Canary) -> httpx.Request:
+    """The canary as sent: the canary texts to the API's path, with the health check's
+    headers and the canary's timeout on every phase."""
+    api = api_for(canary.api, canary.path)
+    body = api.body(list(canary.texts), Options(model=canary.model))
+    return _request("POST", backend, api.path, policy, canary.timeout, json=body)
+
+
+def canary_answer(canary: Canary, url: str, status: int, content: bytes) -> CanaryAnswer:
+    """Read a canary's HTTP answer strictly (the client's own rules, ``_wire``)."""
+    if not 200 <= status < 300:
+        return CanaryAnswer(error=f"HTTP {status}")
+    api = api_for(canary.api, canary.path)
+    try:
+        payload = json.loads(content)
+    except ValueError as exc:
+        return CanaryAnswer(error=f"invalid JSON: {exc}", wrong=True)
+    try:
+        rows = api.rows(payload, url)
+    except ResponseFormatError as exc:
+        return CanaryAnswer(error=str(exc), wrong=True)
+    if rows.shape[0] != len(canary.texts):
+        why = f"{rows.shape[0]} rows for {len(canary.texts)} texts"
+        return CanaryAnswer(error=why, wrong=True)
+    return CanaryAnswer(rows=rows)
+
+
+def speaking_as(
+    policy: HealthCheck | None, api: str, path: str | None, model: str | None
+) -> HealthCheck | None:
+    """``policy`` with its canary asking in the embedding client's own API, path and
+    model, where the canary was left at its defaults (TEI's ``/embed``, no model): a
+    client of an OpenAI-only server should not need to say it twice, and a canary
+    sent where the server does not listen would never pass."""
+    canary = None if policy is None else policy.canary
+    if policy is None or canary is None or api not in ("tei", "openai"):
+        return policy
+    if (canary.api, canary.path, canary.model) != ("tei", None, None):
+        return policy  # the user chose: keep it
+    return attrs.evolve(policy, canary=attrs.evolve(canary, api=api, path=path, model=model))
+
+
+def _no_answer(backend: Backend, exc: BaseException) -> CanaryAnswer:
+    log.debug("canary of %s got no answer: %r", backend.url, exc)
+    return CanaryAnswer(error=type(exc).__name__)
+
+
+def http_canary_probe(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.BaseTransport]
+) -> CanaryProbe:
+    """A sync canary probe sending through ``transport_for(backend)``."""
+    canary = policy.canary
+    if canary is None:
+        raise ValueError("this health check has no canary")
+
+    def probe(backend: Backend) -> CanaryAnswer:
+        try:
+            request = canary_request(backend, policy, canary)
+            response = transport_for(backend).handle_request(request)
+            try:
+                content = response.read()
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            return _no_answer(backend, exc)
+        return canary_answer(canary, backend.url, response.status_code, content)
+
+    return probe
+
+
+def async_http_canary_probe(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.AsyncBaseTransport]
+) -> AsyncCanaryProbe:
+    """An async canary probe sending through ``transport_for(backend)``, bounded by the
+    canary's timeout as a whole."""
+    canary = policy.canary
+    if canary is None:
+        raise ValueError("this health check has no canary")
+
+    async def probe(backend: Backend) -> CanaryAnswer:
+        try:
+            with anyio.fail_after(canary.timeout):
+                request = canary_request(backend, policy, canary)
+                response = await transport_for(backend).handle_async_request(request)
+                try:
+                    content = await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            return _no_answer(backend, exc)
+        return canary_answer(canary, backend.url, response.status_code, content)
+
+    return probe
+
+
+class CanaryRounds:
+    """Whom to send the canary to in a round, and what the answers say (no I/O).
+
+    Both runners use it, so the sync and async checks cannot drift. It keeps each
+    member's latest answer: a backend asked alone (a newcomer) is judged against the
+    others' latest, so it need not wait for a full round to be admitted.
+    """
+
+    def __init__(self, canary: Canary, *, clock: Clock = time.monotonic) -> None:
+        self.canary = canary
+        self._clock = clock
+        self._next_full = -math.inf
+        self.latest: dict[str, FloatMatrix] = {}
+
+    def targets(self, backends: Iterable[Backend], awaiting: Iterable[Backend]) -> set[str]:
+        """Every backend when a canary round is due, else those awaiting their first."""
+        now = self._clock()
+        if now >= self._next_full:
+            self._next_full = now + self.canary.interval
+            return {b.url for b in backends}
+        return {b.url for b in awaiting}
+
+    def settle(
+        self,
+        pool: BackendPool,
+        members: Iterable[Backend],
+        answers: dict[str, CanaryAnswer],
+        awaiting: set[str],
+    ) -> None:
+        """Judge this round's answers (with the others' latest) and tell the pool.
+
+        A backend awaiting its first canary that answers well but cannot be judged
+        (a lone replica, a tie, no reference) is admitted: nothing says it is wrong.
+        """
+        urls = {b.url for b in members}
+        self.latest = {u: rows for u, rows in self.latest.items() if u in urls}
+        for url, answer in answers.items():
+            if answer.rows is not None:
+                self.latest[url] = answer.rows
+            elif answer.wrong:
+                self.latest.pop(url, None)  # garbage does not vote
+        verdicts = self.canary.judge(self.latest)
+        for url, answer in answers.items():
+            if answer.rows is None:
+                if answer.wrong:
+                    pool.report_canary(url, False, f"canary: wrong answer ({answer.error})")
+                else:
+                    pending = "pending, " if url in awaiting else ""
+                    pool.report_canary(url, None, f"canary: {pending}no answer ({answer.error})")
+                continue
+            verdict = verdicts[url]
+            agrees = verdict.agrees
+            if agrees is None and url in awaiting:
+                agrees = True
+            pool.report_canary(url, agrees, verdict.detail)
 
 
 def verdict(backend: Backend, status: int | None, error: BaseException | None = None) -> bool:
@@ -119,8 +332,9 @@ def _next_interval(policy: HealthCheck, rng: random.Random) -> float:
 class HealthChecker:
     """Runs active checks for one pool in a daemon thread until :meth:`stop`.
 
-    ``probe`` sends one check; without it, checks go through ``transport`` (a plain
-    ``httpx.HTTPTransport`` when that is not given either, closed by :meth:`stop`).
+    ``probe`` sends one check and ``canary_probe`` one canary (when the policy has
+    one); without them, they go through ``transport`` (a plain ``httpx.HTTPTransport``
+    when that is not given either, closed by :meth:`stop`).
     """
 
     def __init__(
@@ -130,19 +344,27 @@ class HealthChecker:
         *,
         transport: httpx.BaseTransport | None = None,
         probe: Probe | None = None,
+        canary_probe: CanaryProbe | None = None,
         rng: random.Random | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.pool = pool
         self.policy = policy
         self._rng = rng or random.Random()
         self._stop = threading.Event()
         self._owned: httpx.BaseTransport | None = None
-        if probe is None:
+        needs_canary = policy.canary is not None and canary_probe is None
+        if probe is None or needs_canary:
             if transport is None:
                 transport = self._owned = httpx.HTTPTransport()
             shared = transport
-            probe = http_probe(policy, lambda backend: shared)
+            if probe is None:
+                probe = http_probe(policy, lambda backend: shared)
+            if needs_canary:
+                canary_probe = http_canary_probe(policy, lambda backend: shared)
         self._probe = probe
+        self._canary_probe = canary_probe
+        self._rounds = CanaryRounds(policy.canary, clock=clock) if policy.canary else None
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
@@ -152,13 +374,25 @@ class HealthChecker:
         return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
 
     def start(self) -> None:
-        """Start the checking thread (idempotent; after a ``fork`` it starts afresh)."""
+        """Start the checking thread (idempotent; after a ``fork`` it starts afresh).
+
+        With a canary, the first round runs before this returns: replicas get traffic
+        only once their canary passed, and the first request should find some."""
         if self.running:
             return
         self._pid = os.getpid()
         self._stop = threading.Event()
         self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="embedbalance-check")
-        self._thread = threading.Thread(target=self._run, name="embedbalance-health", daemon=True)
+        first_done = False
+        if self._rounds is not None:
+            try:
+                self.run_round()
+                first_done = True
+            except Exception:
+                log.exception("health check round failed")
+        self._thread = threading.Thread(
+            target=self._run, args=(first_done,), name="embedbalance-health", daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
@@ -182,21 +416,50 @@ class HealthChecker:
             log.exception("health probe of %s raised", backend.url)
             return False
 
+    def canary(self, backend: Backend) -> CanaryAnswer:
+        """One canary request (the policy must have a canary)."""
+        assert self._canary_probe is not None
+        try:
+            return self._canary_probe(backend)
+        except Exception as exc:  # as for checks: log, never die
+            log.exception("canary probe of %s raised", backend.url)
+            return CanaryAnswer(error=repr(exc))
+
     def run_round(self) -> None:
-        """Check every current backend once, concurrently, and report the verdicts."""
+        """Check every current backend once, concurrently, and report the verdicts
+        (canaries too, where due, after a passed check)."""
         backends = self.pool.backends
         if not backends:
             return
+        rounds = self._rounds
+        awaiting = {b.url for b in self.pool.awaiting_canary()}
+        targets: set[str] = set()
+        if rounds is not None:
+            targets = rounds.targets(backends, self.pool.awaiting_canary())
+
+        def one(backend: Backend) -> tuple[bool, CanaryAnswer | None]:
+            ok = self.check(backend)
+            return ok, (self.canary(backend) if ok and backend.url in targets else None)
+
         executor = self._executor
         if executor is None:
-            results = [self.check(b) for b in backends]
+            results = [one(b) for b in backends]
         else:
-            results = list(executor.map(self.check, backends))
-        for backend, ok in zip(backends, results, strict=True):
+            results = list(executor.map(one, backends))
+        for backend, (ok, _) in zip(backends, results, strict=True):
             self.pool.report_check(backend, ok)
+        if rounds is not None:
+            answers = {
+                b.url: answer
+                for b, (_, answer) in zip(backends, results, strict=True)
+                if answer is not None
+            }
+            rounds.settle(self.pool, backends, answers, awaiting)
 
-    def _run(self) -> None:
+    def _run(self, skip_first: bool = False) -> None:
         stop = self._stop
+        if skip_first:
+            stop.wait(_next_interval(self.policy, self._rng))
         while not stop.is_set():
             try:
                 self.run_round()
@@ -211,32 +474,64 @@ async def run_async_checks(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     probe: AsyncProbe | None = None,
+    canary_probe: AsyncCanaryProbe | None = None,
     rng: random.Random | None = None,
+    clock: Clock = time.monotonic,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Check every backend each interval until cancelled (run it in a task group).
 
-    ``probe`` sends one check; without it, checks go through ``transport`` (a plain
+    ``probe`` sends one check and ``canary_probe`` one canary (when the policy has
+    one); without them, they go through ``transport`` (a plain
     ``httpx.AsyncHTTPTransport`` when that is not given either, closed on exit).
+    Started with ``task_group.start``, it reports itself started at once — or, with a
+    canary, after its first round.
     """
     rng = rng or random.Random()
     owned: httpx.AsyncBaseTransport | None = None
-    if probe is None:
+    needs_canary = policy.canary is not None and canary_probe is None
+    if probe is None or needs_canary:
         if transport is None:
             transport = owned = httpx.AsyncHTTPTransport()
         shared = transport
-        probe = async_http_probe(policy, lambda backend: shared)
+        if probe is None:
+            probe = async_http_probe(policy, lambda backend: shared)
+        if needs_canary:
+            canary_probe = async_http_canary_probe(policy, lambda backend: shared)
     the_probe = probe
+    the_canary = canary_probe
+    rounds = CanaryRounds(policy.canary, clock=clock) if policy.canary else None
+    reported = rounds is None
+    if reported:
+        task_status.started()
     try:
         while True:
             backends = pool.backends
+            awaiting = {b.url for b in pool.awaiting_canary()}
+            targets: set[str] = set()
+            if rounds is not None:
+                targets = rounds.targets(backends, pool.awaiting_canary())
             results: dict[str, bool] = {}
+            answers: dict[str, CanaryAnswer] = {}
 
-            async def one(backend: Backend, results: dict[str, bool] = results) -> None:
+            async def one(
+                backend: Backend,
+                results: dict[str, bool] = results,
+                answers: dict[str, CanaryAnswer] = answers,
+                targets: set[str] = targets,
+            ) -> None:
                 try:
-                    results[backend.url] = await the_probe(backend)
+                    ok = results[backend.url] = await the_probe(backend)
                 except Exception:
                     log.exception("health probe of %s raised", backend.url)
-                    results[backend.url] = False
+                    ok = results[backend.url] = False
+                if ok and backend.url in targets:
+                    assert the_canary is not None
+                    try:
+                        answers[backend.url] = await the_canary(backend)
+                    except Exception as exc:
+                        log.exception("canary probe of %s raised", backend.url)
+                        answers[backend.url] = CanaryAnswer(error=repr(exc))
 
             try:
                 async with anyio.create_task_group() as tg:
@@ -244,8 +539,13 @@ async def run_async_checks(
                         tg.start_soon(one, backend)
                 for backend in backends:
                     pool.report_check(backend, results.get(backend.url, False))
+                if rounds is not None:
+                    rounds.settle(pool, backends, answers, awaiting)
             except Exception:
                 log.exception("health check round failed")
+            if not reported:
+                reported = True
+                task_status.started()
             await anyio.sleep(_next_interval(policy, rng))
     finally:
         if owned is not None:

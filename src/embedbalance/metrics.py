@@ -69,7 +69,10 @@ class PrometheusMetrics:
             registry=reg,
         )
         self.ejections = pc.Counter(
-            "embedbalance_ejections", "Passive ejections per backend.", ["backend"], registry=reg
+            "embedbalance_ejections",
+            "Ejections per backend (passive outlier detection and canary checks).",
+            ["backend"],
+            registry=reg,
         )
         self.retries = pc.Counter(
             "embedbalance_retries", "Retries sent to another backend.", registry=reg

@@ -90,7 +90,9 @@ class Lease:
 class PoolEvent:
     """A change worth logging or counting: ``kind`` is one of ``added``, ``removed``,
     ``released``, ``updated``, ``ejected``, ``readmitted``, ``unhealthy``, ``healthy``,
-    ``overloaded``, ``panic``, ``calm``.
+    ``overloaded``, ``panic``, ``calm``. Canary checks eject and re-admit with a
+    ``detail`` that starts with ``canary:``; a replica's first passing canary is
+    ``healthy``.
 
     ``released`` follows ``removed`` once the backend holds no request in flight (at
     once when it was idle): from then on nothing will use it, so whatever was kept for
@@ -110,7 +112,7 @@ class BackendStats:
     tier: int
     weight: float
     effective_weight: float
-    state: str  # "healthy", "ejected", "unhealthy", "overloaded", "draining"
+    state: str  # "healthy", "ejected", "unhealthy", "overloaded", "draining", "pending"
     pending: int
     outstanding_cost: float
     requests: int
@@ -131,6 +133,10 @@ class BackendStats:
     concurrency: float | None = None
     #: About the p99 of recent latencies (seconds), a streaming estimate.
     latency_high: float | None = None
+    #: The canary's last word (``"canary: cosine 0.12 < 0.99 vs majority of 3"``), or
+    #: None when canary checks are off. A replica it rejects is ``"ejected"``, one it
+    #: has not yet passed ``"pending"``.
+    canary: str | None = None
 
 
 @attrs.frozen
@@ -158,7 +164,10 @@ class BackendPool:
       by another pool is refused.
     - ``outlier_detection``: passive ejection from real traffic (``None`` disables).
     - ``health_check``: the active-check policy whose ``rise``/``fall`` apply to
-      :meth:`report_check` (the checks themselves run in an I/O edge).
+      :meth:`report_check` (the checks themselves run in an I/O edge). With its
+      ``canary`` on, a backend is picked only once :meth:`report_canary` says it agrees
+      — not before its first canary, and not in panic mode either: a wrong answer is
+      worse than none.
     - ``slow_start``: weight ramp for (re)admitted backends (``None`` disables).
     - ``panic_threshold``: when fewer than this share of backends is healthy, the pool
       balances over all of them rather than crush the survivors (Envoy's panic mode;
@@ -280,6 +289,7 @@ class BackendPool:
         state = self._draining.pop(b.url, None)
         if state is not None:
             state.removed = False
+            state.canary, state.canary_detail = None, "canary: pending"  # a new arrival
             state.backend, state.weight, state.tier = b, b.weight, b.tier
             state.admitted_at = now
         else:
@@ -332,7 +342,12 @@ class BackendPool:
         live = list(self._states.values())
         healthy: list[BackendState] = []
         next_expiry = math.inf
-        for s in live:
+        if self.health_check.canary is not None:
+            # Not even panic mode serves a replica whose answers are wrong or unchecked.
+            checked = [s for s in live if s.canary is True]
+        else:
+            checked = live
+        for s in checked:
             if s.ejected_until is not None:
                 if s.ejected_until <= now:
                     self._readmit(s, now)
@@ -343,7 +358,7 @@ class BackendPool:
             if s.active.healthy is False:
                 continue
             healthy.append(s)
-        panic = bool(live) and len(healthy) < self.panic_threshold * len(live)
+        panic = bool(checked) and len(healthy) < self.panic_threshold * len(checked)
         if panic != self._panic:
             self._panic = panic
             events.append(
@@ -351,10 +366,10 @@ class BackendPool:
                     "panic" if panic else "calm",
                     "*",
                     now,
-                    f"{len(healthy)} of {len(live)} backends healthy",
+                    f"{len(healthy)} of {len(checked)} backends healthy",
                 )
             )
-        base = live if panic else healthy
+        base = checked if panic else healthy
         usable = []
         for s in base:
             if s.overloaded_until is not None:
@@ -377,6 +392,8 @@ class BackendPool:
                 reasons.append(Unavailability(s.url, "ejected", s.ejected_until))
             elif s.active.healthy is False:
                 reasons.append(Unavailability(s.url, "unhealthy"))
+            elif self._canary_blocks(s):
+                reasons.append(Unavailability(s.url, s.canary_detail))
             elif s.overloaded_until is not None and s.overloaded_until > now:
                 reasons.append(Unavailability(s.url, "overloaded", s.overloaded_until))
         for url in self._draining:
@@ -582,6 +599,51 @@ class BackendPool:
         if events:
             self._emit(events)
 
+    def _canary_blocks(self, s: BackendState) -> bool:
+        return self.health_check.canary is not None and s.canary is not True
+
+    def awaiting_canary(self) -> tuple[Backend, ...]:
+        """Members whose first canary has not passed yet (empty with canary checks off):
+        the health runner checks these every round rather than every canary interval."""
+        if self.health_check.canary is None:
+            return ()
+        with self._lock:
+            return tuple(s.backend for s in self._states.values() if s.canary is None)
+
+    def report_canary(self, backend: BackendLike, agrees: bool | None, detail: str) -> None:
+        """Record one canary verdict for ``backend``, ``detail`` naming the check.
+
+        ``True`` admits a pending backend or re-admits one the canary had ejected;
+        ``False`` ejects it until a later canary agrees; ``None`` (no answer, or
+        nothing to compare with) changes nothing (a pending backend shows ``detail``).
+        """
+        url = as_backend(backend).url
+        events: list[PoolEvent] = []
+        with self._lock:
+            s = self._states.get(url)
+            if s is None:
+                return
+            now = self.clock()
+            was = s.canary
+            if agrees is None:
+                if was is None:  # keep an ejection's reason; show why one still waits
+                    s.canary_detail = detail
+                return
+            s.canary_detail = detail
+            if agrees == was:
+                return
+            s.canary = agrees
+            self._dirty = True
+            if agrees and was is None:
+                events.append(PoolEvent("healthy", url, now, detail))
+            elif agrees:
+                s.admitted_at = now  # a comeback: slow start from now
+                events.append(PoolEvent("readmitted", url, now, detail))
+            else:
+                s.total_ejections += 1
+                events.append(PoolEvent("ejected", url, now, detail))
+        self._emit(events)
+
     # -- introspection ------------------------------------------------------------
 
     def stats(self) -> PoolStats:
@@ -610,7 +672,8 @@ class BackendPool:
                     s.url,
                     s.pending,
                     not (s.ejected_until is not None and s.ejected_until > now)
-                    and s.active.healthy is not False,
+                    and s.active.healthy is not False
+                    and not self._canary_blocks(s),
                 )
                 for s in self._states.values()
             ]
@@ -628,6 +691,8 @@ class BackendPool:
             state = "ejected"
         elif s.active.healthy is False:
             state = "unhealthy"
+        elif self._canary_blocks(s):
+            state = "ejected" if s.canary is False else "pending"
         elif s.overloaded_until is not None and s.overloaded_until > now:
             state = "overloaded"
         else:
@@ -658,6 +723,7 @@ class BackendPool:
             estimate=estimate,
             concurrency=self.balancer.concurrency(s),
             latency_high=s.latency_high if s.latency_high_samples else None,
+            canary=s.canary_detail if self.health_check.canary is not None else None,
         )
 
     def attempt_deadline(

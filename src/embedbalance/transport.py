@@ -36,6 +36,7 @@ from types import TracebackType
 from typing import Any, Generic, Literal, Protocol, TypeVar
 
 import anyio
+import anyio.abc
 import attrs
 import httpx
 
@@ -49,7 +50,14 @@ from .balancers import Balancer
 from .discovery import Discovery
 from .exceptions import EmbedbalanceError
 from .health import HealthCheck, OutlierDetection, SlowStart
-from .health_runner import HealthChecker, async_http_probe, http_probe, run_async_checks
+from .health_runner import (
+    HealthChecker,
+    async_http_canary_probe,
+    async_http_probe,
+    http_canary_probe,
+    http_probe,
+    run_async_checks,
+)
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry
 
@@ -560,9 +568,11 @@ class BalancingTransport(httpx.BaseTransport):
                 core.discovery.start(core.pool)
             if core.health_check is not None:
                 # After a fork the parent's thread does not exist here: start afresh.
-                probe = http_probe(core.health_check, self._probe_transport)
+                policy = core.health_check
+                probe = http_probe(policy, self._probe_transport)
+                canary = http_canary_probe(policy, self._probe_transport) if policy.canary else None
                 self._checker = HealthChecker(
-                    core.pool, core.health_check, probe=probe, rng=core.rng
+                    core.pool, policy, probe=probe, canary_probe=canary, rng=core.rng
                 )
                 self._checker.start()
             self._started_pid = os.getpid()
@@ -830,7 +840,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                     if core.discovery is not None:
                         await tg.start(_run_discovery, core.discovery, core.pool)
                     if core.health_check is not None:
-                        tg.start_soon(self._run_checks, core.health_check)
+                        # With a canary, started once the first round has checked answers.
+                        await tg.start(self._run_checks, core.health_check)
                     self._started.set()
         except Exception as exc:  # discovery failed before it could start
             log.exception("background tasks of the transport failed")
@@ -839,8 +850,11 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             self._started.set()
             self._stopped.set()
 
-    async def _run_checks(self, policy: HealthCheck) -> None:
+    async def _run_checks(
+        self, policy: HealthCheck, *, task_status: anyio.abc.TaskStatus[None]
+    ) -> None:
         probe = async_http_probe(policy, self._probe_transport)
+        canary = async_http_canary_probe(policy, self._probe_transport) if policy.canary else None
 
         async def probe_and_tidy(backend: Backend) -> bool:
             if self._ainner.has_parked:
@@ -849,7 +863,12 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
         core = self._core
         await run_async_checks(
-            core.pool, policy, probe=probe_and_tidy, rng=random.Random(core.rng.random())
+            core.pool,
+            policy,
+            probe=probe_and_tidy,
+            canary_probe=canary,
+            rng=random.Random(core.rng.random()),
+            task_status=task_status,
         )
 
     async def __aenter__(self) -> AsyncBalancingTransport:

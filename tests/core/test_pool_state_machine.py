@@ -45,19 +45,27 @@ class PoolMachine(RuleBasedStateMachine):
         self.outstanding: Counter[str] = Counter()
         self.acquired = 0
         self.released = 0
+        #: the canary's last verdict per member, as the pool should hold it
+        self.canary: dict[str, bool | None] = {}
+        self.canary_on = False
 
     @initialize(
         members=st.sets(st.sampled_from(UNIVERSE), min_size=0, max_size=6),
         balancer=st.sampled_from(BALANCERS),
         seed=st.integers(0, 2**16),
         panic=st.sampled_from([0.0, 0.5, 1.0]),
+        canary=st.booleans(),
     )
-    def setup(self, members: set[str], balancer: object, seed: int, panic: float) -> None:
+    def setup(
+        self, members: set[str], balancer: object, seed: int, panic: float, canary: bool
+    ) -> None:
+        self.canary_on = canary
+        self.canary = dict.fromkeys(members)
         self.pool = eb.BackendPool(
             [eb.Backend(u, tier=UNIVERSE.index(u) % 2) for u in sorted(members)],
             balancer=balancer(),  # type: ignore[operator]
             outlier_detection=eb.OutlierDetection(consecutive_failures=2, max_ejection_percent=50),
-            health_check=eb.HealthCheck(rise=2, fall=2),
+            health_check=eb.HealthCheck(rise=2, fall=2, canary=canary),
             slow_start=eb.SlowStart(window=5.0),
             panic_threshold=panic,
             clock=self.clock,
@@ -66,6 +74,8 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(url=st.sampled_from(UNIVERSE), tier=st.integers(0, 1), weight=st.sampled_from([1, 3]))
     def add(self, url: str, tier: int, weight: int) -> None:
+        if not self.pool.has(url):
+            self.canary[url] = None  # a newcomer (or a comeback) must pass again
         self.pool.add(eb.Backend(url, tier=tier, weight=weight))
 
     @rule(url=st.sampled_from(UNIVERSE))
@@ -87,6 +97,10 @@ class PoolMachine(RuleBasedStateMachine):
             for url, reason in reasons.items():
                 if reason == "excluded":
                     assert url in exclude
+                elif reason.startswith("canary:"):
+                    assert self.canary[url] is not True
+                    assert rows[url].state in ("pending", "ejected")
+                    assert rows[url].canary == reason
                 else:
                     assert rows[url].state == reason, (url, reason, rows[url])
             # NoBackendAvailable only when nothing usable: a healthy, non-excluded member
@@ -97,6 +111,8 @@ class PoolMachine(RuleBasedStateMachine):
         assert url in members, "a draining or unknown backend was picked"
         assert url not in exclude
         assert rows[url].state != "overloaded"
+        if self.canary_on:
+            assert self.canary[url] is True, "picked a backend the canary has not passed"
         if not before.panic:
             assert rows[url].state == "healthy", f"picked a {rows[url].state} backend outside panic"
         self.outstanding[url] += 1
@@ -130,6 +146,12 @@ class PoolMachine(RuleBasedStateMachine):
     def report_check(self, url: str, ok: bool) -> None:
         self.pool.report_check(url, ok)
 
+    @rule(url=st.sampled_from(UNIVERSE), agrees=st.sampled_from([True, False, None]))
+    def report_canary(self, url: str, agrees: bool | None) -> None:
+        if self.pool.has(url) and agrees is not None:
+            self.canary[url] = agrees
+        self.pool.report_canary(url, agrees, f"canary: said {agrees}")
+
     @rule(seconds=st.sampled_from([0.0, 0.1, 1.0, 5.0, 31.0, 400.0]))
     def advance(self, seconds: float) -> None:
         self.clock.advance(seconds)
@@ -150,5 +172,6 @@ class PoolMachine(RuleBasedStateMachine):
 PoolMachine.TestCase.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
 TestPoolMachine = PoolMachine.TestCase
 TestPoolMachine.__doc__ = (
-    "Random sequences of pool operations keep leases, health and membership consistent."
+    "Random sequences of pool operations keep leases, health and membership consistent, "
+    "and never pick a backend the canary has not passed."
 )
