@@ -58,6 +58,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "HEALTH_JITTER": ("0.2", 0.2),
     "HEALTH_RISE": ("3", 3),
     "HEALTH_FALL": ("4", 4),
+    "HEALTH_CANARY": ("on", HealthCheck(canary=True).canary),
     "OUTLIER_DETECTION": ("off", None),
     "OUTLIER_CONSECUTIVE_FAILURES": ("7", 7),
     "OUTLIER_BASE_EJECTION_TIME": ("10", 10.0),
@@ -164,7 +165,7 @@ def test_all_variables_together_round_trip_into_kwargs() -> None:
     )
     assert kw["hedge"] == Hedge(percentile=90.0, min_delay=0.01, min_samples=20, budget_ratio=0.05)
     assert kw["health_check"] == HealthCheck(
-        path="/ready", interval=5.0, timeout=0.5, jitter=0.2, rise=3, fall=4
+        path="/ready", interval=5.0, timeout=0.5, jitter=0.2, rise=3, fall=4, canary=True
     )
     assert kw["outlier_detection"] == OutlierDetection(
         consecutive_failures=7,

@@ -92,7 +92,7 @@ _APIS: Final = ("tei", "openai")
 # The policy sections: mapping key, the attrs class, and the fields a config may set.
 _POLICIES: Final[Mapping[str, tuple[type, tuple[str, ...]]]] = {
     "hedge": (Hedge, ("percentile", "min_delay", "min_samples", "budget_ratio")),
-    "health": (HealthCheck, ("path", "interval", "timeout", "jitter", "rise", "fall")),
+    "health": (HealthCheck, ("path", "interval", "timeout", "jitter", "rise", "fall", "canary")),
     "outlier_detection": (
         OutlierDetection,
         ("consecutive_failures", "base_ejection_time", "max_ejection_time", "max_ejection_percent"),
@@ -420,7 +420,12 @@ def _policy(key: str, value: Any, cls: type, fields: tuple[str, ...]) -> Any:
         raise ConfigError(f"{key}: expected true, false, or a mapping, got {value!r}")
     _no_unknown(key, value, fields)
     types = {f.name: f.type for f in attrs.fields(cls)}
-    kw = {k: _value(f"{key}.{k}", v, _kind(types[k])) for k, v in value.items()}
+    # ``health.canary`` is a switch here (the default canary); a Canary with its own
+    # texts or reference vectors is built in code.
+    kw = {
+        k: _value(f"{key}.{k}", v, bool if k == "canary" else _kind(types[k]))
+        for k, v in value.items()
+    }
     try:
         return cls(**kw)
     except (TypeError, ValueError) as exc:
@@ -481,6 +486,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "HEALTH_JITTER": "health.jitter",
     "HEALTH_RISE": "health.rise",
     "HEALTH_FALL": "health.fall",
+    "HEALTH_CANARY": "health.canary",
     "OUTLIER_DETECTION": "outlier_detection",
     "OUTLIER_CONSECUTIVE_FAILURES": "outlier_detection.consecutive_failures",
     "OUTLIER_BASE_EJECTION_TIME": "outlier_detection.base_ejection_time",
@@ -626,7 +632,15 @@ def _to_env(cfg: Config, prefix: str) -> dict[str, str]:
             put(env_names[key], value)
         elif value is not None:
             for name in fields:
-                put(env_names[f"{key}.{name}"], getattr(value, name))
+                field = getattr(value, name)
+                if name == "canary":
+                    if field is not None and field != HealthCheck(canary=True).canary:
+                        raise ConfigError(
+                            "a canary with its own settings cannot be written as "
+                            "environment variables (only on or off)"
+                        )
+                    field = field is not None
+                put(env_names[f"{key}.{name}"], field)
     if cfg.panic_threshold is not None:
         put("PANIC_THRESHOLD", cfg.panic_threshold)
     for key, seconds in cfg.timeouts.items():
