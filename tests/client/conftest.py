@@ -26,9 +26,11 @@ from tests.helpers.worker_proc import WorkerProcess, start_workers  # noqa: E402
 WORKER_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+@pytest.fixture(params=["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
-    """Every async test runs on asyncio and on trio."""
+    """Every async test runs on asyncio, and on trio in the slow suite (the client's
+    async code is anyio throughout; trio is checked there to keep the default run
+    under its time budget)."""
     return str(request.param)
 
 

@@ -13,8 +13,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "helpers"))
 from control_proc import ControlServer
 
 
-@pytest.fixture(params=["asyncio", "trio"])
+@pytest.fixture(params=["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
 def anyio_backend(request: pytest.FixtureRequest) -> str:
+    """asyncio in the default run, trio too in the slow suite (as in tests/conformance)."""
     return str(request.param)
 
 
