@@ -21,7 +21,14 @@ from .balancers import (
     ShortestExpectedDelay,
     WeightedRoundRobin,
 )
-from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
+from .cache import CacheStats, EmbeddingCache
+from .client import (
+    AsyncEmbeddingClient,
+    BatchEvent,
+    ClientStats,
+    EmbeddingClient,
+    EmbeddingRequestError,
+)
 from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
     AllAttemptsFailed,
@@ -90,12 +97,15 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "CacheStats",
+    "ClientStats",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",
     "DnsDiscovery",
     "DnsTarget",
     "EmbedbalanceError",
+    "EmbeddingCache",
     "EmbeddingClient",
     "EmbeddingRequestError",
     "GpuPriority",
