@@ -746,7 +746,6 @@ class EmbeddingClient:
             dedupe=dedupe,
             cache=cache,
         )
-        _watch(metrics, self._cfg)
         self.transport = BalancingTransport(
             backends,
             balancer=balancer,  # type: ignore[arg-type]
@@ -765,6 +764,7 @@ class EmbeddingClient:
         self._http = httpx.Client(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
+        _watch(metrics, self._cfg)
         self._max_concurrency = max_concurrency
         self._executor: ThreadPoolExecutor | None = None
         self._executor_size = 0
@@ -1060,7 +1060,6 @@ class AsyncEmbeddingClient:
             dedupe=dedupe,
             cache=cache,
         )
-        _watch(metrics, self._cfg)
         self.transport = AsyncBalancingTransport(
             backends,
             balancer=balancer,  # type: ignore[arg-type]
@@ -1079,6 +1078,7 @@ class AsyncEmbeddingClient:
         self._http = httpx.AsyncClient(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
+        _watch(metrics, self._cfg)
         self._max_concurrency = max_concurrency
         # Created on first use, inside the event loop that will use it.
         self._limiter: anyio.CapacityLimiter | None = None
