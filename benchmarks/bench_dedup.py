@@ -11,8 +11,9 @@ Two real workers on 127.0.0.1 (``--torch-threads 1``). Each round runs the basel
 (``dedupe=False``, no cache: every text sent) and the saving client (default dedup plus
 a fresh ``EmbeddingCache(max_bytes=--max-bytes)``) side by side, call by call, which
 one goes first alternating, so bursts of load from elsewhere land on both; the figure
-is the median over rounds of each side's summed call times. Both runs' rows are
-compared: the saving client must return the same matrix, row for row.
+is the median over rounds of each round's ratio of summed call times (the ratio of the
+two medians is printed too). Both sides' rows are compared: the saving client must
+return the same matrix, row for row.
 
 The machine is shared, so wall time is noisy: the workers' CPU seconds during the timed
 part (``/proc/<pid>/stat``) are recorded too, a figure that other load barely moves,
@@ -24,7 +25,7 @@ bound), and one extra, untimed pass runs under ``tracemalloc`` to measure what
 
 Goal: saving run <= 0.75x the baseline's wall time; cache memory <= max_bytes.
 
-Run: python benchmarks/bench_dedup.py [--calls 6] [--texts 80] [--rounds 3]
+Run: python benchmarks/bench_dedup.py [--calls 6] [--texts 80] [--rounds 5]
 Writes bench-results/dedup.json and bench-results/dedup.md.
 """
 
@@ -246,7 +247,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=6)
     parser.add_argument("--texts", type=int, default=80, help="texts per call")
     parser.add_argument("--dup-share", type=float, default=0.30)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-bytes", type=int, default=512 * 1024)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
