@@ -91,6 +91,14 @@ def bench(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_dedup(session: nox.Session) -> None:
+    """Dedup + EmbeddingCache vs every text sent, on a corpus with 30% duplicates over
+    two real workers: prints figures, writes bench-results/dedup.json|md."""
+    _install(session)
+    session.run("python", "benchmarks/bench_dedup.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: 3 real workers on loopback, a corpus balanced over them, a report."""
     _install(session, ".[worker,prometheus]")

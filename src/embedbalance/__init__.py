@@ -21,8 +21,15 @@ from .balancers import (
     ShortestExpectedDelay,
     WeightedRoundRobin,
 )
+from .cache import CacheStats, EmbeddingCache
 from .canary import Canary, CanaryVerdict
-from .client import AsyncEmbeddingClient, BatchEvent, EmbeddingClient, EmbeddingRequestError
+from .client import (
+    AsyncEmbeddingClient,
+    BatchEvent,
+    ClientStats,
+    EmbeddingClient,
+    EmbeddingRequestError,
+)
 from .discovery import Discovery, StaticDiscovery
 from .exceptions import (
     AllAttemptsFailed,
@@ -92,8 +99,10 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "CacheStats",
     "Canary",
     "CanaryVerdict",
+    "ClientStats",
     "ConfigError",
     "DeadlineExceeded",
     "DimensionMismatch",
@@ -101,6 +110,7 @@ __all__ = [
     "DnsDiscovery",
     "DnsTarget",
     "EmbedbalanceError",
+    "EmbeddingCache",
     "EmbeddingClient",
     "EmbeddingRequestError",
     "GpuPriority",

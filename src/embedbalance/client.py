@@ -46,6 +46,7 @@ from ._clock import Clock, monotonic
 from ._progress import DEFAULT_THRESHOLD, Progress, open_progress
 from ._wire import Options, WireApi, api_for, normalize_rows
 from .balancers import Balancer
+from .cache import CacheLookup, CacheStats, EmbeddingCache
 from .discovery import Discovery
 from .exceptions import (
     AllAttemptsFailed,
@@ -70,7 +71,13 @@ from .transport import (
     TransportStats,
 )
 
-__all__ = ["AsyncEmbeddingClient", "BatchEvent", "EmbeddingClient", "EmbeddingRequestError"]
+__all__ = [
+    "AsyncEmbeddingClient",
+    "BatchEvent",
+    "ClientStats",
+    "EmbeddingClient",
+    "EmbeddingRequestError",
+]
 
 log = logging.getLogger("embedbalance.client")
 
@@ -146,7 +153,10 @@ def _assemble(n: int, jobs: list[_Job], parts: list[FloatMatrix]) -> FloatMatrix
 
     Every position is written exactly once: the jobs partition ``range(n)`` and each
     answer was checked to have one row per text and the client's one dimension.
+    No jobs (the cache answered every text): an empty matrix, never read.
     """
+    if not parts:
+        return np.empty((0, 0), dtype=np.float32)
     out = np.empty((n, parts[0].shape[1]), dtype=parts[0].dtype)
     for job, rows in zip(jobs, parts, strict=True):
         out[job.indices] = rows
@@ -155,14 +165,18 @@ def _assemble(n: int, jobs: list[_Job], parts: list[FloatMatrix]) -> FloatMatrix
 
 @attrs.frozen
 class _Unique:
-    """The distinct texts of one call, and where each input position finds its row:
-    identical texts are embedded once (RAG corpora repeat boilerplate)."""
+    """The texts of one call still to embed, and where each input position finds its
+    row: identical texts are embedded once (RAG corpora repeat boilerplate), and texts
+    the cache holds are not sent at all."""
 
     texts: list[str]
     inverse: npt.NDArray[np.intp] | None  # None: every text was distinct
+    cached: CacheLookup | None = None  # None: no cache
 
     @classmethod
-    def of(cls, texts: list[str]) -> _Unique:
+    def of(cls, texts: list[str], dedupe: bool = True) -> _Unique:
+        if not dedupe:
+            return cls(texts, None)
         first: dict[str, int] = {}
         inverse = [first.setdefault(t, len(first)) for t in texts]
         if len(first) == len(texts):
@@ -170,7 +184,19 @@ class _Unique:
         return cls(list(first), np.asarray(inverse, dtype=np.intp))
 
     def expand(self, rows: FloatMatrix) -> FloatMatrix:
+        if self.cached is not None:
+            rows = self.cached.merge(rows)
         return rows if self.inverse is None else rows[self.inverse]
+
+
+@attrs.frozen
+class ClientStats(TransportStats):
+    """The transport's snapshot plus what the client saved: ``duplicates`` is how many
+    texts were answered with an identical text's row of the same call instead of being
+    sent; ``cache`` the cache's counters (``None`` without a cache)."""
+
+    duplicates: int = 0
+    cache: CacheStats | None = None
 
 
 @attrs.define
@@ -190,6 +216,10 @@ class _Config:
     dtype: Dtype
     timeout: float | None
     probe_info: bool
+    dedupe: bool = True
+    cache: EmbeddingCache | None = None
+    #: Texts answered by an identical text of the same call instead of being sent.
+    duplicates: int = 0
     #: Limits learned from servers (``/info``, 413 answers); None until known.
     server_texts: int | None = None
     server_tokens: int | None = None
@@ -222,6 +252,8 @@ class _Config:
         dimension: int | None,
         timeout: float | None,
         probe_info: bool,
+        dedupe: bool = True,
+        cache: EmbeddingCache | None = None,
     ) -> _Config:
         wire = api_for(api, path)
         if encoding_format not in ("float", "base64"):
@@ -239,6 +271,8 @@ class _Config:
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         if timeout is not None and not timeout > 0:
             raise ValueError(f"timeout must be > 0 or None, got {timeout!r}")
+        if cache is not None and not isinstance(cache, EmbeddingCache):
+            raise TypeError(f"cache must be an EmbeddingCache or None, got {cache!r}")
         return cls(
             wire=wire,
             options=Options(
@@ -259,6 +293,8 @@ class _Config:
             dtype=dtype,  # type: ignore[arg-type]
             timeout=timeout,
             probe_info=probe_info,
+            dedupe=dedupe,
+            cache=cache,
         )
 
     # -- input -------------------------------------------------------------------------
@@ -344,6 +380,38 @@ class _Config:
         max_texts, max_tokens = self.limits()
         slices = plan(ordered, max_tokens=max_tokens, max_texts=max_texts, min_parts=min_parts)
         return [_Job(order[s], sum(ordered[s])) for s in slices]
+
+    def unique(self, texts: list[str], model: str | None) -> _Unique:
+        """What to send for ``texts``: each distinct text once (unless ``dedupe`` is
+        off), and none the cache already holds."""
+        unique = _Unique.of(texts, self.dedupe)
+        if unique.inverse is not None:
+            with self._lock:
+                self.duplicates += len(texts) - len(unique.texts)
+        if self.cache is None:
+            return unique
+        lookup = CacheLookup.of(self.cache, self.cache_namespace(model), unique.texts)
+        return attrs.evolve(unique, texts=lookup.missing, cached=lookup)
+
+    def cache_namespace(self, model: str | None) -> tuple[object, ...]:
+        """Everything besides the text that decides the row this client returns: the
+        API and route, the model, and every option that changes a vector."""
+        o = self.options
+        return (
+            self.wire.name,
+            self.wire.path,
+            o.model if model is None else model,
+            o.normalize,
+            o.truncate,
+            o.dimensions,
+            o.encoding_format,
+            self.dtype,
+        )
+
+    def stats(self, transport: TransportStats) -> ClientStats:
+        cache = self.cache.stats() if self.cache is not None else None
+        fields = {f.name: getattr(transport, f.name) for f in attrs.fields(TransportStats)}
+        return ClientStats(**fields, duplicates=self.duplicates, cache=cache)
 
     def open_progress(self, total: int | None) -> Progress:
         return open_progress(
@@ -568,7 +636,10 @@ _CLIENT_DOC = """
     - ``max_concurrency``: sub-batches in flight at once (``None``: two per live
       backend, following the pool as discovery grows or shrinks it).
     - ``dimension``: the expected embedding size; ``None`` pins the first one seen.
-    - Identical texts within one call are sent once; each still gets its row.
+    - ``dedupe``: identical texts within one call are sent once and each still gets
+      its row (``True``); ``False`` sends every text as given.
+    - ``cache``: an :class:`~embedbalance.EmbeddingCache` shared across calls; texts it
+      holds are not sent again (``None``: no cache). :meth:`stats` counts both savings.
 
     Feedback: ``progress`` (``True``: a tqdm bar; ``False``: never; ``None``: for jobs
     of ``progress_threshold`` texts or more, when tqdm is installed) and ``on_batch``, a
@@ -593,6 +664,13 @@ class _Pending:
     def cancel(self) -> None:
         for fut in self.futures:
             fut.cancel()
+
+
+def _watch(metrics: MetricsSink | None, cfg: _Config) -> None:
+    """Let a metrics sink that can (``PrometheusMetrics``) export the client's savings."""
+    watch = getattr(metrics, "watch_client", None)
+    if watch is not None:
+        watch(lambda: (cfg.duplicates, cfg.cache.stats() if cfg.cache is not None else None))
 
 
 def _concurrency(given: int | None, live: int) -> int:
@@ -626,6 +704,8 @@ class EmbeddingClient:
         batch_size: int = 32,
         tokenizer: Encoder | TokenCounter | None = None,
         sort_by_length: bool = True,
+        dedupe: bool = True,
+        cache: EmbeddingCache | None = None,
         max_concurrency: int | None = None,
         dimension: int | None = None,
         probe_info: bool = True,
@@ -668,6 +748,8 @@ class EmbeddingClient:
             dimension=dimension,
             timeout=timeout,
             probe_info=probe_info,
+            dedupe=dedupe,
+            cache=cache,
         )
         self.transport = BalancingTransport(
             backends,
@@ -687,6 +769,7 @@ class EmbeddingClient:
         self._http = httpx.Client(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
+        _watch(metrics, self._cfg)
         self._max_concurrency = max_concurrency
         self._executor: ThreadPoolExecutor | None = None
         self._executor_size = 0
@@ -701,9 +784,10 @@ class EmbeddingClient:
         """The embedding size: given, or pinned by the first answer; None until known."""
         return self._cfg.dimension
 
-    def stats(self) -> TransportStats:
-        """The transport's snapshot: per-backend requests, latencies, ejections."""
-        return self.transport.stats()
+    def stats(self) -> ClientStats:
+        """The transport's snapshot (per-backend requests, latencies, ejections) plus
+        the duplicates folded and the cache's counters."""
+        return self._cfg.stats(self.transport.stats())
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -790,7 +874,7 @@ class EmbeddingClient:
     def _submit(self, texts: list[str], model: str | None) -> _Pending:
         self._learn_limits()
         pool = self._pool()
-        unique = _Unique.of(texts)
+        unique = self._cfg.unique(texts, model)
         jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
         futures = [
             pool.submit(self._embed_batch, job.texts(unique.texts), job.cost, model) for job in jobs
@@ -932,6 +1016,8 @@ class AsyncEmbeddingClient:
         batch_size: int = 32,
         tokenizer: Encoder | TokenCounter | None = None,
         sort_by_length: bool = True,
+        dedupe: bool = True,
+        cache: EmbeddingCache | None = None,
         max_concurrency: int | None = None,
         dimension: int | None = None,
         probe_info: bool = True,
@@ -976,6 +1062,8 @@ class AsyncEmbeddingClient:
             dimension=dimension,
             timeout=timeout,
             probe_info=probe_info,
+            dedupe=dedupe,
+            cache=cache,
         )
         self.transport = AsyncBalancingTransport(
             backends,
@@ -995,6 +1083,7 @@ class AsyncEmbeddingClient:
         self._http = httpx.AsyncClient(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
+        _watch(metrics, self._cfg)
         self._max_concurrency = max_concurrency
         # Created on first use, inside the event loop that will use it.
         self._limiter: anyio.CapacityLimiter | None = None
@@ -1008,9 +1097,10 @@ class AsyncEmbeddingClient:
         """The embedding size: given, or pinned by the first answer; None until known."""
         return self._cfg.dimension
 
-    def stats(self) -> TransportStats:
-        """The transport's snapshot: per-backend requests, latencies, ejections."""
-        return self.transport.stats()
+    def stats(self) -> ClientStats:
+        """The transport's snapshot (per-backend requests, latencies, ejections) plus
+        the duplicates folded and the cache's counters."""
+        return self._cfg.stats(self.transport.stats())
 
     async def __aenter__(self) -> AsyncEmbeddingClient:
         await self.transport.start()
@@ -1089,7 +1179,7 @@ class AsyncEmbeddingClient:
         and is raised as itself, not wrapped in an exception group."""
         await self._learn_limits()
         limiter = self._limit()
-        unique = _Unique.of(texts)
+        unique = self._cfg.unique(texts, model)
         jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
         parts: list[FloatMatrix | None] = [None] * len(jobs)
         errors: list[Exception] = []

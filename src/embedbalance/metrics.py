@@ -9,16 +9,25 @@ left and drained (its ``released`` event), every series labelled with it is remo
 so a cluster's pod churn cannot grow the series count without bound. The gauges
 (``in_flight``, ``backend_healthy``) are read from the pool at scrape time rather than
 incremented and decremented, so they are always exact and never negative.
+
+What an :class:`~embedbalance.EmbeddingClient` saves is exported the same way: a client
+given this sink calls :meth:`PrometheusMetrics.watch_client`, and the duplicates it
+folded and its cache's counters are read on every scrape (zero while no client watches).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
+
+    from .cache import CacheStats
+
+    #: What a client reports: duplicates folded, and its cache's stats (or None).
+    ClientSavings = Callable[[], tuple[int, CacheStats | None]]
 
 from .pool import BackendPool, Outcome, PoolEvent
 
@@ -34,6 +43,13 @@ METRIC_NAMES = (
     "embedbalance_retries_total",
     "embedbalance_hedges_total",
     "embedbalance_retry_budget_exhausted_total",
+    "embedbalance_duplicates_folded_total",
+    "embedbalance_cache_hits_total",
+    "embedbalance_cache_misses_total",
+    "embedbalance_cache_evictions_total",
+    "embedbalance_cache_entries",
+    "embedbalance_cache_bytes",
+    "embedbalance_cache_max_bytes",
 )
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -85,6 +101,8 @@ class PrometheusMetrics:
             "Retries refused because the retry budget was spent.",
             registry=reg,
         )
+        self._savings = _ClientSavings()
+        reg.register(self._savings)
 
     def bind(self, pool: BackendPool) -> None:
         if self._pool is not None:
@@ -94,6 +112,13 @@ class PrometheusMetrics:
         self._pool = pool
         self._registry.register(_PoolGauges(pool))
         pool.add_listener(self._on_event)
+
+    def watch_client(self, read: ClientSavings) -> None:
+        """Export what a client saved (called by the client given this sink): ``read``
+        returns the duplicates folded so far and its cache's stats, or ``None``."""
+        if self._savings.read is not None:
+            raise ValueError("a PrometheusMetrics sink serves one client; make one per client")
+        self._savings.read = read
 
     def _on_event(self, event: PoolEvent) -> None:
         if event.kind == "ejected":
@@ -151,3 +176,43 @@ class _PoolGauges:
             healthy.add_metric([url], 1.0 if ok else 0.0)
         yield in_flight
         yield healthy
+
+
+class _ClientSavings:
+    """Duplicates folded and cache counters, read from the client on every scrape."""
+
+    def __init__(self) -> None:
+        self.read: ClientSavings | None = None
+
+    def describe(self) -> list[Any]:
+        return list(self._families(0, None))
+
+    def collect(self) -> Iterator[Any]:
+        duplicates, cache = self.read() if self.read is not None else (0, None)
+        yield from self._families(duplicates, cache)
+
+    @staticmethod
+    def _families(duplicates: int, cache: CacheStats | None) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        yield CounterMetricFamily(
+            "embedbalance_duplicates_folded",
+            "Texts answered with an identical text's row of the same call, not sent.",
+            value=duplicates,
+        )
+        counters = {
+            "hits": "Texts the embedding cache answered.",
+            "misses": "Texts looked up in the embedding cache and not found.",
+            "evictions": "Cache entries dropped to stay within max_bytes.",
+        }
+        for name, doc in counters.items():
+            value = getattr(cache, name) if cache is not None else 0
+            yield CounterMetricFamily(f"embedbalance_cache_{name}", doc, value=value)
+        gauges = {
+            "entries": "Embeddings held in the cache.",
+            "bytes": "Bytes the cache holds (vectors plus per-entry overhead).",
+            "max_bytes": "The cache's bound in bytes (0: no cache).",
+        }
+        for name, doc in gauges.items():
+            value = getattr(cache, name) if cache is not None else 0
+            yield GaugeMetricFamily(f"embedbalance_cache_{name}", doc, value=value)
