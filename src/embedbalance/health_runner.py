@@ -10,10 +10,16 @@ How a check is sent is a *probe*, a function ``Backend -> bool``. The transports
 one that goes through their own inner transport (the same TLS trust, client
 certificates and proxies as real requests) with the policy's headers; used alone,
 the runners build one over a plain httpx transport.
+
+Admission is also where a backend's model is learned: once a backend whose
+``Backend.model`` is not given passes a check, its ``GET /info`` is read once (TEI's
+``model_id``, also the reference worker's) and the pool routes requests that name a
+model by it. A server without ``/info`` keeps serving any request.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -28,7 +34,16 @@ from ._backend import Backend
 from .health import HealthCheck
 from .pool import BackendPool
 
-__all__ = ["AsyncProbe", "HealthChecker", "Probe", "http_probe", "run_async_checks"]
+__all__ = [
+    "AsyncInfoProbe",
+    "AsyncProbe",
+    "HealthChecker",
+    "InfoProbe",
+    "Probe",
+    "http_probe",
+    "model_from_info",
+    "run_async_checks",
+]
 
 log = logging.getLogger("embedbalance.health")
 
@@ -36,11 +51,14 @@ log = logging.getLogger("embedbalance.health")
 Probe = Callable[[Backend], bool]
 #: An async check of one backend: True when healthy.
 AsyncProbe = Callable[[Backend], Awaitable[bool]]
+#: Reads one backend's ``/info``: ``(answered, model)``; not answered means "ask again".
+InfoProbe = Callable[[Backend], tuple[bool, str | None]]
+AsyncInfoProbe = Callable[[Backend], Awaitable[tuple[bool, str | None]]]
 
 
-def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
+def check_request(backend: Backend, policy: HealthCheck, path: str | None = None) -> httpx.Request:
     """The check as sent: ``GET <backend><path>`` with the policy's headers and its
-    timeout on every phase."""
+    timeout on every phase (``path``: another one than the policy's, like ``/info``)."""
     t = policy.timeout
     extensions: dict[str, object] = {"timeout": {"connect": t, "read": t, "write": t, "pool": t}}
     headers = list(policy.headers)
@@ -51,7 +69,73 @@ def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
         default_port = 443 if backend.scheme == "https" else 80
         host = name if backend.port == default_port else f"{name}:{backend.port}"
         headers.append(("Host", host))
-    return httpx.Request("GET", backend.url + policy.path, headers=headers, extensions=extensions)
+    url = backend.url + (policy.path if path is None else path)
+    return httpx.Request("GET", url, headers=headers, extensions=extensions)
+
+
+def model_from_info(status: int, body: bytes) -> tuple[bool, str | None]:
+    """``(answered, model)`` from an ``/info`` answer: TEI's ``model_id`` (the reference
+    worker's too), else a ``model`` field. Any HTTP answer counts as answered (a server
+    without ``/info`` is not asked again); a malformed body names no model."""
+    if not 200 <= status < 300:
+        return True, None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return True, None
+    if not isinstance(payload, dict):
+        return True, None
+    for key in ("model_id", "model"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return True, value
+    return True, None
+
+
+def http_info(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.BaseTransport]
+) -> InfoProbe:
+    """A sync ``GET /info`` through ``transport_for(backend)``, as checks are sent."""
+
+    def info(backend: Backend) -> tuple[bool, str | None]:
+        try:
+            response = transport_for(backend).handle_request(
+                check_request(backend, policy, "/info")
+            )
+            try:
+                body = response.read()
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            log.debug("GET /info of %s failed: %r", backend.url, exc)
+            return False, None
+        return model_from_info(response.status_code, body)
+
+    return info
+
+
+def async_http_info(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.AsyncBaseTransport]
+) -> AsyncInfoProbe:
+    """The async twin of :func:`http_info`, bounded by the policy's timeout."""
+
+    async def info(backend: Backend) -> tuple[bool, str | None]:
+        try:
+            with anyio.fail_after(policy.timeout):
+                transport = transport_for(backend)
+                response = await transport.handle_async_request(
+                    check_request(backend, policy, "/info")
+                )
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.debug("GET /info of %s failed: %r", backend.url, exc)
+            return False, None
+        return model_from_info(response.status_code, body)
+
+    return info
 
 
 def verdict(backend: Backend, status: int | None, error: BaseException | None = None) -> bool:
@@ -118,6 +202,7 @@ class HealthChecker:
 
     ``probe`` sends one check; without it, checks go through ``transport`` (a plain
     ``httpx.HTTPTransport`` when that is not given either, closed by :meth:`stop`).
+    ``info`` reads a healthy backend's model once, where the pool does not know it.
     """
 
     def __init__(
@@ -127,6 +212,7 @@ class HealthChecker:
         *,
         transport: httpx.BaseTransport | None = None,
         probe: Probe | None = None,
+        info: InfoProbe | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.pool = pool
@@ -140,6 +226,7 @@ class HealthChecker:
             shared = transport
             probe = http_probe(policy, lambda backend: shared)
         self._probe = probe
+        self._info = info
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
@@ -191,6 +278,19 @@ class HealthChecker:
             results = list(executor.map(self.check, backends))
         for backend, ok in zip(backends, results, strict=True):
             self.pool.report_check(backend, ok)
+        if self._info is not None:
+            for backend, ok in zip(backends, results, strict=True):
+                if ok and self.pool.wants_model(backend):
+                    self._learn(backend, self._info)
+
+    def _learn(self, backend: Backend, info: InfoProbe) -> None:
+        try:
+            answered, model = info(backend)
+        except Exception:  # like a probe, never take the checker down
+            log.exception("GET /info of %s raised", backend.url)
+            return
+        if answered:
+            self.pool.learn_model(backend, model)
 
     def _run(self) -> None:
         stop = self._stop
@@ -208,12 +308,14 @@ async def run_async_checks(
     *,
     transport: httpx.AsyncBaseTransport | None = None,
     probe: AsyncProbe | None = None,
+    info: AsyncInfoProbe | None = None,
     rng: random.Random | None = None,
 ) -> None:
     """Check every backend each interval until cancelled (run it in a task group).
 
     ``probe`` sends one check; without it, checks go through ``transport`` (a plain
     ``httpx.AsyncHTTPTransport`` when that is not given either, closed on exit).
+    ``info`` reads a healthy backend's model once, where the pool does not know it.
     """
     rng = rng or random.Random()
     owned: httpx.AsyncBaseTransport | None = None
@@ -241,6 +343,16 @@ async def run_async_checks(
                         tg.start_soon(one, backend)
                 for backend in backends:
                     pool.report_check(backend, results.get(backend.url, False))
+                if info is not None:
+                    for backend in backends:
+                        if results.get(backend.url) and pool.wants_model(backend):
+                            try:
+                                answered, model = await info(backend)
+                            except Exception:
+                                log.exception("GET /info of %s raised", backend.url)
+                                continue
+                            if answered:
+                                pool.learn_model(backend, model)
             except Exception:
                 log.exception("health check round failed")
             await anyio.sleep(_next_interval(policy, rng))

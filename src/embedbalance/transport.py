@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
 import os
@@ -48,7 +49,15 @@ from .balancers import Balancer
 from .discovery import Discovery
 from .exceptions import EmbedbalanceError
 from .health import HealthCheck, OutlierDetection, SlowStart
-from .health_runner import HealthChecker, async_http_probe, http_probe, run_async_checks
+from .health_runner import (
+    HealthChecker,
+    async_http_info,
+    async_http_probe,
+    http_info,
+    http_probe,
+    run_async_checks,
+)
+from .locality import Locality
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry
 
@@ -57,6 +66,7 @@ __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "MODEL_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -70,6 +80,10 @@ log = logging.getLogger("embedbalance")
 
 #: ``request.extensions`` key: the request's cost (tokens, say) for token-aware balancers.
 COST_EXTENSION = "embedbalance.cost"
+#: ``request.extensions`` key: the model the request is for; it goes only to backends
+#: serving that model (or of unknown model). Without it, a JSON ``POST`` to a path
+#: ending in ``/embeddings`` (OpenAI's API) is routed by its body's ``model`` field.
+MODEL_EXTENSION = "embedbalance.model"
 #: ``request.extensions`` key: ``True`` marks a request safe to resend after it was sent.
 IDEMPOTENT_EXTENSION = "embedbalance.idempotent"
 #: ``request.extensions`` key: seconds this request may take in all, retries included.
@@ -120,6 +134,38 @@ class TransportStats:
     hedges: int
     budget_exhausted: int
     hedge_budget_exhausted: int
+
+
+def request_model(request: httpx.Request) -> str | None:
+    """The model a request is for: :data:`MODEL_EXTENSION`, else the ``model`` field of
+    an OpenAI-style body (a JSON ``POST`` to ``.../embeddings``), else ``None`` (any).
+
+    The body is read only for such requests, only when it is in memory already, and
+    only parsed when it mentions ``"model"`` at all; a malformed body names no model and
+    is sent on untouched, for the server to answer. Raises ``ValueError`` for an
+    extension that is not a non-empty string.
+    """
+    given = request.extensions.get(MODEL_EXTENSION)
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise ValueError(f"{MODEL_EXTENSION} must be a non-empty string, got {given!r}")
+        return given
+    if request.method != "POST" or not request.url.path.endswith("/embeddings"):
+        return None
+    stream = request.stream
+    if not isinstance(stream, httpx.ByteStream):
+        return None  # a streamed body is not read ahead of sending
+    if "json" not in request.headers.get("content-type", ""):
+        return None
+    body = b"".join(stream)
+    if b'"model"' not in body:
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 def _is_discovery(value: object) -> bool:
@@ -218,6 +264,7 @@ class _Core:
         outlier_detection: OutlierDetection | None,
         slow_start: SlowStart | None,
         panic_threshold: float,
+        zone: Locality | str | None,
         retry: Retry | int | bool | None,
         hedge: Hedge | None,
         attempt_timeout: float | Literal["auto"] | None,
@@ -240,6 +287,7 @@ class _Core:
             health_check=health_check,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             clock=clock,
             rng=self.rng,
         )
@@ -279,7 +327,7 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
-        return self.policy.begin(cost, replayable and idempotent, total)
+        return self.policy.begin(cost, replayable and idempotent, total, request_model(request))
 
     def route(
         self, request: httpx.Request, backend: Backend, timeout: float | None
@@ -430,6 +478,9 @@ _DOC_PARAMS = """
     - ``health_check``: active ``GET /health`` checks (``None``: passive detection only).
       Checks go through the same inner transport as requests, with the policy's headers.
     - ``outlier_detection``, ``slow_start``, ``panic_threshold``: see the pool.
+    - ``zone``: the caller's zone (a name, or a :class:`~embedbalance.Locality`):
+      backends with that ``Backend.zone`` take the traffic while they can carry it,
+      the rest spills to other zones (``docs/locality.md``). ``None``: no preference.
     - ``retry``: a :class:`~embedbalance.Retry`, an attempt count, or False.
     - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
     - ``attempt_timeout``: seconds one attempt may take in all (connect, send, answer)
@@ -477,6 +528,7 @@ class BalancingTransport(httpx.BaseTransport):
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -493,6 +545,7 @@ class BalancingTransport(httpx.BaseTransport):
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -548,8 +601,9 @@ class BalancingTransport(httpx.BaseTransport):
             if core.health_check is not None:
                 # After a fork the parent's thread does not exist here: start afresh.
                 probe = http_probe(core.health_check, self._probe_transport)
+                info = http_info(core.health_check, self._probe_transport)
                 self._checker = HealthChecker(
-                    core.pool, core.health_check, probe=probe, rng=core.rng
+                    core.pool, core.health_check, probe=probe, info=info, rng=core.rng
                 )
                 self._checker.start()
             self._started_pid = os.getpid()
@@ -715,6 +769,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -733,6 +788,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -835,7 +891,11 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
 
         core = self._core
         await run_async_checks(
-            core.pool, policy, probe=probe_and_tidy, rng=random.Random(core.rng.random())
+            core.pool,
+            policy,
+            probe=probe_and_tidy,
+            info=async_http_info(policy, self._probe_transport),
+            rng=random.Random(core.rng.random()),
         )
 
     async def __aenter__(self) -> AsyncBalancingTransport:
