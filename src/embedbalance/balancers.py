@@ -52,6 +52,7 @@ class Balancer:
     _claimed: bool = False
     #: The caller's zone preference, set by the pool (:meth:`use_locality`).
     locality: Locality | None = None
+    _zone_cache: tuple[object, object, float, _ZoneSplit | None] | None = None
 
     def use_locality(self, locality: Locality | None) -> None:
         """Prefer backends in ``locality.zone`` (the pool calls this once)."""
@@ -74,6 +75,10 @@ class Balancer:
             candidates, population = self._zone_subset(locality, candidates, population, now, rng)
         return self.pick(candidates, cost=cost, now=now, rng=rng, population=population)
 
+    #: How long a zone split stays valid while the candidate lists are the same objects
+    #: (slow start moves effective weights with time, so not forever).
+    ZONE_SPLIT_TTL = 0.25
+
     def _zone_subset(
         self,
         locality: Locality,
@@ -83,22 +88,51 @@ class Balancer:
         rng: random.Random,
     ) -> tuple[Sequence[BackendState], Sequence[BackendState]]:
         """The local candidates or the others, drawn by :func:`~embedbalance.locality.
-        local_share`; each with the matching part of ``population``."""
+        local_share`; each with the matching part of ``population``.
+
+        The pool hands over the same list objects until membership or health changes, so
+        without a load-dependent "full" test the split is reused and a pick stays O(1)."""
+        cached = self._zone_cache
+        if (
+            cached is not None
+            and cached[0] is candidates
+            and cached[1] is population
+            and now - cached[2] < self.ZONE_SPLIT_TTL
+            and locality.saturation is None
+            and locality.knee is None
+        ):
+            split = cached[3]
+        else:
+            split = self._zone_split(locality, candidates, population, now)
+            self._zone_cache = (candidates, population, now, split)
+        if split is None:
+            return candidates, population  # nothing to choose between
+        share, local, local_population, remote, remote_population = split
+        if prefer_local(share, rng):
+            return local, local_population
+        return remote, remote_population
+
+    def _zone_split(
+        self,
+        locality: Locality,
+        candidates: Sequence[BackendState],
+        population: Sequence[BackendState],
+        now: float,
+    ) -> _ZoneSplit | None:
         zone = locality.zone
         local = [s for s in candidates if s.backend.zone == zone]
         if not local or len(local) == len(candidates):
-            return candidates, population  # nothing to choose between
+            return None
         remote = [s for s in candidates if s.backend.zone != zone]
-        local_total = sum(s.weight for s in population if s.backend.zone == zone)
+        local_population = [s for s in population if s.backend.zone == zone]
+        remote_population = [s for s in population if s.backend.zone != zone]
         share = local_share(
             self._available(locality, local, now),
-            local_total,
+            sum(s.weight for s in local_population),
             self._available(locality, remote, now),
             locality.overprovisioning,
         )
-        if prefer_local(share, rng):
-            return local, [s for s in population if s.backend.zone == zone]
-        return remote, [s for s in population if s.backend.zone != zone]
+        return share, local, local_population, remote, remote_population
 
     def _available(self, locality: Locality, states: Sequence[BackendState], now: float) -> float:
         """Effective weight of the backends in ``states`` that are not full."""
@@ -168,6 +202,12 @@ class Balancer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+#: A zone split: the local share, then the local candidates and population, then the others'.
+_ZoneSplit = tuple[
+    float, list[BackendState], list[BackendState], list[BackendState], list[BackendState]
+]
 
 
 def _plain_score(balancer: Balancer) -> bool:

@@ -234,8 +234,11 @@ class BackendPool:
             raise ValueError(f"panic_threshold must be between 0 and 1, got {panic_threshold!r}")
         self.balancer = _make_balancer(balancer)
         self.locality = Locality.coerce(zone)
+        # Without a zone the pick path stays what it was: pick() directly.
+        self._choose = self.balancer.pick
         if self.locality is not None:
             self.balancer.use_locality(self.locality)
+            self._choose = self.balancer.choose
         self.outlier_detection = outlier_detection or OutlierDetection(enabled=False)
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)
@@ -493,7 +496,7 @@ class BackendPool:
                         served=self._served_models(),
                     )
             else:
-                state = self.balancer.choose(
+                state = self._choose(
                     candidates, cost=cost, now=now, rng=self.rng, population=population
                 )
                 state.pending += 1
