@@ -373,6 +373,11 @@ class _Config:
             if tokens is not None:
                 self.server_tokens = min(tokens, self.server_tokens or tokens)
 
+    def info_kwargs(self) -> dict[str, Any]:
+        """``GET /info`` goes to a replica of the client's model, where it names one."""
+        model = self.options.model
+        return {} if model is None else {"extensions": {MODEL_EXTENSION: model}}
+
     def learn_too_large(self, texts: int, detail: str) -> None:
         """A 413 for ``texts`` texts: remember the server's stated limit, else fewer."""
         match = _TEI_BATCH_LIMIT.search(detail)
@@ -768,7 +773,7 @@ class EmbeddingClient:
 
     def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
-        response = self._http.get("/info")
+        response = self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
                 backend_url(response), response.status_code, _error_detail(response), response
@@ -784,7 +789,7 @@ class EmbeddingClient:
             return
         cfg.info_done = True
         try:
-            cfg.learn_info(self._http.get("/info"))
+            cfg.learn_info(self._http.get("/info", **self._cfg.info_kwargs()))
         except httpx.HTTPError as exc:
             log.debug("GET /info failed (%s): using the configured limits", exc)
 
@@ -867,7 +872,7 @@ class EmbeddingClient:
 
     def _empty(self) -> FloatMatrix:
         if self._cfg.dimension is None:
-            self._cfg.dimension_from_info(self._http.get("/info"))
+            self._cfg.dimension_from_info(self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
 
     def embed_iter(
@@ -1062,7 +1067,7 @@ class AsyncEmbeddingClient:
 
     async def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
-        response = await self._http.get("/info")
+        response = await self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
                 backend_url(response), response.status_code, _error_detail(response), response
@@ -1078,7 +1083,7 @@ class AsyncEmbeddingClient:
             return
         cfg.info_done = True
         try:
-            cfg.learn_info(await self._http.get("/info"))
+            cfg.learn_info(await self._http.get("/info", **self._cfg.info_kwargs()))
         except httpx.HTTPError as exc:
             log.debug("GET /info failed (%s): using the configured limits", exc)
 
@@ -1099,7 +1104,7 @@ class AsyncEmbeddingClient:
 
     async def _empty(self) -> FloatMatrix:
         if self._cfg.dimension is None:
-            self._cfg.dimension_from_info(await self._http.get("/info"))
+            self._cfg.dimension_from_info(await self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
 
     async def _run(self, texts: list[str], bar: Progress, model: str | None) -> FloatMatrix:

@@ -104,6 +104,8 @@ def test_one_client_two_models_each_with_its_own_dimension_check(
         health_check=None,
         batch_size=4,
     ) as client:
+        # The client's own GET /info (its limits, its dimension) asks its model's replicas.
+        assert {client.info()["model_id"] for _ in range(6)} == {"small"}
         rows_small = client.embed(TEXTS)
         small_urls = {e.backend for e in events}
         events.clear()
@@ -114,7 +116,8 @@ def test_one_client_two_models_each_with_its_own_dimension_check(
     assert large_urls == {large.url}
     assert rows_small.shape == rows_large.shape == (len(TEXTS), 384)
     np.testing.assert_allclose(rows_small, rows_large, atol=1e-5)  # same weights
-    assert stats["small"].successes == stats["large"].successes == 3
+    assert stats["large"].successes == 3
+    assert stats["small"].successes == 3 + 6 + 1  # embeds, info() calls, the limits probe
 
 
 def test_async_transport_learns_models_too(workers: dict[str, WorkerProcess]) -> None:
