@@ -432,13 +432,34 @@ class BackendPool:
         self._dirty = False
 
     def _serving(self, model: str) -> tuple[list[BackendState], list[BackendState]]:
-        """Usable and live backends that serve ``model`` (or whose model is unknown)."""
+        """Usable and live backends that serve ``model`` (or whose model is unknown).
+
+        A pool whose backends all serve one model that nobody configured (learned from
+        ``/info``) routes a request for any other name anyway: a single-model deployment
+        that never named its model must not start refusing the names its callers have
+        always sent (the server decides, as it did without routing)."""
         cached = self._by_model.get(model)
         if cached is None:
-            usable = [s for s in self._usable if s.model is None or s.model == model]
-            live = [s for s in self._live if s.model is None or s.model == model]
-            cached = self._by_model[model] = (usable, live)
+            live = [s for s in self._live if s.model is None or model_matches(model, s.model)]
+            if len(live) < len(self._live) and self._one_learned_model():
+                cached = (self._usable, self._live)
+            else:
+                usable = [
+                    s for s in self._usable if s.model is None or model_matches(model, s.model)
+                ]
+                cached = (usable, live)
+            self._by_model[model] = cached
         return cached
+
+    def _one_learned_model(self) -> bool:
+        """Whether every member's model is unknown or learned, and at most one is known."""
+        learned = set()
+        for s in self._live:
+            if s.backend.model is not None:
+                return False
+            if s.learned_model is not None:
+                learned.add(s.learned_model)
+        return len(learned) <= 1
 
     def _served_models(self) -> list[str]:
         return sorted({m for s in self._live if (m := s.model) is not None})
@@ -832,6 +853,17 @@ class BackendPool:
                 high = max(highs)
         deadline = multiple * high
         return deadline if ceiling is None or deadline < ceiling else ceiling
+
+
+def model_matches(requested: str, served: str) -> bool:
+    """Whether a request for ``requested`` may go to a backend serving ``served``: the
+    same name, or the same without the organisation (``all-MiniLM-L6-v2`` is
+    ``sentence-transformers/all-MiniLM-L6-v2``, as callers and servers often spell it)."""
+    if requested == served:
+        return True
+    if "/" in requested:
+        return "/" not in served and requested.rpartition("/")[2] == served
+    return served.rpartition("/")[2] == requested
 
 
 def _model_stats(model: str, c: _ModelCounters) -> ModelStats:

@@ -160,3 +160,42 @@ def test_gpu_priority_tiers_are_computed_within_the_model(clock: eb.ManualClock)
     )
     pool.report_check("http://a-gpu.test", False)
     assert set(hosts(pool, 50, "a")) == {"a-cpu"}
+
+
+def test_a_short_name_matches_the_full_one() -> None:
+    """If this fails, callers that say ``all-MiniLM-L6-v2`` are refused by replicas that
+    report ``sentence-transformers/all-MiniLM-L6-v2`` (and TEI reports the full one)."""
+    from embedbalance.pool import model_matches
+
+    assert model_matches("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+    assert model_matches("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+    assert model_matches("a/x", "a/x")
+    assert not model_matches("a/x", "b/x")
+    assert not model_matches("x", "y/xx")
+
+
+def test_one_learned_model_does_not_refuse_other_names(clock: eb.ManualClock) -> None:
+    """If this fails, a single-model deployment that never configured models starts
+    refusing the model name its callers always sent, once /info is read."""
+    pool = eb.BackendPool(["http://a.test", "http://b.test"], clock=clock, rng=random.Random(1))
+    pool.learn_model("http://a.test", "org/minilm")
+    pool.learn_model("http://b.test", "org/minilm")
+    assert set(hosts(pool, 100, "text-embedding-3-small")) == {"a", "b"}
+    assert set(hosts(pool, 100, "minilm")) == {"a", "b"}
+
+
+def test_two_learned_models_refuse_a_third_name(clock: eb.ManualClock) -> None:
+    """If this fails, with two models served a request for neither goes to one of them
+    at random instead of being refused by name."""
+    pool = eb.BackendPool(["http://a.test", "http://b.test"], clock=clock)
+    pool.learn_model("http://a.test", "small")
+    pool.learn_model("http://b.test", "large")
+    with pytest.raises(eb.NoBackendAvailable, match="'huge'"):
+        pool.acquire(model="huge")
+
+
+def test_a_configured_model_is_strict_even_alone(clock: eb.ManualClock) -> None:
+    """If this fails, a model the operator configured still accepts requests for others."""
+    pool = eb.BackendPool([eb.Backend("http://a.test", model="small")], clock=clock)
+    with pytest.raises(eb.NoBackendAvailable, match="'large'"):
+        pool.acquire(model="large")

@@ -89,6 +89,10 @@ class ModelZoneMachine(RuleBasedStateMachine):
         rows = self.pool.stats().by_url()
         members = {b.url for b in self.pool.backends}
         serving = {u for u in members if model is None or rows[u].model in (None, model)}
+        given = any(b.model is not None for b in self.pool.backends)
+        known = {rows[u].model for u in members} - {None}
+        if serving != members and not given and len(known) <= 1:
+            serving = members  # one learned model: other names are the server's business
         error: eb.NoBackendAvailable | None = None
         try:
             lease = self.pool.acquire(exclude=exclude, model=model)
