@@ -700,6 +700,9 @@ class BackendPool:
                         # Slow start is for a comeback; the first verdict on a backend
                         # that has been serving all along (None -> True) keeps its weight.
                         self._readmit(s, now)
+                        # A replica back from the dead may be a new one at the same
+                        # address, serving another model: read its /info again.
+                        s.model_known = False
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )

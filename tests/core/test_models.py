@@ -199,3 +199,17 @@ def test_a_configured_model_is_strict_even_alone(clock: eb.ManualClock) -> None:
     pool = eb.BackendPool([eb.Backend("http://a.test", model="small")], clock=clock)
     with pytest.raises(eb.NoBackendAvailable, match="'large'"):
         pool.acquire(model="large")
+
+
+def test_a_comeback_reads_info_again(clock: eb.ManualClock) -> None:
+    """If this fails, a replica restarted at the same address with another model keeps
+    receiving its old model's requests for good."""
+    pool = eb.BackendPool(
+        ["http://a.test"], clock=clock, health_check=eb.HealthCheck(fall=1, rise=1)
+    )
+    pool.learn_model("http://a.test", "small")
+    pool.report_check("http://a.test", True)
+    assert not pool.wants_model("http://a.test")
+    pool.report_check("http://a.test", False)
+    pool.report_check("http://a.test", True)
+    assert pool.wants_model("http://a.test")
