@@ -163,7 +163,11 @@ def test_a_degraded_zone_spills_in_proportion(
 def test_saturated_local_backends_count_as_unavailable(clock: eb.ManualClock) -> None:
     """If this fails, a local zone whose replicas are all full keeps queueing locally
     while other zones sit idle."""
-    pool = zoned_pool(clock, local=2, remote=2, zone=eb.Locality("a", saturation=2))
+    pool = zoned_pool(
+        clock, local=2, remote=2, zone=eb.Locality("a", saturation=2, overprovisioning=2.0)
+    )
+    # overprovisioning=2: one of the two local backends free still keeps all traffic
+    # local, so the first four picks are local by rule, not by the seed.
     held = [pool.acquire() for _ in range(4)]
     assert {lease.backend.zone for lease in held} == {"a"}
     assert pool.acquire().backend.zone == "b"  # both local backends hold 2: full
@@ -248,3 +252,27 @@ def test_backends_in_no_zone_are_never_local(clock: eb.ManualClock) -> None:
     assert zone_counts(pool, 100) == {"a": 100}
     stats = pool.stats()
     assert stats.requests_by_zone() == {"a": 100, None: 0}
+
+
+class _TwoSlots(eb.LeastConnections):
+    """Says every backend serves two requests at once (as a learning balancer would)."""
+
+    def concurrency(self, state: object) -> float | None:
+        return 2.0
+
+
+def test_local_backends_past_their_knee_count_as_full(clock: eb.ManualClock) -> None:
+    """If this fails, ``Locality(knee=...)`` is ignored and requests queue behind busy
+    local slots while other zones have free ones."""
+    pool = zoned_pool(
+        clock,
+        local=2,
+        remote=2,
+        zone=eb.Locality("a", knee=1.0, overprovisioning=2.0),
+        balancer=_TwoSlots,
+    )
+    held = [pool.acquire() for _ in range(4)]
+    assert {lease.backend.zone for lease in held} == {"a"}
+    assert pool.acquire().backend.zone == "b"
+    pool.release(held[0], latency=0.01)
+    assert pool.acquire().backend.zone == "a"
