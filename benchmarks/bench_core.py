@@ -21,6 +21,7 @@ table and writes ``bench-results/core.json`` and ``bench-results/core.md``.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -47,7 +48,17 @@ BALANCERS: dict[str, Callable[[], eb.Balancer]] = {
     "ShortestExpectedDelay": eb.ShortestExpectedDelay,
     "LeastOutstandingTokens": eb.LeastOutstandingTokens,
     "GpuPriority (2 tiers)": eb.GpuPriority,
+    "ShortestExpectedDelay + zone": eb.ShortestExpectedDelay,
+    "ShortestExpectedDelay + model": eb.ShortestExpectedDelay,
+    "GpuPriority + zone": eb.GpuPriority,
 }
+#: Variants that change the pool or the request rather than the balancer: a caller zone
+#: (half the backends are in it) or a model named by every request (half serve it).
+POOL_KWARGS: dict[str, dict[str, object]] = {
+    "ShortestExpectedDelay + zone": {"zone": "a"},
+    "GpuPriority + zone": {"zone": "a"},
+}
+ACQUIRE_KWARGS: dict[str, dict[str, object]] = {"ShortestExpectedDelay + model": {"model": "m"}}
 #: Goals from the issue, in µs per pair (single thread); None: allowed to grow with n.
 GOALS: dict[str, float | None] = {
     "RoundRobin": 2.0,
@@ -90,20 +101,31 @@ class FloorPool:
 
 def make_pool(name: str, n: int) -> eb.BackendPool:
     # Half the backends on tier 1 so GpuPriority really has two tiers; tiers are
-    # ignored by every other balancer.
+    # ignored by every other balancer. Zones and models alternate, and matter only to
+    # the variants that name them.
     backends = [
         eb.Backend(
             f"http://10.{i // 65536}.{i // 256 % 256}.{i % 256}:8000",
             tier=int(i >= n // 2) if n > 1 else 0,
+            zone="ab"[i % 2],
+            model="mn"[i % 2] if name in ACQUIRE_KWARGS and n > 1 else None,
         )
         for i in range(n)
     ]
-    return eb.BackendPool(backends, balancer=BALANCERS[name](), rng=random.Random(1))
+    return eb.BackendPool(
+        backends,
+        balancer=BALANCERS[name](),
+        rng=random.Random(1),
+        **POOL_KWARGS.get(name, {}),  # type: ignore[arg-type]
+    )
 
 
-def run_pairs(pool: eb.BackendPool | FloorPool, pairs: int, threads: int) -> tuple[float, float]:
+def run_pairs(
+    pool: eb.BackendPool | FloorPool, pairs: int, threads: int, **acquire_kwargs: object
+) -> tuple[float, float]:
     """Wall and CPU seconds for ``pairs`` acquire/release pairs over ``threads`` threads."""
-    acquire, release = pool.acquire, pool.release
+    release = pool.release
+    acquire = functools.partial(pool.acquire, **acquire_kwargs) if acquire_kwargs else pool.acquire
 
     def loop(count: int) -> None:
         for _ in range(count):
@@ -133,10 +155,11 @@ def run_pairs(pool: eb.BackendPool | FloorPool, pairs: int, threads: int) -> tup
 def measure(name: str, n: int, threads: int, repeats: int, target_s: float) -> tuple[float, float]:
     """Median wall and CPU µs per pair over ``repeats`` runs of about ``target_s`` s each."""
     pool = FloorPool() if name == FLOOR else make_pool(name, n)
-    run_pairs(pool, 200, 1)  # warm caches, seed estimates
-    probe = max(run_pairs(pool, 200, 1)[0] / 200, 1e-7)
+    kw = ACQUIRE_KWARGS.get(name, {})
+    run_pairs(pool, 200, 1, **kw)  # warm caches, seed estimates
+    probe = max(run_pairs(pool, 200, 1, **kw)[0] / 200, 1e-7)
     pairs = max(threads * 50, int(target_s / probe) // threads * threads)
-    runs = [run_pairs(pool, pairs, threads) for _ in range(repeats)]
+    runs = [run_pairs(pool, pairs, threads, **kw) for _ in range(repeats)]
     assert (pool.pending if isinstance(pool, FloorPool) else pool.stats().in_flight) == 0
     wall = statistics.median(w for w, _ in runs) / pairs * 1e6
     cpu = statistics.median(c for _, c in runs) / pairs * 1e6

@@ -34,7 +34,7 @@ P = "EMBEDBALANCE_"
 
 #: One valid value per documented variable, and what it must become.
 SAMPLES: dict[str, tuple[str, Any]] = {
-    "BACKENDS": ("http://a:1,http://b:2;weight=4;tier=1", None),
+    "BACKENDS": ("http://a:1,http://b:2;weight=4;tier=1;model=m;zone=z", None),
     "DNS": ("embed-gpu.ns.svc;port=8000;tier=0,embed-cpu.ns.svc;tier=1", None),
     "DNS_PORT": ("8001", 8001),
     "DNS_MIN_TTL": ("2", 2.0),
@@ -69,6 +69,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "SLOW_START_AGGRESSION": ("2", 2.0),
     "SLOW_START_MIN_WEIGHT_PERCENT": ("5", 5.0),
     "PANIC_THRESHOLD": ("0.3", 0.3),
+    "ZONE": ("eu-west-1a", "eu-west-1a"),
     "TIMEOUT": ("12", 12.0),
     "ATTEMPT_TIMEOUT": ("3", 3.0),
     "TOTAL_TIMEOUT": ("20", 20.0),
@@ -129,7 +130,10 @@ def test_each_variable_alone_sets_its_setting_and_round_trips(name: str) -> None
     if expected is not None:
         assert _get(cfg, target) == expected
     elif name == "BACKENDS":
-        assert cfg.backends == (Backend("http://a:1"), Backend("http://b:2", weight=4, tier=1))
+        assert cfg.backends == (
+            Backend("http://a:1"),
+            Backend("http://b:2", weight=4, tier=1, model="m", zone="z"),
+        )
     elif name == "DNS":
         assert cfg.dns == {
             "targets": [
@@ -158,7 +162,11 @@ def test_all_variables_together_round_trip_into_kwargs() -> None:
     cfg = from_env(environ=env)
     assert from_env(environ=cfg.to_env()) == cfg
     kw = cfg.client_kwargs()
-    assert kw["backends"] == [Backend("http://a:1"), Backend("http://b:2", weight=4, tier=1)]
+    assert kw["backends"] == [
+        Backend("http://a:1"),
+        Backend("http://b:2", weight=4, tier=1, model="m", zone="z"),
+    ]
+    assert kw["zone"] == "eu-west-1a"
     assert isinstance(kw["balancer"], PeakEwma)
     assert kw["retry"] == Retry(
         attempts=4, budget=RetryBudgetPolicy(ratio=0.3, window=5.0, min_per_second=2.0)

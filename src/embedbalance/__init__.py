@@ -43,14 +43,16 @@ from .exceptions import (
     Unavailability,
 )
 from .health import HealthCheck, OutlierDetection, SlowStart
+from .locality import Locality
 from .metrics import PrometheusMetrics
-from .pool import BackendPool, BackendStats, Lease, Outcome, PoolEvent, PoolStats
+from .pool import BackendPool, BackendStats, Lease, ModelStats, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry, RetryBudgetPolicy
 from .transport import (
     ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
     IDEMPOTENT_EXTENSION,
+    MODEL_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -85,6 +87,7 @@ __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "MODEL_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -119,7 +122,9 @@ __all__ = [
     "Lease",
     "LeastConnections",
     "LeastOutstandingTokens",
+    "Locality",
     "ManualClock",
+    "ModelStats",
     "NoBackendAvailable",
     "Outcome",
     "OutlierDetection",

@@ -132,8 +132,15 @@ class AttemptPolicy:
         )
         _forksafe.register(self.hedge_budget)
 
-    def begin(self, cost: float, resendable: bool, total_timeout: float | None = None) -> Flow:
-        """Start one request's flow; ``total_timeout`` overrides the transport's."""
+    def begin(
+        self,
+        cost: float,
+        resendable: bool,
+        total_timeout: float | None = None,
+        model: str | None = None,
+    ) -> Flow:
+        """Start one request's flow; ``total_timeout`` overrides the transport's;
+        ``model`` limits it to backends serving that model."""
         with self._lock:
             self.requests += 1
         self.budget.deposit()
@@ -143,7 +150,9 @@ class AttemptPolicy:
         if total is not None and not (total > 0 and math.isfinite(total)):
             raise ValueError(f"total timeout must be a finite number > 0, got {total!r}")
         now = self.wall()
-        return Flow(self, cost, resendable, now + total if total is not None else math.inf)
+        return Flow(
+            self, cost, resendable, now + total if total is not None else math.inf, model=model
+        )
 
     def hedge_delay(self) -> float | None:
         """Seconds to wait before hedging, or None when not hedging now."""
@@ -179,6 +188,7 @@ class Flow:
     cost: float
     resendable: bool
     deadline: float
+    model: str | None = None
     exclude: set[str] = attrs.Factory(set)
     attempts: list[Attempt] = attrs.Factory(list)
     results: list[AttemptResult] = attrs.Factory(list)
@@ -236,7 +246,7 @@ class Flow:
             self._stop("retry budget exhausted")
             return None
         try:
-            lease = self.policy.pool.acquire(self.cost, self.exclude)
+            lease = self.policy.pool.acquire(self.cost, self.exclude, model=self.model)
         except NoBackendAvailable:
             if not self.attempts:
                 raise
@@ -265,7 +275,7 @@ class Flow:
         if not self.resendable or self._final is not None or not self.policy._allow_hedge():
             return None
         try:
-            lease = self.policy.pool.acquire(self.cost, self.exclude)
+            lease = self.policy.pool.acquire(self.cost, self.exclude, model=self.model)
         except NoBackendAvailable:
             return None
         lease.attempt = len(self.exclude)

@@ -50,6 +50,13 @@ def _check_tier(_: object, __: attrs.Attribute[int], value: int) -> None:
         raise ValueError(f"Backend tier must be an int >= 0 (0 = most preferred), got {value!r}")
 
 
+def _check_name(_: object, attribute: attrs.Attribute[str | None], value: str | None) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ValueError(
+            f"Backend {attribute.name} must be a non-empty string or None, got {value!r}"
+        )
+
+
 def _freeze_labels(value: Mapping[str, str] | None) -> Mapping[str, str]:
     return MappingProxyType(dict(value or {}))
 
@@ -70,6 +77,13 @@ class Backend:
     prepend to each request's path. ``tls_server_name``: for an https backend reached by
     address (a pod IP), the name its certificate is issued for — sent as TLS SNI,
     verified, and used as the ``Host`` header. Credentials in the URL are refused.
+
+    ``model``: the model this replica serves, so that requests naming a model go only
+    where it is served (``None``: learned from the server's ``GET /info`` when health
+    checks run, and until then the backend serves any request). ``zone``: where the
+    replica runs (a cloud zone or region, free-form); a transport told its own zone
+    keeps traffic there while that zone can carry it (``None``: in no zone, so never
+    local).
     """
 
     url: str = attrs.field(converter=_normalise_url, validator=_check_url)
@@ -79,6 +93,8 @@ class Backend:
         factory=dict, converter=_freeze_labels, eq=False, hash=False
     )
     tls_server_name: str | None = attrs.field(default=None, kw_only=True)
+    model: str | None = attrs.field(default=None, kw_only=True, validator=_check_name)
+    zone: str | None = attrs.field(default=None, kw_only=True, validator=_check_name)
 
     def __repr__(self) -> str:
         extra = ""
@@ -90,6 +106,10 @@ class Backend:
             extra += f", labels={dict(self.labels)!r}"
         if self.tls_server_name is not None:
             extra += f", tls_server_name={self.tls_server_name!r}"
+        if self.model is not None:
+            extra += f", model={self.model!r}"
+        if self.zone is not None:
+            extra += f", zone={self.zone!r}"
         return f"Backend({self.url!r}{extra})"
 
     @property

@@ -62,6 +62,10 @@ class BackendState:
     canary: bool | None = None
     canary_detail: str = "canary: pending"
     removed: bool = False
+    # what it serves: ``Backend.model`` when given, else what its ``/info`` said
+    learned_model: str | None = None
+    #: Whether its ``/info`` answered (with a model or not): asked once, not per check.
+    model_known: bool = False
     # counters
     requests: int = 0
     successes: int = 0
@@ -89,6 +93,12 @@ class BackendState:
     @property
     def url(self) -> str:
         return self.backend.url
+
+    @property
+    def model(self) -> str | None:
+        """The model this backend serves, where known (given, or learned from ``/info``)."""
+        given = self.backend.model
+        return given if given is not None else self.learned_model
 
     def oldest_age(self, now: float) -> float:
         """Seconds the oldest request still in flight has been waiting (0 when idle):
@@ -183,6 +193,15 @@ class BackendView:
     @property
     def tier(self) -> int:
         return self._state.tier
+
+    @property
+    def model(self) -> str | None:
+        """The model it serves, where known (given, or learned from ``/info``)."""
+        return self._state.model
+
+    @property
+    def zone(self) -> str | None:
+        return self._state.backend.zone
 
     @property
     def pending(self) -> int:

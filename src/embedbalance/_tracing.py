@@ -13,8 +13,9 @@ semantic-convention attributes (``http.request.method``, ``server.address``,
 
 While an attempt is sent its span is the current one, also on the thread that sends a
 raced sync attempt, so a span the httpx instrumentation makes for the inner transport's
-request nests under the attempt. Health probes are sent with HTTP instrumentation
-suppressed: a probe every few seconds per backend is not the user's traffic.
+request nests under the attempt. Health probes, canaries and ``/info`` reads are
+sent with HTTP instrumentation suppressed: a probe every few seconds per backend is not
+the user's traffic.
 
 Everything here is a no-op without ``opentelemetry-api``, and costs one attribute check
 per attempt when no SDK is configured (the API's spans then do not record).

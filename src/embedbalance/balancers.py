@@ -18,6 +18,7 @@ from . import strategies
 from ._hints import ServerHints
 from ._state import BackendState, BackendView
 from .load import ExpectedDelay, LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
+from .locality import Locality, local_share, prefer_local
 
 __all__ = [
     "Balancer",
@@ -49,6 +50,103 @@ class Balancer:
     needs_oldest: bool = False
     #: Set by the pool that uses this instance: one balancer, one pool.
     _claimed: bool = False
+    #: The caller's zone preference, set by the pool (:meth:`use_locality`).
+    locality: Locality | None = None
+    _zone_cache: tuple[object, object, float, _ZoneSplit | None] | None = None
+
+    def use_locality(self, locality: Locality | None) -> None:
+        """Prefer backends in ``locality.zone`` (the pool calls this once)."""
+        self.locality = locality
+
+    def choose(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        """What the pool calls: narrow to the caller's zone while it can carry the
+        traffic (see :mod:`embedbalance.locality`), then :meth:`pick`. Overriding
+        :meth:`pick` or :meth:`score` keeps the zone preference."""
+        locality = self.locality
+        if locality is not None and len(candidates) > 1:
+            candidates, population = self._zone_subset(locality, candidates, population, now, rng)
+        return self.pick(candidates, cost=cost, now=now, rng=rng, population=population)
+
+    #: How long a zone split stays valid while the candidate lists are the same objects
+    #: (slow start moves effective weights with time, so not forever).
+    ZONE_SPLIT_TTL = 0.25
+
+    def _zone_subset(
+        self,
+        locality: Locality,
+        candidates: Sequence[BackendState],
+        population: Sequence[BackendState],
+        now: float,
+        rng: random.Random,
+    ) -> tuple[Sequence[BackendState], Sequence[BackendState]]:
+        """The local candidates or the others, drawn by :func:`~embedbalance.locality.
+        local_share`; each with the matching part of ``population``.
+
+        The pool hands over the same list objects until membership or health changes, so
+        without a load-dependent "full" test the split is reused and a pick stays O(1)."""
+        cached = self._zone_cache
+        if (
+            cached is not None
+            and cached[0] is candidates
+            and cached[1] is population
+            and now - cached[2] < self.ZONE_SPLIT_TTL
+            and locality.saturation is None
+            and locality.knee is None
+        ):
+            split = cached[3]
+        else:
+            split = self._zone_split(locality, candidates, population, now)
+            self._zone_cache = (candidates, population, now, split)
+        if split is None:
+            return candidates, population  # nothing to choose between
+        share, local, local_population, remote, remote_population = split
+        if prefer_local(share, rng):
+            return local, local_population
+        return remote, remote_population
+
+    def _zone_split(
+        self,
+        locality: Locality,
+        candidates: Sequence[BackendState],
+        population: Sequence[BackendState],
+        now: float,
+    ) -> _ZoneSplit | None:
+        zone = locality.zone
+        local = [s for s in candidates if s.backend.zone == zone]
+        if not local or len(local) == len(candidates):
+            return None
+        remote = [s for s in candidates if s.backend.zone != zone]
+        local_population = [s for s in population if s.backend.zone == zone]
+        remote_population = [s for s in population if s.backend.zone != zone]
+        share = local_share(
+            self._available(locality, local, now),
+            sum(s.weight for s in local_population),
+            self._available(locality, remote, now),
+            locality.overprovisioning,
+        )
+        return share, local, local_population, remote, remote_population
+
+    def _available(self, locality: Locality, states: Sequence[BackendState], now: float) -> float:
+        """Effective weight of the backends in ``states`` that are not full."""
+        saturation, knee = locality.saturation, locality.knee
+        total = 0.0
+        for s in states:
+            if saturation is not None and s.pending >= saturation * s.weight:
+                continue
+            if knee is not None:
+                slots = self.concurrency(s)
+                if slots is not None and s.outstanding_cost >= knee * slots:
+                    continue
+            total += s.effective_weight(now)
+        return total
 
     def score(self, backend: BackendView, now: float) -> float:
         """Load of one backend as this balancer sees it; lower is better. ``backend`` is
@@ -104,6 +202,12 @@ class Balancer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+#: A zone split: the local share, then the local candidates and population, then the others'.
+_ZoneSplit = tuple[
+    float, list[BackendState], list[BackendState], list[BackendState], list[BackendState]
+]
 
 
 def _plain_score(balancer: Balancer) -> bool:
@@ -464,6 +568,7 @@ class GpuPriority(Balancer):
         self.pin_cost_above = pin_cost_above
         self._tiers: dict[int, Balancer] = {}
         self.needs_oldest = self.tier_balancer(0).needs_oldest
+        self._tier_population: dict[int, list[BackendState]] = {}
         self._cache_key: tuple[object, object, float] | None = None
         self._cache_plan: tuple[dict[int, list[BackendState]], list[int], list[float]] = (
             {},
@@ -482,7 +587,26 @@ class GpuPriority(Balancer):
         balancer = self._tiers.get(tier)
         if balancer is None:
             balancer = self._tiers[tier] = self.inner()
+            balancer.use_locality(self.locality)
         return balancer
+
+    def use_locality(self, locality: Locality | None) -> None:
+        """Zone preference applies *within* a tier: each tier's balancer gets it, and
+        the tier itself is chosen over every zone (a remote GPU beats a local CPU)."""
+        self.locality = locality
+        for balancer in self._tiers.values():
+            balancer.use_locality(locality)
+
+    def choose(
+        self,
+        candidates: Sequence[BackendState],
+        *,
+        cost: float,
+        now: float,
+        rng: random.Random,
+        population: Sequence[BackendState],
+    ) -> BackendState:
+        return self.pick(candidates, cost=cost, now=now, rng=rng, population=population)
 
     def saturated(self, state: BackendState) -> bool:
         """Whether a backend counts as full for spill-over decisions."""
@@ -531,6 +655,11 @@ class GpuPriority(Balancer):
         by_tier: dict[int, list[BackendState]] = {}
         for s in candidates:
             by_tier.setdefault(s.tier, []).append(s)
+        if self.locality is not None:
+            tier_population: dict[int, list[BackendState]] = {}
+            for s in population:
+                tier_population.setdefault(s.tier, []).append(s)
+            self._tier_population = tier_population
         tiers, shares = self.shares(candidates, population, now)
         plan = (by_tier, tiers, shares)
         self._cache_key = (candidates, population, now)
@@ -565,8 +694,15 @@ class GpuPriority(Balancer):
                 x -= share
             if tier not in by_tier:
                 tier = min(by_tier)
-        return self.tier_balancer(tier).pick(
-            by_tier[tier], cost=cost, now=now, rng=rng, population=population
+        inner = self.tier_balancer(tier)
+        if self.locality is None:
+            return inner.pick(by_tier[tier], cost=cost, now=now, rng=rng, population=population)
+        return inner.choose(
+            by_tier[tier],
+            cost=cost,
+            now=now,
+            rng=rng,
+            population=self._tier_population.get(tier, by_tier[tier]),
         )
 
     def observe(

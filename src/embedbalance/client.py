@@ -57,11 +57,13 @@ from .exceptions import (
 )
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .health_runner import speaking_as
+from .locality import Locality
 from .retry import Hedge, Retry
 from .transport import (
     ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
+    MODEL_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -224,6 +226,8 @@ class _Config:
     server_texts: int | None = None
     server_tokens: int | None = None
     info_done: bool = False
+    #: Dimensions pinned for per-call models other than the client's own.
+    model_dimensions: dict[str, int] = attrs.field(factory=dict, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
 
     def canary_api(self) -> tuple[str, str | None, str | None]:
@@ -442,6 +446,11 @@ class _Config:
             if tokens is not None:
                 self.server_tokens = min(tokens, self.server_tokens or tokens)
 
+    def info_kwargs(self) -> dict[str, Any]:
+        """``GET /info`` goes to a replica of the client's model, where it names one."""
+        model = self.options.model
+        return {} if model is None else {"extensions": {MODEL_EXTENSION: model}}
+
     def learn_too_large(self, texts: int, detail: str) -> None:
         """A 413 for ``texts`` texts: remember the server's stated limit, else fewer."""
         match = _TEI_BATCH_LIMIT.search(detail)
@@ -462,6 +471,10 @@ class _Config:
             COST_EXTENSION: cost,
             VALIDATE_EXTENSION: lambda response: self.rows(response, len(texts)),
         }
+        if options.model is not None:
+            # Routed by this rather than by the body: nothing to parse, and TEI-shaped
+            # requests (which carry no model) are routed too.
+            extensions[MODEL_EXTENSION] = options.model
         if self.timeout is not None:
             extensions[TOTAL_TIMEOUT_EXTENSION] = self.timeout
         return {"json": self.wire.body(texts, options), "extensions": extensions}
@@ -485,7 +498,7 @@ class _Config:
             raise ResponseFormatError(f"backend {url} answered {rows.shape[0]} rows for {n} texts")
         return rows
 
-    def finish(self, rows: FloatMatrix, url: str) -> FloatMatrix:
+    def finish(self, rows: FloatMatrix, url: str, model: str | None = None) -> FloatMatrix:
         """Client-side ``dimensions`` and ``normalize`` where the server did not apply
         them, the dimension check, and the output dtype."""
         wanted = self.options.dimensions
@@ -496,22 +509,24 @@ class _Config:
             renormalize = self.options.normalize is not False
         if renormalize or (self.options.normalize and not self.wire.normalizes):
             rows = normalize_rows(rows)
-        self.check_dimension(url, rows.shape[1])
+        self.check_dimension(url, rows.shape[1], model)
         return rows.astype(self.dtype, copy=False)
 
-    def outcome(self, response: httpx.Response, n: int) -> tuple[FloatMatrix, str]:
+    def outcome(
+        self, response: httpx.Response, n: int, model: str | None = None
+    ) -> tuple[FloatMatrix, str]:
         """The rows the transport checked, or the error that the final answer means."""
         url = backend_url(response)
         validated = response.extensions.get(VALIDATED_EXTENSION)
         if isinstance(validated, np.ndarray):
-            return self.finish(validated, url), url
+            return self.finish(validated, url, model), url
         status = response.status_code
         if status == 413 and n > 1:
             self.learn_too_large(n, _error_detail(response))
             raise _Split
         if response.is_success:
             # Wrong on every replica tried: raise what made the last one fail.
-            return self.finish(self.rows(response, n), url), url
+            return self.finish(self.rows(response, n), url, model), url
         if 400 <= status < 500 and status not in (424, 429):
             raise EmbeddingRequestError(url, status, _error_detail(response), response)
         attempts = [
@@ -520,8 +535,15 @@ class _Config:
         ]
         raise AllAttemptsFailed(attempts)
 
-    def check_dimension(self, url: str, got: int) -> None:
-        """Pin the first dimension seen (or the one given) and refuse any other."""
+    def check_dimension(self, url: str, got: int, model: str | None = None) -> None:
+        """Pin the first dimension seen (or the one given) and refuse any other; a
+        per-call ``model`` other than the client's has its own (models differ in size)."""
+        if model is not None and model != self.options.model:
+            with self._lock:
+                expected = self.model_dimensions.setdefault(model, got)
+            if got != expected:
+                raise DimensionMismatch(url, expected, got)
+            return
         with self._lock:
             if self.dimension is None:
                 self.dimension = got
@@ -612,7 +634,9 @@ _CLIENT_DOC = """
       ``"openai"`` (``POST /v1/embeddings``: OpenAI, vLLM, infinity); ``path``
       overrides the route.
     - ``model``: the OpenAI ``model`` field (``None``: not sent); ``embed(model=...)``
-      overrides it per call.
+      overrides it per call. Either way, requests go only to backends serving that
+      model (``Backend.model``, or learned from ``/info``) or of unknown model, and
+      each model keeps its own dimension check.
     - ``normalize``: unit-length rows. Sent to TEI-shaped servers; done here for the
       OpenAI API, which has no such field (``None``: the server's default).
     - ``truncate``: cut inputs longer than the model's limit instead of failing with a
@@ -719,6 +743,7 @@ class EmbeddingClient:
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -758,6 +783,7 @@ class EmbeddingClient:
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -836,7 +862,7 @@ class EmbeddingClient:
 
     def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
-        response = self._http.get("/info")
+        response = self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
                 backend_url(response), response.status_code, _error_detail(response), response
@@ -852,7 +878,7 @@ class EmbeddingClient:
             return
         cfg.info_done = True
         try:
-            cfg.learn_info(self._http.get("/info"))
+            cfg.learn_info(self._http.get("/info", **self._cfg.info_kwargs()))
         except httpx.HTTPError as exc:
             log.debug("GET /info failed (%s): using the configured limits", exc)
 
@@ -861,7 +887,7 @@ class EmbeddingClient:
         started = time.monotonic()
         response = self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
         try:
-            rows, url = cfg.outcome(response, len(texts))
+            rows, url = cfg.outcome(response, len(texts), model)
         except _Split:
             parts = [
                 self._embed_batch(half, max(1, tokens * len(half) // len(texts)), model)
@@ -935,7 +961,7 @@ class EmbeddingClient:
 
     def _empty(self) -> FloatMatrix:
         if self._cfg.dimension is None:
-            self._cfg.dimension_from_info(self._http.get("/info"))
+            self._cfg.dimension_from_info(self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
 
     def embed_iter(
@@ -1031,6 +1057,7 @@ class AsyncEmbeddingClient:
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -1072,6 +1099,7 @@ class AsyncEmbeddingClient:
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -1134,7 +1162,7 @@ class AsyncEmbeddingClient:
 
     async def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
-        response = await self._http.get("/info")
+        response = await self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
                 backend_url(response), response.status_code, _error_detail(response), response
@@ -1150,7 +1178,7 @@ class AsyncEmbeddingClient:
             return
         cfg.info_done = True
         try:
-            cfg.learn_info(await self._http.get("/info"))
+            cfg.learn_info(await self._http.get("/info", **self._cfg.info_kwargs()))
         except httpx.HTTPError as exc:
             log.debug("GET /info failed (%s): using the configured limits", exc)
 
@@ -1159,7 +1187,7 @@ class AsyncEmbeddingClient:
         started = time.monotonic()
         response = await self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
         try:
-            rows, url = cfg.outcome(response, len(texts))
+            rows, url = cfg.outcome(response, len(texts), model)
         except _Split:
             parts = [
                 await self._embed_batch(half, max(1, tokens * len(half) // len(texts)), model)
@@ -1171,7 +1199,7 @@ class AsyncEmbeddingClient:
 
     async def _empty(self) -> FloatMatrix:
         if self._cfg.dimension is None:
-            self._cfg.dimension_from_info(await self._http.get("/info"))
+            self._cfg.dimension_from_info(await self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
 
     async def _run(self, texts: list[str], bar: Progress, model: str | None) -> FloatMatrix:

@@ -102,7 +102,7 @@ _POLICIES: Final[Mapping[str, tuple[type, tuple[str, ...]]]] = {
 _KWARG: Final = {"health": "health_check"}
 _BUDGET_FIELDS: Final = ("ratio", "window", "min_per_second")
 _DNS_FIELDS: Final = ("port", "min_ttl", "max_ttl", "timeout")
-_TARGET_FIELDS: Final = ("port", "tier", "weight", "scheme", "path")
+_TARGET_FIELDS: Final = ("port", "tier", "weight", "scheme", "path", "model", "zone")
 
 
 @attrs.frozen
@@ -124,6 +124,7 @@ class Config:
     outlier_detection: OutlierDetection | bool | None = None
     slow_start: SlowStart | bool | None = None
     panic_threshold: float | None = None
+    zone: str | None = None
     timeouts: Mapping[str, float | str] = attrs.field(factory=dict)
     client: Mapping[str, Any] = attrs.field(factory=dict)
     api_key: str | None = attrs.field(default=None, repr=lambda v: "None" if v is None else "***")
@@ -147,6 +148,8 @@ class Config:
                 kwargs[_KWARG.get(key, key)] = value
         if self.panic_threshold is not None:
             kwargs["panic_threshold"] = self.panic_threshold
+        if self.zone is not None:
+            kwargs["zone"] = self.zone
         for key in ("attempt", "total"):
             if key in self.timeouts:
                 kwargs[_TIMEOUTS[key]] = self.timeouts[key]
@@ -198,7 +201,7 @@ def from_config(mapping: Mapping[str, Any]) -> Config:
     data = dict(mapping)
     known = {
         "backends", "dns", "balancer", "retry", "panic_threshold", "timeouts", "api_key",
-        "headers", *_POLICIES, *_CLIENT,
+        "headers", "zone", *_POLICIES, *_CLIENT,
     }  # fmt: skip
     _no_unknown("the configuration", data, known)
     kwargs: dict[str, Any] = {}
@@ -220,6 +223,8 @@ def from_config(mapping: Mapping[str, Any]) -> Config:
         if not 0.0 <= value <= 1.0:
             raise ConfigError(f"panic_threshold: expected a fraction in [0, 1], got {value!r}")
         kwargs["panic_threshold"] = value
+    if "zone" in data:
+        kwargs["zone"] = _value("zone", data["zone"], str)
     if "timeouts" in data:
         kwargs["timeouts"] = _timeouts(data["timeouts"])
     client = {k: _value(k, data[k], t) for k, t in _CLIENT.items() if k in data}
@@ -298,7 +303,7 @@ def _backends(value: Any) -> tuple[Backend, ...]:
             item = {"url": item}
         if not isinstance(item, Mapping):
             raise ConfigError(f"{where}: expected a URL or a mapping, got {item!r}")
-        _no_unknown(where, item, ("url", "weight", "tier", "labels"))
+        _no_unknown(where, item, ("url", "weight", "tier", "labels", "model", "zone"))
         if "url" not in item:
             raise ConfigError(f"{where}: 'url' is required")
         kw: dict[str, Any] = {"url": _value(f"{where}.url", item["url"], str)}
@@ -308,6 +313,9 @@ def _backends(value: Any) -> tuple[Backend, ...]:
             kw["tier"] = _number(f"{where}.tier", item["tier"], int)
         if "labels" in item:
             kw["labels"] = dict(item["labels"])
+        for key in ("model", "zone"):
+            if key in item:
+                kw[key] = _value(f"{where}.{key}", item[key], str)
         try:
             out.append(Backend(**kw))
         except (TypeError, ValueError) as exc:
@@ -338,7 +346,7 @@ def _dns(value: Any) -> dict[str, Any]:
         for key, kind in (("port", int), ("tier", int), ("weight", float)):
             if key in target:
                 t[key] = _number(f"{where}.{key}", target[key], kind)
-        for key in ("scheme", "path"):
+        for key in ("scheme", "path", "model", "zone"):
             if key in target:
                 t[key] = _value(f"{where}.{key}", target[key], str)
         out["targets"].append(t)
@@ -497,6 +505,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "SLOW_START_AGGRESSION": "slow_start.aggression",
     "SLOW_START_MIN_WEIGHT_PERCENT": "slow_start.min_weight_percent",
     "PANIC_THRESHOLD": "panic_threshold",
+    "ZONE": "zone",
     "TIMEOUT": "timeouts.request",
     "ATTEMPT_TIMEOUT": "timeouts.attempt",
     "TOTAL_TIMEOUT": "timeouts.total",
@@ -643,6 +652,8 @@ def _to_env(cfg: Config, prefix: str) -> dict[str, str]:
                 put(env_names[f"{key}.{name}"], field)
     if cfg.panic_threshold is not None:
         put("PANIC_THRESHOLD", cfg.panic_threshold)
+    if cfg.zone is not None:
+        put("ZONE", cfg.zone)
     for key, seconds in cfg.timeouts.items():
         put(env_names[f"timeouts.{key}"], seconds)
     for key, value in cfg.client.items():
@@ -657,7 +668,12 @@ def _to_env(cfg: Config, prefix: str) -> dict[str, str]:
 def _backend_spec(backend: Backend) -> str:
     if backend.labels:
         raise ConfigError("backend labels cannot be written as environment variables")
-    return f"{backend.url};weight={backend.weight!r};tier={backend.tier}"
+    spec = f"{backend.url};weight={backend.weight!r};tier={backend.tier}"
+    for key in ("model", "zone"):
+        value = getattr(backend, key)
+        if value is not None:
+            spec += f";{key}={value}"
+    return spec
 
 
 def _target_spec(target: Mapping[str, Any]) -> str:

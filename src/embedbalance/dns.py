@@ -95,7 +95,8 @@ class DnsTarget:
     ``labels``: copied onto each backend, with ``dns_name`` added.
     ``tls_server_name``: for ``https`` targets, the name the pods' certificate is issued
     for (backends are reached by address, so without it TLS would verify the address);
-    ``True`` means this target's ``name``.
+    ``True`` means this target's ``name``. ``model`` and ``zone``: copied onto each
+    backend found (one Service per model, or per zone; see ``Backend``).
     """
 
     name: str = attrs.field(validator=attrs.validators.min_len(1))
@@ -108,6 +109,8 @@ class DnsTarget:
         factory=dict, converter=_freeze_labels, eq=False, hash=False
     )
     tls_server_name: str | bool | None = None
+    model: str | None = None
+    zone: str | None = None
 
     @property
     def server_name(self) -> str | None:
@@ -439,6 +442,8 @@ class DnsDiscovery:
                 tier=target.tier,
                 labels=labels,
                 tls_server_name=target.server_name,
+                model=target.model,
+                zone=target.zone,
             )
 
         if port is not None:

@@ -61,14 +61,29 @@ class NoBackendAvailable(EmbedbalanceError, httpx.ConnectError):
     """Nothing could be picked: no backend configured, or every one is unusable.
 
     ``reasons`` names each backend and why; it is empty when none is configured.
-    Like ``httpx.ConnectError``, it means the request was never sent.
+    ``model`` is the model the request asked for (``None``: any), and ``served`` the
+    models the pool's backends serve, so that a request for a model no backend serves
+    says so. Like ``httpx.ConnectError``, it means the request was never sent.
     """
 
-    def __init__(self, reasons: Sequence[Unavailability] = ()) -> None:
+    def __init__(
+        self,
+        reasons: Sequence[Unavailability] = (),
+        *,
+        model: str | None = None,
+        served: Sequence[str] = (),
+    ) -> None:
         self.reasons: tuple[Unavailability, ...] = tuple(reasons)
-        if self.reasons:
+        self.model = model
+        self.served: tuple[str, ...] = tuple(served)
+        if model is not None and not self.reasons:
+            listed = ", ".join(repr(m) for m in self.served) or "none"
+            msg = f"no backend serves model {model!r} (models served: {listed})"
+        elif self.reasons:
             detail = "; ".join(str(r) for r in self.reasons)
             msg = f"no backend available ({detail})"
+            if model is not None:
+                msg = f"no backend available for model {model!r} ({detail})"
         else:
             msg = "no backend available: none configured"
         super().__init__(msg)

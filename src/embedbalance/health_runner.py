@@ -19,6 +19,11 @@ verdicts for :meth:`BackendPool.report_canary`. With it on, the sync checker run
 first round before :meth:`HealthChecker.start` returns and the async runner reports
 itself started only after its first round, so the first request already has checked
 replicas to go to.
+
+Admission is also where a backend's model is learned: once a backend whose
+``Backend.model`` is not given passes a check, its ``GET /info`` is read once (TEI's
+``model_id``, also the reference worker's) and the pool routes requests that name a
+model by it. A server without ``/info`` keeps serving any request.
 """
 
 from __future__ import annotations
@@ -50,15 +55,18 @@ from .pool import BackendPool
 
 __all__ = [
     "AsyncCanaryProbe",
+    "AsyncInfoProbe",
     "AsyncProbe",
     "CanaryAnswer",
     "CanaryProbe",
     "CanaryRounds",
     "HealthChecker",
+    "InfoProbe",
     "Probe",
     "async_http_canary_probe",
     "http_canary_probe",
     "http_probe",
+    "model_from_info",
     "run_async_checks",
     "speaking_as",
 ]
@@ -69,6 +77,9 @@ log = logging.getLogger("embedbalance.health")
 Probe = Callable[[Backend], bool]
 #: An async check of one backend: True when healthy.
 AsyncProbe = Callable[[Backend], Awaitable[bool]]
+#: Reads one backend's ``/info``: ``(answered, model)``; not answered means "ask again".
+InfoProbe = Callable[[Backend], tuple[bool, str | None]]
+AsyncInfoProbe = Callable[[Backend], Awaitable[tuple[bool, str | None]]]
 
 
 @attrs.frozen(eq=False)
@@ -110,10 +121,10 @@ def _request(
     )
 
 
-def check_request(backend: Backend, policy: HealthCheck) -> httpx.Request:
+def check_request(backend: Backend, policy: HealthCheck, path: str | None = None) -> httpx.Request:
     """The check as sent: ``GET <backend><path>`` with the policy's headers and its
-    timeout on every phase."""
-    return _request("GET", backend, policy.path, policy, policy.timeout)
+    timeout on every phase (``path``: another one than the policy's, like ``/info``)."""
+    return _request("GET", backend, policy.path if path is None else path, policy, policy.timeout)
 
 
 def canary_request(backend: Backend, policy: HealthCheck, canary: Canary) -> httpx.Request:
@@ -174,7 +185,8 @@ def http_canary_probe(
     def probe(backend: Backend) -> CanaryAnswer:
         try:
             request = canary_request(backend, policy, canary)
-            response = transport_for(backend).handle_request(request)
+            with _tracing.suppressed():
+                response = transport_for(backend).handle_request(request)
             try:
                 content = response.read()
             finally:
@@ -199,7 +211,8 @@ def async_http_canary_probe(
         try:
             with anyio.fail_after(canary.timeout):
                 request = canary_request(backend, policy, canary)
-                response = await transport_for(backend).handle_async_request(request)
+                with _tracing.suppressed():
+                    response = await transport_for(backend).handle_async_request(request)
                 try:
                     content = await response.aread()
                 finally:
@@ -266,6 +279,73 @@ class CanaryRounds:
             if agrees is None and url in awaiting:
                 agrees = True
             pool.report_canary(url, agrees, verdict.detail)
+
+
+def model_from_info(status: int, body: bytes) -> tuple[bool, str | None]:
+    """``(answered, model)`` from an ``/info`` answer: TEI's ``model_id`` (the reference
+    worker's too), else a ``model`` field. Any HTTP answer counts as answered (a server
+    without ``/info`` is not asked again); a malformed body names no model."""
+    if not 200 <= status < 300:
+        return True, None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return True, None
+    if not isinstance(payload, dict):
+        return True, None
+    for key in ("model_id", "model"):
+        value = payload.get(key)
+        if isinstance(value, str) and value:
+            return True, value
+    return True, None
+
+
+def http_info(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.BaseTransport]
+) -> InfoProbe:
+    """A sync ``GET /info`` through ``transport_for(backend)``, as checks are sent."""
+
+    def info(backend: Backend) -> tuple[bool, str | None]:
+        try:
+            with _tracing.suppressed():
+                response = transport_for(backend).handle_request(
+                    check_request(backend, policy, "/info")
+                )
+            try:
+                body = response.read()
+            finally:
+                response.close()
+        except httpx.HTTPError as exc:
+            log.debug("GET /info of %s failed: %r", backend.url, exc)
+            return False, None
+        return model_from_info(response.status_code, body)
+
+    return info
+
+
+def async_http_info(
+    policy: HealthCheck, transport_for: Callable[[Backend], httpx.AsyncBaseTransport]
+) -> AsyncInfoProbe:
+    """The async twin of :func:`http_info`, bounded by the policy's timeout."""
+
+    async def info(backend: Backend) -> tuple[bool, str | None]:
+        try:
+            with anyio.fail_after(policy.timeout):
+                transport = transport_for(backend)
+                with _tracing.suppressed():
+                    response = await transport.handle_async_request(
+                        check_request(backend, policy, "/info")
+                    )
+                try:
+                    body = await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.HTTPError, TimeoutError) as exc:
+            log.debug("GET /info of %s failed: %r", backend.url, exc)
+            return False, None
+        return model_from_info(response.status_code, body)
+
+    return info
 
 
 def verdict(backend: Backend, status: int | None, error: BaseException | None = None) -> bool:
@@ -335,6 +415,7 @@ class HealthChecker:
     ``probe`` sends one check and ``canary_probe`` one canary (when the policy has
     one); without them, they go through ``transport`` (a plain ``httpx.HTTPTransport``
     when that is not given either, closed by :meth:`stop`).
+    ``info`` reads a healthy backend's model once, where the pool does not know it.
     """
 
     def __init__(
@@ -345,6 +426,7 @@ class HealthChecker:
         transport: httpx.BaseTransport | None = None,
         probe: Probe | None = None,
         canary_probe: CanaryProbe | None = None,
+        info: InfoProbe | None = None,
         rng: random.Random | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
@@ -365,6 +447,7 @@ class HealthChecker:
         self._probe = probe
         self._canary_probe = canary_probe
         self._rounds = CanaryRounds(policy.canary, clock=clock) if policy.canary else None
+        self._info = info
         self._thread: threading.Thread | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._pid = os.getpid()
@@ -455,6 +538,19 @@ class HealthChecker:
                 if answer is not None
             }
             rounds.settle(self.pool, backends, answers, awaiting)
+        if self._info is not None:
+            for backend, (ok, _) in zip(backends, results, strict=True):
+                if ok and self.pool.wants_model(backend):
+                    self._learn(backend, self._info)
+
+    def _learn(self, backend: Backend, info: InfoProbe) -> None:
+        try:
+            answered, model = info(backend)
+        except Exception:  # like a probe, never take the checker down
+            log.exception("GET /info of %s raised", backend.url)
+            return
+        if answered:
+            self.pool.learn_model(backend, model)
 
     def _run(self, skip_first: bool = False) -> None:
         stop = self._stop
@@ -475,6 +571,7 @@ async def run_async_checks(
     transport: httpx.AsyncBaseTransport | None = None,
     probe: AsyncProbe | None = None,
     canary_probe: AsyncCanaryProbe | None = None,
+    info: AsyncInfoProbe | None = None,
     rng: random.Random | None = None,
     clock: Clock = time.monotonic,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -486,6 +583,8 @@ async def run_async_checks(
     ``httpx.AsyncHTTPTransport`` when that is not given either, closed on exit).
     Started with ``task_group.start``, it reports itself started at once — or, with a
     canary, after its first round.
+
+    ``info`` reads a healthy backend's model once, where the pool does not know it.
     """
     rng = rng or random.Random()
     owned: httpx.AsyncBaseTransport | None = None
@@ -541,6 +640,16 @@ async def run_async_checks(
                     pool.report_check(backend, results.get(backend.url, False))
                 if rounds is not None:
                     rounds.settle(pool, backends, answers, awaiting)
+                if info is not None:
+                    for backend in backends:
+                        if results.get(backend.url) and pool.wants_model(backend):
+                            try:
+                                answered, model = await info(backend)
+                            except Exception:
+                                log.exception("GET /info of %s raised", backend.url)
+                                continue
+                            if answered:
+                                pool.learn_model(backend, model)
             except Exception:
                 log.exception("health check round failed")
             if not reported:

@@ -16,6 +16,7 @@ import math
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
@@ -38,8 +39,17 @@ from .health import (
     max_ejectable,
 )
 from .load import DEFAULT_FAILURE_DECAY
+from .locality import Locality
 
-__all__ = ["BackendPool", "BackendStats", "Lease", "Outcome", "PoolEvent", "PoolStats"]
+__all__ = [
+    "BackendPool",
+    "BackendStats",
+    "Lease",
+    "ModelStats",
+    "Outcome",
+    "PoolEvent",
+    "PoolStats",
+]
 
 log = logging.getLogger("embedbalance")
 
@@ -84,6 +94,8 @@ class Lease:
     hedge: bool = False
     #: The attempt's tracing span while it is open (see the transports); opaque here.
     span: Any = attrs.field(default=None, repr=False)
+    #: The model the request asked for (``None``: any), for per-model counts.
+    model: str | None = None
 
 
 @attrs.frozen
@@ -137,18 +149,58 @@ class BackendStats:
     #: None when canary checks are off. A replica it rejects is ``"ejected"``, one it
     #: has not yet passed ``"pending"``.
     canary: str | None = None
+    #: The model it serves, where known (given, or learned from ``/info``).
+    model: str | None = None
+    #: Its zone (``Backend.zone``).
+    zone: str | None = None
+
+
+@attrs.frozen
+class ModelStats:
+    """Requests that named one model (attempts, as in :class:`BackendStats`; latencies
+    in seconds over its last 1,024 successes)."""
+
+    model: str
+    requests: int
+    successes: int
+    failures: int
+    overloads: int
+    cancelled: int
+    latency_p50: float | None
+    latency_p99: float | None
+
+
+@attrs.define(slots=True)
+class _ModelCounters:
+    requests: int = 0
+    successes: int = 0
+    failures: int = 0
+    overloads: int = 0
+    cancelled: int = 0
+    latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=1024))
 
 
 @attrs.frozen
 class PoolStats:
-    """A snapshot of the whole pool."""
+    """A snapshot of the whole pool; ``models`` counts requests per model they named."""
 
     at: float
     panic: bool
     backends: tuple[BackendStats, ...]
+    models: tuple[ModelStats, ...] = ()
 
     def by_url(self) -> dict[str, BackendStats]:
         return {b.url: b for b in self.backends}
+
+    def by_model(self) -> dict[str, ModelStats]:
+        return {m.model: m for m in self.models}
+
+    def requests_by_zone(self) -> dict[str | None, int]:
+        """Attempts sent to each zone (``None``: backends in no zone)."""
+        counts: dict[str | None, int] = {}
+        for b in self.backends:
+            counts[b.zone] = counts.get(b.zone, 0) + b.requests
+        return counts
 
     @property
     def in_flight(self) -> int:
@@ -172,7 +224,13 @@ class BackendPool:
     - ``panic_threshold``: when fewer than this share of backends is healthy, the pool
       balances over all of them rather than crush the survivors (Envoy's panic mode;
       0 disables).
+    - ``zone``: the caller's zone (a name, or a :class:`~embedbalance.Locality` to tune
+      when traffic spills): backends in it are preferred while they can carry the
+      traffic, within each priority tier (``None``: no preference).
     - ``clock``, ``rng``: injected time and randomness.
+
+    Requests that name a model (:meth:`acquire`'s ``model``) go only to backends
+    serving it; a backend whose model is not known serves any request.
     """
 
     def __init__(
@@ -184,12 +242,19 @@ class BackendPool:
         health_check: HealthCheck | None = None,
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         clock: Clock = monotonic,
         rng: random.Random | None = None,
     ) -> None:
         if not 0.0 <= panic_threshold <= 1.0:
             raise ValueError(f"panic_threshold must be between 0 and 1, got {panic_threshold!r}")
         self.balancer = _make_balancer(balancer)
+        self.locality = Locality.coerce(zone)
+        # Without a zone the pick path stays what it was: pick() directly.
+        self._choose = self.balancer.pick
+        if self.locality is not None:
+            self.balancer.use_locality(self.locality)
+            self._choose = self.balancer.choose
         self.outlier_detection = outlier_detection or OutlierDetection(enabled=False)
         self.health_check = health_check or HealthCheck()
         self.slow_start = slow_start or SlowStart(window=0.0)
@@ -212,6 +277,10 @@ class BackendPool:
         self._panic = False
         self._dirty = True
         self._next_expiry = math.inf
+        # Per model named by requests: (usable, live) of the backends serving it, rebuilt
+        # with the usable list, so a balancer sees the same list objects between changes.
+        self._by_model: dict[str, tuple[list[BackendState], list[BackendState]]] = {}
+        self._models: dict[str, _ModelCounters] = {}
         now = self.clock()
         for b in backends:
             backend = as_backend(b)
@@ -380,12 +449,48 @@ class BackendPool:
             usable.append(s)
         self._live = live
         self._usable = usable
+        self._by_model = {}
         self._next_expiry = next_expiry
         self._dirty = False
 
-    def _unavailability(self, now: float, exclude: Collection[str]) -> list[Unavailability]:
-        reasons = []
+    def _serving(self, model: str) -> tuple[list[BackendState], list[BackendState]]:
+        """Usable and live backends that serve ``model`` (or whose model is unknown).
+
+        A pool whose backends all serve one model that nobody configured (learned from
+        ``/info``) routes a request for any other name anyway: a single-model deployment
+        that never named its model must not start refusing the names its callers have
+        always sent (the server decides, as it did without routing)."""
+        cached = self._by_model.get(model)
+        if cached is None:
+            live = [s for s in self._live if s.model is None or model_matches(model, s.model)]
+            if len(live) < len(self._live) and self._one_learned_model():
+                cached = (self._usable, self._live)
+            else:
+                usable = [
+                    s for s in self._usable if s.model is None or model_matches(model, s.model)
+                ]
+                cached = (usable, live)
+            self._by_model[model] = cached
+        return cached
+
+    def _one_learned_model(self) -> bool:
+        """Whether every member's model is unknown or learned, and at most one is known."""
+        learned = set()
         for s in self._live:
+            if s.backend.model is not None:
+                return False
+            if s.learned_model is not None:
+                learned.add(s.learned_model)
+        return len(learned) <= 1
+
+    def _served_models(self) -> list[str]:
+        return sorted({m for s in self._live if (m := s.model) is not None})
+
+    def _unavailability(
+        self, now: float, exclude: Collection[str], live: Sequence[BackendState] | None = None
+    ) -> list[Unavailability]:
+        reasons = []
+        for s in self._live if live is None else live:
             if s.url in exclude:
                 reasons.append(Unavailability(s.url, "excluded"))
             elif s.ejected_until is not None and s.ejected_until > now:
@@ -400,12 +505,16 @@ class BackendPool:
             reasons.append(Unavailability(url, "draining"))
         return reasons
 
-    def acquire(self, cost: float = 1.0, exclude: Collection[str] = ()) -> Lease:
+    def acquire(
+        self, cost: float = 1.0, exclude: Collection[str] = (), *, model: str | None = None
+    ) -> Lease:
         """Pick a backend for one request of ``cost`` (tokens, say), avoiding the URLs
-        in ``exclude`` (where earlier attempts of the same request failed).
+        in ``exclude`` (where earlier attempts of the same request failed); with
+        ``model``, only among backends serving it or of unknown model.
 
-        Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why,
-        and ``ValueError`` for a cost that is not a finite number >= 0 (a NaN would
+        Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why
+        (and, for a model no backend serves, the model and those served), and
+        ``ValueError`` for a cost that is not a finite number >= 0 (a NaN would
         poison every estimate it touched).
         """
         if not 0.0 <= cost < math.inf:
@@ -417,20 +526,40 @@ class BackendPool:
                 events = []
                 self._refresh(now, events)
             candidates: Sequence[BackendState] = self._usable
+            population: Sequence[BackendState] = self._live
+            if model is not None:
+                candidates, population = self._serving(model)
             if exclude:
                 candidates = [s for s in candidates if s.url not in exclude]
             if not candidates:
-                error = NoBackendAvailable(self._unavailability(now, exclude))
+                if model is None:
+                    error = NoBackendAvailable(self._unavailability(now, exclude))
+                else:
+                    error = NoBackendAvailable(
+                        self._unavailability(now, exclude, population) if population else (),
+                        model=model,
+                        served=self._served_models(),
+                    )
             else:
-                state = self.balancer.pick(
-                    candidates, cost=cost, now=now, rng=self.rng, population=self._live
+                state = self._choose(
+                    candidates, cost=cost, now=now, rng=self.rng, population=population
                 )
                 state.pending += 1
                 state.outstanding_cost += cost
                 state.requests += 1
                 lease = Lease(
-                    state.backend, cost, now, state=state, load_at_start=state.outstanding_cost
+                    state.backend,
+                    cost,
+                    now,
+                    state=state,
+                    load_at_start=state.outstanding_cost,
+                    model=model,
                 )
+                if model is not None:
+                    counters = self._models.get(model)
+                    if counters is None:
+                        counters = self._models[model] = _ModelCounters()
+                    counters.requests += 1
                 if self._track_age:
                     state.in_flight.append(lease)
         if events:
@@ -487,6 +616,9 @@ class BackendPool:
                 hints = ServerHints(queue_depth=queue_depth)
             if queue_depth is not None:
                 s.queue_depth = queue_depth
+            counters = self._models.get(lease.model) if lease.model is not None else None
+            if counters is not None:
+                self._count_model(counters, outcome, latency, now - lease.started_at)
             if outcome is _SUCCESS:
                 if latency is None:
                     latency = now - lease.started_at
@@ -517,6 +649,20 @@ class BackendPool:
                 s.cancelled += 1
         if events:
             self._emit(events)
+
+    @staticmethod
+    def _count_model(
+        counters: _ModelCounters, outcome: Outcome, latency: float | None, elapsed: float
+    ) -> None:
+        if outcome is _SUCCESS:
+            counters.successes += 1
+            counters.latencies.append(max(0.0, elapsed if latency is None else latency))
+        elif outcome is _FAILURE:
+            counters.failures += 1
+        elif outcome is _OVERLOADED:
+            counters.overloads += 1
+        else:
+            counters.cancelled += 1
 
     @staticmethod
     def _readmit(s: BackendState, now: float) -> None:
@@ -578,6 +724,9 @@ class BackendPool:
                         # Slow start is for a comeback; the first verdict on a backend
                         # that has been serving all along (None -> True) keeps its weight.
                         self._readmit(s, now)
+                        # A replica back from the dead may be a new one at the same
+                        # address, serving another model: read its /info again.
+                        s.model_known = False
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )
@@ -644,6 +793,31 @@ class BackendPool:
                 events.append(PoolEvent("ejected", url, now, detail))
         self._emit(events)
 
+    def wants_model(self, backend: BackendLike) -> bool:
+        """Whether ``backend``'s model is still unknown (not given, ``/info`` not read):
+        what the health checker asks before reading ``GET /info``."""
+        url = as_backend(backend).url
+        with self._lock:
+            s = self._states.get(url)
+            return s is not None and s.backend.model is None and not s.model_known
+
+    def learn_model(self, backend: BackendLike, model: str | None) -> None:
+        """Record the model ``backend``'s ``/info`` reports (``None``: it answered but
+        names none, so it keeps serving any request and is not asked again)."""
+        url = as_backend(backend).url
+        events: list[PoolEvent] = []
+        with self._lock:
+            s = self._states.get(url)
+            if s is None:
+                return
+            s.model_known = True
+            if model != s.learned_model:
+                s.learned_model = model
+                self._dirty = True
+                if s.backend.model is None and model is not None:
+                    events.append(PoolEvent("updated", url, self.clock(), f"serves {model!r}"))
+        self._emit(events)
+
     # -- introspection ------------------------------------------------------------
 
     def stats(self) -> PoolStats:
@@ -657,7 +831,8 @@ class BackendPool:
                 events = []
             rows = [self._backend_stats(s, now) for s in self._states.values()]
             rows += [self._backend_stats(s, now) for s in self._draining.values()]
-            snapshot = PoolStats(at=now, panic=self._panic, backends=tuple(rows))
+            models = tuple(_model_stats(m, c) for m, c in sorted(self._models.items()))
+            snapshot = PoolStats(at=now, panic=self._panic, backends=tuple(rows), models=models)
         if events:
             self._emit(events)
         return snapshot
@@ -724,6 +899,8 @@ class BackendPool:
             concurrency=self.balancer.concurrency(s),
             latency_high=s.latency_high if s.latency_high_samples else None,
             canary=s.canary_detail if self.health_check.canary is not None else None,
+            model=s.model,
+            zone=s.backend.zone,
         )
 
     def attempt_deadline(
@@ -752,6 +929,33 @@ class BackendPool:
                 high = max(highs)
         deadline = multiple * high
         return deadline if ceiling is None or deadline < ceiling else ceiling
+
+
+def model_matches(requested: str, served: str) -> bool:
+    """Whether a request for ``requested`` may go to a backend serving ``served``: the
+    same name, or the same without the organisation (``all-MiniLM-L6-v2`` is
+    ``sentence-transformers/all-MiniLM-L6-v2``, as callers and servers often spell it)."""
+    if requested == served:
+        return True
+    if "/" in requested:
+        return "/" not in served and requested.rpartition("/")[2] == served
+    return served.rpartition("/")[2] == requested
+
+
+def _model_stats(model: str, c: _ModelCounters) -> ModelStats:
+    p50 = p99 = None
+    if c.latencies:
+        p50, p99 = (float(x) for x in np.percentile(np.fromiter(c.latencies, float), [50, 99]))
+    return ModelStats(
+        model=model,
+        requests=c.requests,
+        successes=c.successes,
+        failures=c.failures,
+        overloads=c.overloads,
+        cancelled=c.cancelled,
+        latency_p50=p50,
+        latency_p99=p99,
+    )
 
 
 def _make_balancer(balancer: Balancer | Callable[[], Balancer] | None) -> Balancer:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import math
 import os
@@ -53,11 +54,14 @@ from .health import HealthCheck, OutlierDetection, SlowStart
 from .health_runner import (
     HealthChecker,
     async_http_canary_probe,
+    async_http_info,
     async_http_probe,
     http_canary_probe,
+    http_info,
     http_probe,
     run_async_checks,
 )
+from .locality import Locality
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
 from .retry import Hedge, Retry
 
@@ -66,6 +70,7 @@ __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "MODEL_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -79,6 +84,10 @@ log = logging.getLogger("embedbalance")
 
 #: ``request.extensions`` key: the request's cost (tokens, say) for token-aware balancers.
 COST_EXTENSION = "embedbalance.cost"
+#: ``request.extensions`` key: the model the request is for; it goes only to backends
+#: serving that model (or of unknown model). Without it, a JSON ``POST`` to a path
+#: ending in ``/embeddings`` (OpenAI's API) is routed by its body's ``model`` field.
+MODEL_EXTENSION = "embedbalance.model"
 #: ``request.extensions`` key: ``True`` marks a request safe to resend after it was sent.
 IDEMPOTENT_EXTENSION = "embedbalance.idempotent"
 #: ``request.extensions`` key: seconds this request may take in all, retries included.
@@ -129,6 +138,38 @@ class TransportStats:
     hedges: int
     budget_exhausted: int
     hedge_budget_exhausted: int
+
+
+def request_model(request: httpx.Request) -> str | None:
+    """The model a request is for: :data:`MODEL_EXTENSION`, else the ``model`` field of
+    an OpenAI-style body (a JSON ``POST`` to ``.../embeddings``), else ``None`` (any).
+
+    The body is read only for such requests, only when it is in memory already, and
+    only parsed when it mentions ``"model"`` at all; a malformed body names no model and
+    is sent on untouched, for the server to answer. Raises ``ValueError`` for an
+    extension that is not a non-empty string.
+    """
+    given = request.extensions.get(MODEL_EXTENSION)
+    if given is not None:
+        if not isinstance(given, str) or not given:
+            raise ValueError(f"{MODEL_EXTENSION} must be a non-empty string, got {given!r}")
+        return given
+    if request.method != "POST" or not request.url.path.endswith("/embeddings"):
+        return None
+    stream = request.stream
+    if not isinstance(stream, httpx.ByteStream):
+        return None  # a streamed body is not read ahead of sending
+    if "json" not in request.headers.get("content-type", ""):
+        return None
+    body = b"".join(stream)
+    if b'"model"' not in body:
+        return None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    model = payload.get("model") if isinstance(payload, dict) else None
+    return model if isinstance(model, str) and model else None
 
 
 def _is_discovery(value: object) -> bool:
@@ -227,6 +268,7 @@ class _Core:
         outlier_detection: OutlierDetection | None,
         slow_start: SlowStart | None,
         panic_threshold: float,
+        zone: Locality | str | None,
         retry: Retry | int | bool | None,
         hedge: Hedge | None,
         attempt_timeout: float | Literal["auto"] | None,
@@ -249,6 +291,7 @@ class _Core:
             health_check=health_check,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             clock=clock,
             rng=self.rng,
         )
@@ -290,7 +333,7 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
-        return self.policy.begin(cost, replayable and idempotent, total)
+        return self.policy.begin(cost, replayable and idempotent, total, request_model(request))
 
     def route(self, request: httpx.Request, lease: Lease, timeout: float | None) -> httpx.Request:
         """The request as sent to the lease's backend: new scheme/host/port, same
@@ -451,6 +494,9 @@ _DOC_PARAMS = """
     - ``health_check``: active ``GET /health`` checks (``None``: passive detection only).
       Checks go through the same inner transport as requests, with the policy's headers.
     - ``outlier_detection``, ``slow_start``, ``panic_threshold``: see the pool.
+    - ``zone``: the caller's zone (a name, or a :class:`~embedbalance.Locality`):
+      backends with that ``Backend.zone`` take the traffic while they can carry it,
+      the rest spills to other zones (``docs/locality.md``). ``None``: no preference.
     - ``retry``: a :class:`~embedbalance.Retry`, an attempt count, or False.
     - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
     - ``attempt_timeout``: seconds one attempt may take in all (connect, send, answer)
@@ -498,6 +544,7 @@ class BalancingTransport(httpx.BaseTransport):
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -514,6 +561,7 @@ class BalancingTransport(httpx.BaseTransport):
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -571,8 +619,9 @@ class BalancingTransport(httpx.BaseTransport):
                 policy = core.health_check
                 probe = http_probe(policy, self._probe_transport)
                 canary = http_canary_probe(policy, self._probe_transport) if policy.canary else None
+                info = http_info(policy, self._probe_transport)
                 self._checker = HealthChecker(
-                    core.pool, policy, probe=probe, canary_probe=canary, rng=core.rng
+                    core.pool, policy, probe=probe, canary_probe=canary, info=info, rng=core.rng
                 )
                 self._checker.start()
             self._started_pid = os.getpid()
@@ -739,6 +788,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         outlier_detection: OutlierDetection | None = OutlierDetection(),
         slow_start: SlowStart | None = SlowStart(),
         panic_threshold: float = 0.5,
+        zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
         hedge: Hedge | None = None,
         attempt_timeout: float | Literal["auto"] | None = None,
@@ -757,6 +807,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             outlier_detection=outlier_detection,
             slow_start=slow_start,
             panic_threshold=panic_threshold,
+            zone=zone,
             retry=retry,
             hedge=hedge,
             attempt_timeout=attempt_timeout,
@@ -867,6 +918,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             policy,
             probe=probe_and_tidy,
             canary_probe=canary,
+            info=async_http_info(policy, self._probe_transport),
             rng=random.Random(core.rng.random()),
             task_status=task_status,
         )
