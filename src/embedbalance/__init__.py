@@ -36,12 +36,14 @@ from .exceptions import (
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .metrics import PrometheusMetrics
 from .pool import BackendPool, BackendStats, Lease, Outcome, PoolEvent, PoolStats
+from .priority import BulkLimit, BulkLimiter
 from .retry import Hedge, Retry, RetryBudgetPolicy
 from .transport import (
     ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
     IDEMPOTENT_EXTENSION,
+    PRIORITY_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -76,6 +78,7 @@ __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "PRIORITY_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -90,6 +93,8 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "BulkLimit",
+    "BulkLimiter",
     "DeadlineExceeded",
     "DimensionMismatch",
     "Discovery",

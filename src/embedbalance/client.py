@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from ._backend import Backend, BackendLike
 from ._batching import Encoder, TokenCounter, plan, token_counter
+from ._bulk import AsyncBulkGate, BulkGate
 from ._clock import Clock, monotonic
 from ._progress import DEFAULT_THRESHOLD, Progress, open_progress
 from ._wire import Options, WireApi, api_for, normalize_rows
@@ -55,11 +56,13 @@ from .exceptions import (
     ResponseFormatError,
 )
 from .health import HealthCheck, OutlierDetection, SlowStart
+from .priority import BULK, BulkLimit, Priority, check_priority
 from .retry import Hedge, Retry
 from .transport import (
     ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
+    PRIORITY_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -189,6 +192,7 @@ class _Config:
     dtype: Dtype
     timeout: float | None
     probe_info: bool
+    priority: Priority = "interactive"
     #: Limits learned from servers (``/info``, 413 answers); None until known.
     server_texts: int | None = None
     server_tokens: int | None = None
@@ -217,6 +221,7 @@ class _Config:
         dimension: int | None,
         timeout: float | None,
         probe_info: bool,
+        priority: str = "interactive",
     ) -> _Config:
         wire = api_for(api, path)
         if encoding_format not in ("float", "base64"):
@@ -254,6 +259,7 @@ class _Config:
             dtype=dtype,  # type: ignore[arg-type]
             timeout=timeout,
             probe_info=probe_info,
+            priority=check_priority(priority),
         )
 
     # -- input -------------------------------------------------------------------------
@@ -391,6 +397,8 @@ class _Config:
         }
         if self.timeout is not None:
             extensions[TOTAL_TIMEOUT_EXTENSION] = self.timeout
+        if self.priority == BULK:
+            extensions[PRIORITY_EXTENSION] = BULK
         return {"json": self.wire.body(texts, options), "extensions": extensions}
 
     def rows(self, response: httpx.Response, n: int) -> FloatMatrix:
@@ -565,6 +573,15 @@ _CLIENT_DOC = """
     - ``dimension``: the expected embedding size; ``None`` pins the first one seen.
     - Identical texts within one call are sent once; each still gets its row.
 
+    Priority (``docs/priority.md``):
+
+    - ``priority``: ``"interactive"`` (default; nothing is sent) or ``"bulk"``: every
+      request carries ``X-Priority: bulk``, which a priority-aware worker serves only
+      when no interactive work waits.
+    - ``bulk_limit``: for a bulk client, the :class:`~embedbalance.BulkLimit` policy that
+      adapts how many sub-batches are in flight to what the pool absorbs without a
+      backlog (at most ``max_concurrency``); ``None``: no adaptive limit.
+
     Feedback: ``progress`` (``True``: a tqdm bar; ``False``: never; ``None``: for jobs
     of ``progress_threshold`` texts or more, when tqdm is installed) and ``on_batch``, a
     function called with a :class:`BatchEvent` for every sub-batch answered.
@@ -626,6 +643,8 @@ class EmbeddingClient:
         probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
+        priority: Priority = "interactive",
+        bulk_limit: BulkLimit | None = BulkLimit(),
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
@@ -663,6 +682,7 @@ class EmbeddingClient:
             dimension=dimension,
             timeout=timeout,
             probe_info=probe_info,
+            priority=priority,
         )
         self.transport = BalancingTransport(
             backends,
@@ -681,6 +701,16 @@ class EmbeddingClient:
         )
         self._http = httpx.Client(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
+        )
+        self._gate = (
+            BulkGate(
+                bulk_limit,
+                clock=clock,
+                backends=len(self.transport.pool.backends),
+                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+            )
+            if self._cfg.priority == BULK and bulk_limit is not None
+            else None
         )
         self._max_concurrency = max_concurrency
         self._executor: ThreadPoolExecutor | None = None
@@ -770,7 +800,11 @@ class EmbeddingClient:
     def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
         cfg = self._cfg
         started = time.monotonic()
-        response = self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        kwargs = cfg.request(texts, tokens, model)
+        if self._gate is None:
+            response = self._http.post(cfg.wire.path, **kwargs)
+        else:
+            response = self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs))
         try:
             rows, url = cfg.outcome(response, len(texts))
         except _Split:
@@ -932,6 +966,8 @@ class AsyncEmbeddingClient:
         probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
+        priority: Priority = "interactive",
+        bulk_limit: BulkLimit | None = BulkLimit(),
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
@@ -971,6 +1007,7 @@ class AsyncEmbeddingClient:
             dimension=dimension,
             timeout=timeout,
             probe_info=probe_info,
+            priority=priority,
         )
         self.transport = AsyncBalancingTransport(
             backends,
@@ -989,6 +1026,16 @@ class AsyncEmbeddingClient:
         )
         self._http = httpx.AsyncClient(
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
+        )
+        self._gate = (
+            AsyncBulkGate(
+                bulk_limit,
+                clock=clock,
+                backends=len(self.transport.pool.backends),
+                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+            )
+            if self._cfg.priority == BULK and bulk_limit is not None
+            else None
         )
         self._max_concurrency = max_concurrency
         # Created on first use, inside the event loop that will use it.
@@ -1062,7 +1109,11 @@ class AsyncEmbeddingClient:
     async def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
         cfg = self._cfg
         started = time.monotonic()
-        response = await self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        kwargs = cfg.request(texts, tokens, model)
+        if self._gate is None:
+            response = await self._http.post(cfg.wire.path, **kwargs)
+        else:
+            response = await self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs))
         try:
             rows, url = cfg.outcome(response, len(texts))
         except _Split:

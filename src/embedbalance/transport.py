@@ -50,6 +50,7 @@ from .exceptions import EmbedbalanceError
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .health_runner import HealthChecker, async_http_probe, http_probe, run_async_checks
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
+from .priority import PRIORITY_HEADER, check_priority
 from .retry import Hedge, Retry
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "BACKEND_EXTENSION",
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
+    "PRIORITY_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -72,6 +74,9 @@ log = logging.getLogger("embedbalance")
 COST_EXTENSION = "embedbalance.cost"
 #: ``request.extensions`` key: ``True`` marks a request safe to resend after it was sent.
 IDEMPOTENT_EXTENSION = "embedbalance.idempotent"
+#: ``request.extensions`` key: ``"interactive"`` or ``"bulk"``, sent to the server as the
+#: ``X-Priority`` header (a priority-aware worker serves interactive work first).
+PRIORITY_EXTENSION = "embedbalance.priority"
 #: ``request.extensions`` key: seconds this request may take in all, retries included.
 TOTAL_TIMEOUT_EXTENSION = "embedbalance.total_timeout"
 #: ``request.extensions`` key: a function that checks a 2xx answer's content and raises
@@ -279,6 +284,8 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
+        if PRIORITY_EXTENSION in ext:
+            check_priority(ext[PRIORITY_EXTENSION])
         return self.policy.begin(cost, replayable and idempotent, total)
 
     def route(
@@ -290,6 +297,8 @@ class _Core:
         headers = request.headers.copy()
         headers["Host"] = host_header
         extensions = dict(request.extensions)
+        if PRIORITY_EXTENSION in extensions:
+            headers[PRIORITY_HEADER] = extensions[PRIORITY_EXTENSION]
         if timeout is not None:
             phases = dict(extensions.get("timeout") or {})
             for key in ("connect", "read", "write", "pool"):
