@@ -50,24 +50,30 @@ def _settle(
 class BulkGate:
     """Sync gate: at most ``limiter.slots`` requests through :meth:`call` at once.
 
-    ``ceiling()`` is read before each request, so the limit follows the client's
-    concurrency as the pool grows or shrinks.
+    ``ceiling()`` (the client's concurrency) and ``backends()`` (live backends) are
+    read before each request, so the limit's bounds follow the pool as it changes.
     """
 
     def __init__(
-        self, policy: BulkLimit, *, clock: Clock, backends: int, ceiling: Callable[[], int]
+        self,
+        policy: BulkLimit,
+        *,
+        clock: Clock,
+        backends: Callable[[], int],
+        ceiling: Callable[[], int],
     ) -> None:
         self.limiter = BulkLimiter.create(
-            policy, backends=backends, max_concurrency=ceiling(), clock=clock
+            policy, backends=backends(), max_concurrency=ceiling(), clock=clock
         )
         self._clock = clock
+        self._backends = backends
         self._ceiling = ceiling
         self._cond = threading.Condition()
 
     def call(self, send: Callable[[], httpx.Response]) -> httpx.Response:
         """Wait for a slot, run ``send``, return the slot with what it measured."""
         with self._cond:
-            self.limiter.resize(self._ceiling())
+            self.limiter.resize(self._ceiling(), backends=self._backends())
             while not self.limiter.try_acquire():
                 self._cond.wait()
         started = self._clock()
@@ -93,12 +99,18 @@ class AsyncBulkGate:
     """The async twin of :class:`BulkGate` (asyncio and trio, through anyio)."""
 
     def __init__(
-        self, policy: BulkLimit, *, clock: Clock, backends: int, ceiling: Callable[[], int]
+        self,
+        policy: BulkLimit,
+        *,
+        clock: Clock,
+        backends: Callable[[], int],
+        ceiling: Callable[[], int],
     ) -> None:
         self.limiter = BulkLimiter.create(
-            policy, backends=backends, max_concurrency=ceiling(), clock=clock
+            policy, backends=backends(), max_concurrency=ceiling(), clock=clock
         )
         self._clock = clock
+        self._backends = backends
         self._ceiling = ceiling
         # Created on first use, inside the event loop that will use it.
         self._cond: anyio.Condition | None = None
@@ -109,7 +121,7 @@ class AsyncBulkGate:
             self._cond = anyio.Condition()
         cond = self._cond
         async with cond:
-            self.limiter.resize(self._ceiling())
+            self.limiter.resize(self._ceiling(), backends=self._backends())
             while not self.limiter.try_acquire():
                 await cond.wait()
         started = self._clock()

@@ -706,7 +706,7 @@ class EmbeddingClient:
             BulkGate(
                 bulk_limit,
                 clock=clock,
-                backends=len(self.transport.pool.backends),
+                backends=lambda: len(self.transport.pool.backends),
                 ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
             )
             if self._cfg.priority == BULK and bulk_limit is not None
@@ -1031,7 +1031,7 @@ class AsyncEmbeddingClient:
             AsyncBulkGate(
                 bulk_limit,
                 clock=clock,
-                backends=len(self.transport.pool.backends),
+                backends=lambda: len(self.transport.pool.backends),
                 ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
             )
             if self._cfg.priority == BULK and bulk_limit is not None

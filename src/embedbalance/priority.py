@@ -90,7 +90,9 @@ class BulkLimit:
     """How a bulk client's limit on requests in flight adapts (see the module doc).
 
     - ``initial``: the starting limit; ``None``: one per live backend.
-    - ``min_limit``: never fewer in flight (``1``: bulk always makes progress).
+    - ``min_limit``: never fewer in flight; ``None`` (the default): one per live
+      backend, since one bulk request per replica keeps it busy and queues nothing
+      behind it (the ceiling still wins when it is lower).
     - ``max_limit``: never more; ``None``: the client's ``max_concurrency``.
     - ``tolerance``: a latency up to this many times the baseline is not congestion
       (``2.0``: one request running and one waiting per replica is fine).
@@ -104,7 +106,9 @@ class BulkLimit:
     initial: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_at_least_one)
     )
-    min_limit: int = attrs.field(default=1, validator=_at_least_one)
+    min_limit: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_at_least_one)
+    )
     max_limit: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_at_least_one)
     )
@@ -114,7 +118,11 @@ class BulkLimit:
     max_queue: float | None = attrs.field(default=1.0)
 
     def __attrs_post_init__(self) -> None:
-        if self.max_limit is not None and self.max_limit < self.min_limit:
+        if (
+            self.max_limit is not None
+            and self.min_limit is not None
+            and self.max_limit < self.min_limit
+        ):
             raise ValueError(f"max_limit {self.max_limit} is below min_limit {self.min_limit}")
         if self.max_queue is not None and not (
             math.isfinite(self.max_queue) and self.max_queue >= 0
@@ -134,6 +142,9 @@ class BulkLimiter:
     policy: BulkLimit
     clock: Callable[[], float]
     max_limit: int
+    #: The floor in force: the policy's ``min_limit``, or the live backends, capped at
+    #: ``max_limit``.
+    min_limit: int = 1
     limit: float = attrs.field(init=False, default=1.0)
     in_flight: int = 0
     #: Lowest latency in the current and the previous window (None: no sample yet).
@@ -152,16 +163,12 @@ class BulkLimiter:
         clock: Callable[[], float],
     ) -> BulkLimiter:
         """A limiter for a pool of ``backends`` whose client allows ``max_concurrency``."""
-        top = policy.max_limit if policy.max_limit is not None else max_concurrency
-        top = max(top, policy.min_limit)
-        return cls(policy=policy, clock=clock, max_limit=top)._start(
-            policy.initial if policy.initial is not None else max(1, backends)
-        )
-
-    def _start(self, initial: int) -> BulkLimiter:
-        self.limit = float(min(max(initial, self.policy.min_limit), self.max_limit))
-        self._window_start = self.clock()
-        return self
+        limiter = cls(policy=policy, clock=clock, max_limit=1)
+        limiter.resize(max_concurrency, backends=backends)
+        initial = policy.initial if policy.initial is not None else max(1, backends)
+        limiter.limit = float(min(max(initial, limiter.min_limit), limiter.max_limit))
+        limiter._window_start = clock()
+        return limiter
 
     def __repr__(self) -> str:
         return (
@@ -175,12 +182,16 @@ class BulkLimiter:
         mins = [m for m in (self._window_min, self._previous_min) if m is not None]
         return min(mins) if mins else None
 
-    def resize(self, max_limit: int) -> None:
-        """Follow a new ceiling (the client's concurrency grew or shrank with the pool)."""
-        if self.policy.max_limit is not None:
-            max_limit = min(max_limit, self.policy.max_limit)
-        self.max_limit = max(max_limit, self.policy.min_limit)
-        self.limit = min(self.limit, float(self.max_limit))
+    def resize(self, max_limit: int, *, backends: int) -> None:
+        """Follow the pool: a new ceiling (the client's concurrency) and, unless the
+        policy fixes it, a new floor of one per live backend."""
+        policy = self.policy
+        if policy.max_limit is not None:
+            max_limit = min(max_limit, policy.max_limit)
+        self.max_limit = max(1, max_limit)
+        floor = policy.min_limit if policy.min_limit is not None else max(1, backends)
+        self.min_limit = min(floor, self.max_limit)
+        self.limit = min(max(self.limit, float(self.min_limit)), float(self.max_limit))
 
     @property
     def slots(self) -> int:
@@ -245,4 +256,4 @@ class BulkLimiter:
         if latency is not None and sent < self._last_decrease:
             return
         self._last_decrease = now
-        self.limit = max(float(self.policy.min_limit), self.limit * self.policy.backoff)
+        self.limit = max(float(self.min_limit), self.limit * self.policy.backoff)

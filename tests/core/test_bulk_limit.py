@@ -45,18 +45,22 @@ _event = st.one_of(
 @settings(max_examples=300, deadline=None)
 @given(
     events=st.lists(_event, max_size=200),
-    min_limit=st.integers(1, 4),
+    min_limit=st.one_of(st.none(), st.integers(1, 4)),
     top=st.integers(1, 32),
     backends=st.integers(0, 8),
 )
 def test_limit_stays_in_bounds_and_slots_are_never_exceeded(
-    events: list[tuple[str, float, bool, float | None]], min_limit: int, top: int, backends: int
+    events: list[tuple[str, float, bool, float | None]],
+    min_limit: int | None,
+    top: int,
+    backends: int,
 ) -> None:
-    """Whatever happens, min_limit <= limit <= max_limit, in_flight never goes negative,
-    and a slot is granted only while fewer than floor(limit) are in flight. If this
-    fails, the limit can run away (a backlog) or to zero (a stalled bulk job)."""
+    """Whatever happens, the floor (min_limit, else one per backend, capped by the
+    ceiling) <= limit <= the ceiling, in_flight never goes negative, and a slot is
+    granted only while fewer than floor(limit) are in flight. If this fails, the limit
+    can run away (a backlog) or to zero (a stalled bulk job)."""
     limiter, clock = _limiter(BulkLimit(min_limit=min_limit), backends=backends, top=top)
-    ceiling = max(top, min_limit)
+    floor = min(min_limit if min_limit is not None else max(1, backends), top)
     for kind, value, flag, depth in events:
         if kind == "acquire":
             before = limiter.in_flight
@@ -68,7 +72,7 @@ def test_limit_stays_in_bounds_and_slots_are_never_exceeded(
             limiter.release(None)
         elif kind == "advance":
             clock.advance(value)
-        assert min_limit <= limiter.limit <= ceiling
+        assert 1 <= floor <= limiter.limit <= top
         assert limiter.in_flight >= 0
         assert limiter.slots == math.floor(limiter.limit)
 
@@ -176,17 +180,18 @@ def test_abandoned_requests_teach_nothing() -> None:
 
 
 def test_resize_follows_the_client_ceiling_within_the_policy() -> None:
-    """resize() lowers the ceiling (and the limit with it), never below min_limit nor
-    above the policy's own max_limit. If this fails, a pool that shrank keeps a limit
-    sized for replicas that are gone."""
-    limiter, _ = _limiter(BulkLimit(initial=8, min_limit=2, max_limit=10), top=16)
+    """resize() moves the ceiling (never above the policy's max_limit) and the floor of
+    one per live backend, and the limit with them. If this fails, a pool that shrank
+    keeps a limit sized for replicas that are gone, or one that grew leaves new
+    replicas without bulk work."""
+    limiter, _ = _limiter(BulkLimit(initial=8, max_limit=10), top=16)
     assert limiter.max_limit == 10
-    limiter.resize(4)
-    assert (limiter.max_limit, limiter.limit) == (4, 4)
-    limiter.resize(1)
-    assert limiter.max_limit == 2
-    limiter.resize(100)
-    assert limiter.max_limit == 10
+    limiter.resize(4, backends=2)
+    assert (limiter.max_limit, limiter.limit, limiter.min_limit) == (4, 4, 2)
+    limiter.resize(100, backends=6)
+    assert (limiter.max_limit, limiter.limit, limiter.min_limit) == (10, 6, 6)
+    limiter.resize(3, backends=6)  # the ceiling wins over the floor
+    assert (limiter.max_limit, limiter.limit, limiter.min_limit) == (3, 3, 3)
 
 
 @pytest.mark.parametrize(
@@ -218,3 +223,16 @@ def test_check_priority_accepts_only_the_two_names() -> None:
     for bad in ("Bulk", "high", None, 1):
         with pytest.raises(ValueError, match="priority"):
             check_priority(bad)
+
+
+def test_congestion_never_cuts_below_one_request_per_backend() -> None:
+    """By default the floor is one bulk request per live backend: any number of
+    congestion signals leaves every replica one request to work on. If this fails, a
+    noisy latency sample idles replicas and the bulk job loses throughput for nothing
+    (one request per replica queues nothing behind it)."""
+    limiter, clock = _limiter(BulkLimit(initial=12), backends=3, top=16)
+    for _ in range(50):
+        assert limiter.try_acquire()
+        clock.advance(1.0)
+        limiter.release(0.01, overloaded=True)
+    assert limiter.limit == 3
