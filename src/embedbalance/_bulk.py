@@ -38,11 +38,12 @@ def _settle(
     limiter: BulkLimiter,
     measured: bool,
     latency: float | None,
+    cost: float,
     overloaded: bool,
     depth: float | None,
 ) -> None:
     if measured:
-        limiter.release(latency, overloaded=overloaded, queue_depth=depth)
+        limiter.release(latency, cost=cost, overloaded=overloaded, queue_depth=depth)
     else:  # cancelled: nothing was learned about the pool
         limiter.abandon()
 
@@ -70,8 +71,9 @@ class BulkGate:
         self._ceiling = ceiling
         self._cond = threading.Condition()
 
-    def call(self, send: Callable[[], httpx.Response]) -> httpx.Response:
-        """Wait for a slot, run ``send``, return the slot with what it measured."""
+    def call(self, send: Callable[[], httpx.Response], cost: float = 1.0) -> httpx.Response:
+        """Wait for a slot, run ``send`` (a request of ``cost``, its tokens), return the
+        slot with what it measured."""
         with self._cond:
             self.limiter.resize(self._ceiling(), backends=self._backends())
             while not self.limiter.try_acquire():
@@ -91,7 +93,7 @@ class BulkGate:
             return response
         finally:
             with self._cond:
-                _settle(self.limiter, measured, latency, overloaded, depth)
+                _settle(self.limiter, measured, latency, cost, overloaded, depth)
                 self._cond.notify_all()
 
 
@@ -115,8 +117,11 @@ class AsyncBulkGate:
         # Created on first use, inside the event loop that will use it.
         self._cond: anyio.Condition | None = None
 
-    async def call(self, send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
-        """Wait for a slot, await ``send()``, return the slot with what it measured."""
+    async def call(
+        self, send: Callable[[], Awaitable[httpx.Response]], cost: float = 1.0
+    ) -> httpx.Response:
+        """Wait for a slot, await ``send()`` (a request of ``cost``), return the slot
+        with what it measured."""
         if self._cond is None:
             self._cond = anyio.Condition()
         cond = self._cond
@@ -140,5 +145,5 @@ class AsyncBulkGate:
         finally:
             with anyio.CancelScope(shield=True):
                 async with cond:
-                    _settle(self.limiter, measured, latency, overloaded, depth)
+                    _settle(self.limiter, measured, latency, cost, overloaded, depth)
                     cond.notify_all()

@@ -804,7 +804,7 @@ class EmbeddingClient:
         if self._gate is None:
             response = self._http.post(cfg.wire.path, **kwargs)
         else:
-            response = self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs))
+            response = self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs), tokens)
         try:
             rows, url = cfg.outcome(response, len(texts))
         except _Split:
@@ -1113,7 +1113,9 @@ class AsyncEmbeddingClient:
         if self._gate is None:
             response = await self._http.post(cfg.wire.path, **kwargs)
         else:
-            response = await self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs))
+            response = await self._gate.call(
+                lambda: self._http.post(cfg.wire.path, **kwargs), tokens
+            )
         try:
             rows, url = cfg.outcome(response, len(texts))
         except _Split:

@@ -14,15 +14,23 @@ needs only enough in flight to keep each replica's model busy, and it can learn 
 amount from what it measures.
 
 How the limit learns (AIMD, as TCP congestion control and Netflix's concurrency-limits
-do): every finished bulk request is a sample. Its latency is compared with the pool's
-*baseline*, the lowest latency seen over the last ``window`` seconds (what a request
-costs when it waits for nobody). A sample within ``tolerance`` × baseline, while the
-limit was in use, raises the limit by ``1 / limit`` (about one more request per round
-trip); a slower sample, a refusal (429/503, a failed attempt) or a server-reported bulk
-queue deeper than ``max_queue`` multiplies it by ``backoff``, at most once per round
-trip (samples sent before the last decrease do not count again). The limit settles
-where each replica has about one bulk request running and one waiting: busy, with no
-backlog.
+do): every finished bulk request is a sample, and it says "congested" or not.
+
+- When the server reports its bulk backlog (our worker's ``X-Queue-Depth-Bulk``), that
+  decides: more than ``max_queue`` bulk requests waiting is congestion. The server
+  knows its queue; a latency measured on a shared machine is noisy.
+- Otherwise the latency decides. It is compared, per unit of cost (the sub-batch's
+  tokens, so small and large sub-batches compare), with the pool's *baseline*: the
+  lowest such value over the last ``window`` seconds, what a request costs when it
+  waits for nobody. Above ``tolerance`` × baseline is congestion.
+- A refusal (429/503, a failed attempt, no answer at all) is always congestion.
+
+A congestion signal multiplies the limit by ``backoff``, at most once per round trip
+(samples sent before the last decrease do not count again); any other sample, while
+the limit was in use, raises it by ``1 / limit`` (about one more request per round
+trip). The limit settles where each replica has one bulk request running and one or
+two waiting: busy, with no backlog. It never goes below one request per live backend
+(one request per replica queues nothing behind it).
 
 This module is pure: attrs only, time from an injected clock, no I/O.
 """
@@ -95,12 +103,16 @@ class BulkLimit:
       behind it (the ceiling still wins when it is lower).
     - ``max_limit``: never more; ``None``: the client's ``max_concurrency``.
     - ``tolerance``: a latency up to this many times the baseline is not congestion
-      (``2.0``: one request running and one waiting per replica is fine).
+      (``3.0``: one request running and one or two waiting per replica is fine; a
+      replica needs one waiting to start its next pass at once, and measured latency
+      is noisy — interactive passes cut in, a shared machine stalls).
     - ``backoff``: the factor a congestion signal multiplies the limit by.
     - ``window``: seconds a baseline is trusted; older minima are forgotten, so a pool
       that became slower for good (a busy machine, a larger model) is re-learned.
     - ``max_queue``: bulk requests a server may report waiting (``X-Queue-Depth-Bulk``)
-      before that counts as congestion; ``None`` ignores the header.
+      before that counts as congestion. When a server reports it, this replaces the
+      latency test (the server knows its backlog; a latency on a shared machine is
+      noisy); ``None`` ignores the header.
     """
 
     initial: int | None = attrs.field(
@@ -112,7 +124,7 @@ class BulkLimit:
     max_limit: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_at_least_one)
     )
-    tolerance: float = attrs.field(default=2.0, validator=_above_one)
+    tolerance: float = attrs.field(default=3.0, validator=_above_one)
     backoff: float = attrs.field(default=0.7, validator=_open_unit)
     window: float = attrs.field(default=30.0, validator=_positive)
     max_queue: float | None = attrs.field(default=1.0)
@@ -178,7 +190,8 @@ class BulkLimiter:
 
     @property
     def baseline(self) -> float | None:
-        """The lowest latency over the last one to two windows, or None before any."""
+        """The lowest latency per unit of cost over the last one to two windows, or
+        None before any sample."""
         mins = [m for m in (self._window_min, self._previous_min) if m is not None]
         return min(mins) if mins else None
 
@@ -213,30 +226,31 @@ class BulkLimiter:
         self,
         latency: float | None,
         *,
+        cost: float = 1.0,
         overloaded: bool = False,
         queue_depth: float | None = None,
     ) -> None:
         """Return a slot. ``latency``: seconds the request took (None: it never got an
-        answer, which counts as overload); ``overloaded``: it was refused or retried;
-        ``queue_depth``: the bulk requests the server reported waiting."""
+        answer, which counts as overload); ``cost``: its size (the sub-batch's tokens):
+        latencies are compared per unit of cost, so a small sub-batch's quick answer
+        does not pass for the pool's idle latency; ``overloaded``: it was refused or
+        retried; ``queue_depth``: the bulk requests the server reported waiting."""
         busy = self.in_flight
         self.in_flight = max(0, self.in_flight - 1)
         now = self.clock()
         if latency is None or not math.isfinite(latency) or latency < 0:
             self._decrease(now, None)
             return
-        self._observe(now, latency)
+        unit = cost if math.isfinite(cost) and cost > 0 else 1.0
+        self._observe(now, latency / unit)
         baseline = self.baseline
         assert baseline is not None
-        congested = (
-            overloaded
-            or latency > self.policy.tolerance * baseline
-            or (
-                queue_depth is not None
-                and self.policy.max_queue is not None
-                and queue_depth > self.policy.max_queue
-            )
-        )
+        max_queue = self.policy.max_queue
+        if queue_depth is not None and max_queue is not None:
+            # The server counted its bulk backlog: trust that over a noisy latency.
+            congested = overloaded or queue_depth > max_queue
+        else:
+            congested = overloaded or latency / unit > self.policy.tolerance * baseline
         if congested:
             self._decrease(now, latency)
         elif 2 * busy >= self.slots:  # the limit was in use: it is what held us back

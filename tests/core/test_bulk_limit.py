@@ -236,3 +236,39 @@ def test_congestion_never_cuts_below_one_request_per_backend() -> None:
         clock.advance(1.0)
         limiter.release(0.01, overloaded=True)
     assert limiter.limit == 3
+
+
+def test_latency_is_compared_per_unit_of_cost() -> None:
+    """A one-token request answered in 10 ms does not make a 512-token request
+    answered in 400 ms look congested: latencies are compared per unit of cost. If this
+    fails, the last small sub-batch of every chunk (or a warm-up) sets a baseline no
+    full sub-batch can meet, and the limit sits at its floor."""
+    limiter, clock = _limiter(BulkLimit(initial=4), backends=1, top=16)
+    for _ in range(4):
+        assert limiter.try_acquire()
+    clock.advance(0.01)
+    limiter.release(0.01, cost=1)
+    clock.advance(0.4)
+    limiter.release(0.4, cost=512)
+    assert limiter.limit > 4
+
+
+def test_a_reported_bulk_backlog_replaces_the_latency_test() -> None:
+    """When the server reports its bulk backlog, a slow answer with a short backlog
+    still grows the limit, and a fast one with a long backlog cuts it. If this fails,
+    latency noise on a shared machine keeps the limit at its floor although the
+    worker says nothing waits."""
+    limiter, clock = _limiter(BulkLimit(initial=4, backoff=0.5), backends=1, top=16)
+    for _ in range(4):
+        assert limiter.try_acquire()
+    clock.advance(0.1)
+    limiter.release(0.1, queue_depth=0)  # baseline 0.1 s
+    grown = limiter.limit
+    assert grown > 4
+    clock.advance(1.0)
+    limiter.release(1.0, queue_depth=1)  # 10x the baseline, but one waiting: fine
+    assert limiter.limit > grown
+    assert limiter.try_acquire()
+    clock.advance(0.1)
+    limiter.release(0.05, queue_depth=2)  # fast, but two waiting: cut
+    assert limiter.limit < grown
