@@ -258,14 +258,32 @@ async def run(
         if query_client is not None:
             await query_client.aclose()
     return {
-        "interactive_requests": len(latencies),
+        "latencies": latencies,
         "interactive_failures": failures,
+        "bulk_texts": bulk_texts if bulk else None,
+        "seconds": args.window,
+        "bulk_failed_calls": bulk_failures,
+        "bulk_limit_at_end": limit,
+    }
+
+
+def summarise(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario over its rounds: latencies pooled, bulk texts over total time."""
+    latencies = [x for r in rounds for x in r["latencies"]]
+    seconds = sum(r["seconds"] for r in rounds)
+    bulk = [r["bulk_texts"] for r in rounds]
+    return {
+        "interactive_requests": len(latencies),
+        "interactive_failures": sum(r["interactive_failures"] for r in rounds),
         "p50_ms": pct(latencies, 50) * 1000,
         "p99_ms": pct(latencies, 99) * 1000,
         "p999_ms": pct(latencies, 99.9) * 1000,
-        "bulk_texts_per_s": bulk_texts / args.window if bulk else None,
-        "bulk_failed_calls": bulk_failures,
-        "bulk_limit_at_end": limit,
+        "bulk_texts_per_s": None if bulk[0] is None else sum(bulk) / seconds,
+        "bulk_texts_per_s_by_round": None
+        if bulk[0] is None
+        else [b / r["seconds"] for b, r in zip(bulk, rounds, strict=True)],
+        "bulk_failed_calls": sum(r["bulk_failed_calls"] for r in rounds),
+        "bulk_limit_at_end": rounds[-1]["bulk_limit_at_end"],
     }
 
 
@@ -316,8 +334,9 @@ def goals(runs: dict[str, dict[str, Any]], pass_ms: float) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    p.add_argument("--window", type=float, default=15.0, help="measured seconds per run")
-    p.add_argument("--warmup", type=float, default=3.0, help="seconds before measuring")
+    p.add_argument("--window", type=float, default=8.0, help="measured seconds per run")
+    p.add_argument("--rounds", type=int, default=2, help="times each run is repeated")
+    p.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
     p.add_argument("--rate", type=float, default=4.0, help="interactive queries per second")
     p.add_argument("--max-queries", type=int, default=1000)
     p.add_argument("--query-words", type=int, default=10)
@@ -339,8 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         str(args.bulk_batch_tokens),
     ]
     workers = Workers(2, worker_args)
-    runs: dict[str, dict[str, Any]] = {}
-    pass_ms = float("nan")
+    raw: dict[str, list[dict[str, Any]]] = {}
+    pass_seconds, passes = 0.0, 0.0
     try:
         workers.start()
         plan = [
@@ -349,20 +368,33 @@ def main(argv: list[str] | None = None) -> int:
             ("mixed, no priorities", "fifo", True),
             ("mixed, priorities", "priority", True),
         ]
-        for seed, (name, bulk, interactive) in enumerate(plan):
-            wait_idle(workers.urls)
-            before = scrape(workers.urls)
-            runs[name] = asyncio.run(
-                run(workers.urls, bulk=bulk, interactive=interactive, args=args, seed=seed)
-            )
-            after = scrape(workers.urls)
-            if name == "bulk alone":
-                key = "embedbalance_worker_inference_duration_seconds"
-                passes = after[key + "_count"] - before[key + "_count"]
-                pass_ms = 1000 * (after[key + "_sum"] - before[key + "_sum"]) / max(passes, 1)
-            print(f"{name}: {json.dumps(runs[name])}", flush=True)
+        # Rounds interleave the runs, so a shared machine's load drifting during the
+        # benchmark weighs on every run alike rather than on whichever ran last.
+        for round_ in range(args.rounds):
+            for seed, (name, bulk, interactive) in enumerate(plan):
+                wait_idle(workers.urls)
+                before = scrape(workers.urls)
+                one = asyncio.run(
+                    run(
+                        workers.urls,
+                        bulk=bulk,
+                        interactive=interactive,
+                        args=args,
+                        seed=seed + 10 * round_,
+                    )
+                )
+                raw.setdefault(name, []).append(one)
+                after = scrape(workers.urls)
+                if name == "bulk alone":
+                    key = "embedbalance_worker_inference_duration_seconds"
+                    passes += after[key + "_count"] - before[key + "_count"]
+                    pass_seconds += after[key + "_sum"] - before[key + "_sum"]
+                brief = {k: v for k, v in summarise([one]).items() if "round" not in k}
+                print(f"round {round_ + 1}, {name}: {json.dumps(brief)}", flush=True)
     finally:
         workers.stop()
+    runs = {name: summarise(rounds) for name, rounds in raw.items()}
+    pass_ms = 1000 * pass_seconds / max(passes, 1)
     results = {
         "runs": runs,
         "pass_ms": pass_ms,

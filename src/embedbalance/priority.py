@@ -112,7 +112,9 @@ class BulkLimit:
     - ``max_queue``: bulk requests a server may report waiting (``X-Queue-Depth-Bulk``)
       before that counts as congestion. When a server reports it, this replaces the
       latency test (the server knows its backlog; a latency on a shared machine is
-      noisy); ``None`` ignores the header.
+      noisy). ``2.0`` (the default): a replica that serves interactive work first
+      loses nothing to two bulk requests waiting, and always has its next bulk pass
+      ready. ``None`` ignores the header.
     """
 
     initial: int | None = attrs.field(
@@ -127,7 +129,7 @@ class BulkLimit:
     tolerance: float = attrs.field(default=3.0, validator=_above_one)
     backoff: float = attrs.field(default=0.7, validator=_open_unit)
     window: float = attrs.field(default=30.0, validator=_positive)
-    max_queue: float | None = attrs.field(default=1.0)
+    max_queue: float | None = attrs.field(default=2.0)
 
     def __attrs_post_init__(self) -> None:
         if (

@@ -266,9 +266,9 @@ def test_a_reported_bulk_backlog_replaces_the_latency_test() -> None:
     grown = limiter.limit
     assert grown > 4
     clock.advance(1.0)
-    limiter.release(1.0, queue_depth=1)  # 10x the baseline, but one waiting: fine
+    limiter.release(1.0, queue_depth=2)  # 10x the baseline, but two waiting: fine
     assert limiter.limit > grown
     assert limiter.try_acquire()
     clock.advance(0.1)
-    limiter.release(0.05, queue_depth=2)  # fast, but two waiting: cut
+    limiter.release(0.05, queue_depth=3)  # fast, but three waiting: cut
     assert limiter.limit < grown
