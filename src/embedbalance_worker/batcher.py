@@ -83,7 +83,8 @@ class Progress:
     """What the liveness check reads: is the batcher moving, and are passes succeeding.
 
     Times are the batcher's clock. ``running_since``: start of the pass in progress;
-    ``waiting_since``: arrival of the oldest text not yet in a pass;
+    ``waiting_since``: arrival of the oldest text next in line for a pass (interactive
+    texts go first, so bulk texts waiting behind them do not count);
     ``consecutive_failures``: failed passes since the last success.
     """
 
@@ -214,8 +215,10 @@ class Batcher:
 
     def progress(self) -> Progress:
         """A snapshot for the liveness check (see :class:`Progress`)."""
-        heads = [q[0].request.enqueued_at for q in self._queues.values() if q]
-        waiting = min(heads) if heads else None
+        # The next in line: bulk work waiting behind interactive work is starved by
+        # design, not stuck, so only the queue served next counts.
+        queue = self._queues[INTERACTIVE] or self._queues[BULK]
+        waiting = queue[0].request.enqueued_at if queue else None
         return Progress(
             alive=self._task is not None and not self._task.done(),
             running_since=self._running_since,

@@ -153,3 +153,33 @@ async def test_unknown_priority_is_a_value_error() -> None:
         await batcher.submit([[1]], priority="urgent")
     assert batcher.queue_depth == 0
     await batcher.aclose()
+
+
+async def test_bulk_waiting_behind_interactive_work_is_not_stuck() -> None:
+    """progress().waiting_since is the arrival of the next text in line: the
+    interactive head while interactive work waits, the bulk head only once none does.
+    If this fails, bulk starved by steady interactive traffic for stuck_after_s makes
+    /health report a busy, working worker as stuck."""
+    now = [100.0]
+    forward = GatedForward()
+    batcher = Batcher(
+        forward,
+        max_batch_size=4,
+        max_batch_tokens=64,
+        max_queue_tokens=10_000,
+        max_wait_s=0,
+        clock=lambda: now[0],
+    )
+    batcher.start()
+    first = await _running_pass(batcher, forward, 1000)
+    bulk = asyncio.ensure_future(batcher.submit([[1, 1]], priority=BULK))
+    await asyncio.sleep(0.01)
+    assert batcher.progress().waiting_since == 100.0
+    now[0] = 500.0
+    interactive = asyncio.ensure_future(batcher.submit([[2, 1]], priority=INTERACTIVE))
+    await asyncio.sleep(0.01)
+    assert batcher.progress().waiting_since == 500.0
+    forward.gate.set()
+    await asyncio.gather(first, bulk, interactive)
+    assert batcher.progress().waiting_since is None
+    await batcher.aclose()
