@@ -183,3 +183,27 @@ async def test_bulk_waiting_behind_interactive_work_is_not_stuck() -> None:
     await asyncio.gather(first, bulk, interactive)
     assert batcher.progress().waiting_since is None
     await batcher.aclose()
+
+
+def test_admission_keeps_request_slots_for_interactive_work() -> None:
+    """With max_bulk_requests=3 of 4 slots, a fourth bulk request is refused while an
+    interactive one still gets the last slot. If this fails, a bulk flood takes every
+    slot and users get 429 before the job does."""
+    from embedbalance_worker.admission import Admission, Refused
+
+    gate = Admission(
+        max_requests=4,
+        max_intake_bytes=1 << 20,
+        small_body_bytes=1024,
+        max_body_bytes=1 << 20,
+        max_bulk_requests=3,
+    )
+    tickets = [gate.enter(100, bulk=True) for _ in range(3)]
+    with pytest.raises(Refused, match="bulk"):
+        gate.enter(100, bulk=True)
+    tickets.append(gate.enter(100))
+    with pytest.raises(Refused):
+        gate.enter(100)
+    for ticket in tickets:
+        ticket.close()
+    assert gate.requests == 0
