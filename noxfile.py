@@ -99,6 +99,14 @@ def bench_dedup(session: nox.Session) -> None:
 
 
 @nox.session(python=PYTHON)
+def bench_priority(session: nox.Session) -> None:
+    """Interactive and bulk traffic on two real workers, with and without priorities
+    (about 2 minutes); prints figures, writes bench-results/priority.json|md."""
+    _install(session)
+    session.run("python", "benchmarks/bench_priority.py", *session.posargs, env=OFFLINE)
+
+
+@nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: 3 real workers on loopback, a corpus balanced over them, a report."""
     _install(session, ".[worker,prometheus]")

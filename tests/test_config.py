@@ -82,6 +82,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "BATCH_SIZE": ("16", 16),
     "MAX_CONCURRENCY": ("6", 6),
     "DIMENSION": ("384", 384),
+    "PRIORITY": ("bulk", "bulk"),
     "API_KEY": ("s3cret", "s3cret"),
     "HEADERS": ('{"x-team": "search"}', {"x-team": "search"}),
 }

@@ -46,6 +46,7 @@ from .health import HealthCheck, OutlierDetection, SlowStart
 from .locality import Locality
 from .metrics import PrometheusMetrics
 from .pool import BackendPool, BackendStats, Lease, ModelStats, Outcome, PoolEvent, PoolStats
+from .priority import BulkLimit, BulkLimiter
 from .retry import Hedge, Retry, RetryBudgetPolicy
 from .transport import (
     ATTEMPTS_EXTENSION,
@@ -53,6 +54,7 @@ from .transport import (
     COST_EXTENSION,
     IDEMPOTENT_EXTENSION,
     MODEL_EXTENSION,
+    PRIORITY_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -88,6 +90,7 @@ __all__ = [
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
     "MODEL_EXTENSION",
+    "PRIORITY_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -102,6 +105,8 @@ __all__ = [
     "Balancer",
     "BalancingTransport",
     "BatchEvent",
+    "BulkLimit",
+    "BulkLimiter",
     "CacheStats",
     "Canary",
     "CanaryVerdict",

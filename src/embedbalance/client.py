@@ -42,6 +42,7 @@ import numpy.typing as npt
 
 from ._backend import Backend, BackendLike
 from ._batching import Encoder, TokenCounter, plan, token_counter
+from ._bulk import AsyncBulkGate, BulkGate
 from ._clock import Clock, monotonic
 from ._progress import DEFAULT_THRESHOLD, Progress, open_progress
 from ._wire import Options, WireApi, api_for, normalize_rows
@@ -58,12 +59,14 @@ from .exceptions import (
 from .health import HealthCheck, OutlierDetection, SlowStart
 from .health_runner import speaking_as
 from .locality import Locality
+from .priority import BULK, BulkLimit, Priority, check_priority
 from .retry import Hedge, Retry
 from .transport import (
     ATTEMPTS_EXTENSION,
     BACKEND_EXTENSION,
     COST_EXTENSION,
     MODEL_EXTENSION,
+    PRIORITY_EXTENSION,
     TOTAL_TIMEOUT_EXTENSION,
     VALIDATE_EXTENSION,
     VALIDATED_EXTENSION,
@@ -222,6 +225,7 @@ class _Config:
     cache: EmbeddingCache | None = None
     #: Texts answered by an identical text of the same call instead of being sent.
     duplicates: int = 0
+    priority: Priority = "interactive"
     #: Limits learned from servers (``/info``, 413 answers); None until known.
     server_texts: int | None = None
     server_tokens: int | None = None
@@ -258,6 +262,7 @@ class _Config:
         probe_info: bool,
         dedupe: bool = True,
         cache: EmbeddingCache | None = None,
+        priority: str = "interactive",
     ) -> _Config:
         wire = api_for(api, path)
         if encoding_format not in ("float", "base64"):
@@ -299,6 +304,7 @@ class _Config:
             probe_info=probe_info,
             dedupe=dedupe,
             cache=cache,
+            priority=check_priority(priority),
         )
 
     # -- input -------------------------------------------------------------------------
@@ -477,6 +483,8 @@ class _Config:
             extensions[MODEL_EXTENSION] = options.model
         if self.timeout is not None:
             extensions[TOTAL_TIMEOUT_EXTENSION] = self.timeout
+        if self.priority == BULK:
+            extensions[PRIORITY_EXTENSION] = BULK
         return {"json": self.wire.body(texts, options), "extensions": extensions}
 
     def rows(self, response: httpx.Response, n: int) -> FloatMatrix:
@@ -665,6 +673,15 @@ _CLIENT_DOC = """
     - ``cache``: an :class:`~embedbalance.EmbeddingCache` shared across calls; texts it
       holds are not sent again (``None``: no cache). :meth:`stats` counts both savings.
 
+    Priority (``docs/priority.md``):
+
+    - ``priority``: ``"interactive"`` (default; nothing is sent) or ``"bulk"``: every
+      request carries ``X-Priority: bulk``, which a priority-aware worker serves only
+      when no interactive work waits.
+    - ``bulk_limit``: for a bulk client, the :class:`~embedbalance.BulkLimit` policy that
+      adapts how many sub-batches are in flight to what the pool absorbs without a
+      backlog (at most ``max_concurrency``); ``None``: no adaptive limit.
+
     Feedback: ``progress`` (``True``: a tqdm bar; ``False``: never; ``None``: for jobs
     of ``progress_threshold`` texts or more, when tqdm is installed) and ``on_batch``, a
     function called with a :class:`BatchEvent` for every sub-batch answered.
@@ -735,6 +752,8 @@ class EmbeddingClient:
         probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
+        priority: Priority = "interactive",
+        bulk_limit: BulkLimit | None = BulkLimit(),
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
@@ -775,6 +794,7 @@ class EmbeddingClient:
             probe_info=probe_info,
             dedupe=dedupe,
             cache=cache,
+            priority=priority,
         )
         self.transport = BalancingTransport(
             backends,
@@ -796,6 +816,16 @@ class EmbeddingClient:
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
         _watch(metrics, self._cfg)
+        self._gate = (
+            BulkGate(
+                bulk_limit,
+                clock=clock,
+                backends=lambda: len(self.transport.pool.backends),
+                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+            )
+            if self._cfg.priority == BULK and bulk_limit is not None
+            else None
+        )
         self._max_concurrency = max_concurrency
         self._executor: ThreadPoolExecutor | None = None
         self._executor_size = 0
@@ -885,7 +915,11 @@ class EmbeddingClient:
     def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
         cfg = self._cfg
         started = time.monotonic()
-        response = self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        kwargs = cfg.request(texts, tokens, model)
+        if self._gate is None:
+            response = self._http.post(cfg.wire.path, **kwargs)
+        else:
+            response = self._gate.call(lambda: self._http.post(cfg.wire.path, **kwargs), tokens)
         try:
             rows, url = cfg.outcome(response, len(texts), model)
         except _Split:
@@ -1049,6 +1083,8 @@ class AsyncEmbeddingClient:
         probe_info: bool = True,
         timeout: float | None = 60.0,
         headers: dict[str, str] | None = None,
+        priority: Priority = "interactive",
+        bulk_limit: BulkLimit | None = BulkLimit(),
         progress: bool | None = None,
         progress_threshold: int = DEFAULT_THRESHOLD,
         on_batch: Callable[[BatchEvent], None] | None = None,
@@ -1091,6 +1127,7 @@ class AsyncEmbeddingClient:
             probe_info=probe_info,
             dedupe=dedupe,
             cache=cache,
+            priority=priority,
         )
         self.transport = AsyncBalancingTransport(
             backends,
@@ -1112,6 +1149,16 @@ class AsyncEmbeddingClient:
             transport=self.transport, base_url=_BASE_URL, timeout=timeout, headers=headers
         )
         _watch(metrics, self._cfg)
+        self._gate = (
+            AsyncBulkGate(
+                bulk_limit,
+                clock=clock,
+                backends=lambda: len(self.transport.pool.backends),
+                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+            )
+            if self._cfg.priority == BULK and bulk_limit is not None
+            else None
+        )
         self._max_concurrency = max_concurrency
         # Created on first use, inside the event loop that will use it.
         self._limiter: anyio.CapacityLimiter | None = None
@@ -1185,7 +1232,13 @@ class AsyncEmbeddingClient:
     async def _embed_batch(self, texts: list[str], tokens: int, model: str | None) -> FloatMatrix:
         cfg = self._cfg
         started = time.monotonic()
-        response = await self._http.post(cfg.wire.path, **cfg.request(texts, tokens, model))
+        kwargs = cfg.request(texts, tokens, model)
+        if self._gate is None:
+            response = await self._http.post(cfg.wire.path, **kwargs)
+        else:
+            response = await self._gate.call(
+                lambda: self._http.post(cfg.wire.path, **kwargs), tokens
+            )
         try:
             rows, url = cfg.outcome(response, len(texts), model)
         except _Split:

@@ -86,6 +86,7 @@ _CLIENT: Final[Mapping[str, type]] = {
     "batch_size": int,
     "max_concurrency": int,
     "dimension": int,
+    "priority": str,
 }
 _TIMEOUTS: Final = {"request": "timeout", "attempt": "attempt_timeout", "total": "total_timeout"}
 _APIS: Final = ("tei", "openai")
@@ -230,6 +231,8 @@ def from_config(mapping: Mapping[str, Any]) -> Config:
     client = {k: _value(k, data[k], t) for k, t in _CLIENT.items() if k in data}
     if "api" in client and client["api"] not in _APIS:
         raise ConfigError(f"api: expected one of {', '.join(_APIS)}, got {client['api']!r}")
+    if "priority" in client and client["priority"] not in ("interactive", "bulk"):
+        raise ConfigError(f"priority: expected 'interactive' or 'bulk', got {client['priority']!r}")
     for key in ("batch_tokens", "batch_size", "max_concurrency", "dimension"):
         if key in client and client[key] < 1:
             raise ConfigError(f"{key}: expected an integer >= 1, got {client[key]!r}")

@@ -63,6 +63,7 @@ from .health_runner import (
 )
 from .locality import Locality
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
+from .priority import PRIORITY_HEADER, check_priority
 from .retry import Hedge, Retry
 
 __all__ = [
@@ -71,6 +72,7 @@ __all__ = [
     "COST_EXTENSION",
     "IDEMPOTENT_EXTENSION",
     "MODEL_EXTENSION",
+    "PRIORITY_EXTENSION",
     "TOTAL_TIMEOUT_EXTENSION",
     "VALIDATED_EXTENSION",
     "VALIDATE_EXTENSION",
@@ -90,6 +92,9 @@ COST_EXTENSION = "embedbalance.cost"
 MODEL_EXTENSION = "embedbalance.model"
 #: ``request.extensions`` key: ``True`` marks a request safe to resend after it was sent.
 IDEMPOTENT_EXTENSION = "embedbalance.idempotent"
+#: ``request.extensions`` key: ``"interactive"`` or ``"bulk"``, sent to the server as the
+#: ``X-Priority`` header (a priority-aware worker serves interactive work first).
+PRIORITY_EXTENSION = "embedbalance.priority"
 #: ``request.extensions`` key: seconds this request may take in all, retries included.
 TOTAL_TIMEOUT_EXTENSION = "embedbalance.total_timeout"
 #: ``request.extensions`` key: a function that checks a 2xx answer's content and raises
@@ -333,6 +338,8 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
+        if PRIORITY_EXTENSION in ext:
+            check_priority(ext[PRIORITY_EXTENSION])
         return self.policy.begin(cost, replayable and idempotent, total, request_model(request))
 
     def route(self, request: httpx.Request, lease: Lease, timeout: float | None) -> httpx.Request:
@@ -344,6 +351,8 @@ class _Core:
         headers = request.headers.copy()
         headers["Host"] = host_header
         extensions = dict(request.extensions)
+        if PRIORITY_EXTENSION in extensions:
+            headers[PRIORITY_HEADER] = extensions[PRIORITY_EXTENSION]
         if timeout is not None:
             phases = dict(extensions.get("timeout") or {})
             for key in ("connect", "read", "write", "pool"):

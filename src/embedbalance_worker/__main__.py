@@ -150,6 +150,18 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
         "--max-queue-tokens", default=d.max_queue_tokens, type=int, help="queued tokens; 429 past"
     )
     f.add(
+        "--max-bulk-batch-tokens",
+        default=None,
+        type=int,
+        help="padded tokens per pass of bulk work (X-Priority: bulk); default --max-batch-tokens",
+    )
+    f.add(
+        "--max-bulk-queue-tokens",
+        default=None,
+        type=int,
+        help="queued tokens past which bulk work gets 429; default half of --max-queue-tokens",
+    )
+    f.add(
         "--max-concurrent-requests",
         default=d.max_concurrent_requests,
         type=int,
@@ -235,6 +247,8 @@ def config_from_args(args: argparse.Namespace) -> WorkerConfig:
         max_batch_size=args.max_batch_requests,
         max_wait_ms=args.max_wait_ms,
         max_queue_tokens=args.max_queue_tokens,
+        max_bulk_batch_tokens=args.max_bulk_batch_tokens,
+        max_bulk_queue_tokens=args.max_bulk_queue_tokens,
         max_concurrent_requests=args.max_concurrent_requests,
         max_intake_bytes=args.max_intake_bytes,
         max_inputs=args.max_client_batch_size,

@@ -52,21 +52,29 @@ class Admission:
     ``small_body_bytes`` pass the byte bound regardless, so memory stays below
     ``max_intake_bytes + max_requests * small_body_bytes``; the first large body is
     always let in, so a request as large as the limit is possible on an idle worker.
-    Single-threaded: used from the event loop only.
+    Bulk requests (``bulk=True``) are refused once ``max_bulk_requests`` requests of
+    any kind are inside (``None``: ``max_requests``), which keeps the remaining slots
+    for interactive work. Single-threaded: used from the event loop only.
     """
 
     max_requests: int
     max_intake_bytes: int
     small_body_bytes: int
     max_body_bytes: int
+    max_bulk_requests: int | None = None
     requests: int = 0
     intake_bytes: int = 0
 
-    def enter(self, declared_length: int | None) -> Ticket:
+    def enter(self, declared_length: int | None, *, bulk: bool = False) -> Ticket:
         """A ticket, or :class:`Refused` when either bound would be passed."""
         if self.requests >= self.max_requests:
             raise Refused(
                 f"{self.requests} requests are already inside (limit {self.max_requests})"
+            )
+        if bulk and self.max_bulk_requests is not None and self.requests >= self.max_bulk_requests:
+            raise Refused(
+                f"{self.requests} requests are already inside "
+                f"(limit {self.max_bulk_requests} for bulk work)"
             )
         size = self.max_body_bytes if declared_length is None else declared_length
         small = size <= self.small_body_bytes

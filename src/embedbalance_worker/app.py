@@ -32,7 +32,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedbalance_worker.admission import Admission, Refused
-from embedbalance_worker.batcher import Batcher, BatchStats, Closed, Forward, Overloaded
+from embedbalance_worker.batcher import (
+    BULK,
+    INTERACTIVE,
+    PRIORITIES,
+    Batcher,
+    BatchStats,
+    Closed,
+    Forward,
+    Overloaded,
+)
 from embedbalance_worker.config import WorkerConfig
 from embedbalance_worker.errors import ApiError, error_response
 from embedbalance_worker.liveness import Liveness
@@ -60,6 +69,9 @@ ROUTES = ("/embed", "/v1/embeddings", "/embeddings", "/health", "/info", "/metri
 #: Requests with at most this many characters of text are tokenized on the event loop:
 #: a thread hand-off costs more than tokenizing them.
 INLINE_TOKENIZE_CHARS = 4096
+
+#: Request header naming the request's priority: ``interactive`` (default) or ``bulk``.
+PRIORITY_HEADER = "x-priority"
 
 #: The longest shutdown waits for the batcher (its queue has been drained before).
 STOP_TIMEOUT_S = 5.0
@@ -103,6 +115,9 @@ class WorkerState:
             max_intake_bytes=config.max_intake_bytes,
             small_body_bytes=config.small_body_bytes,
             max_body_bytes=config.max_body_bytes,
+            max_bulk_requests=max(
+                1, int(config.max_concurrent_requests * config.bulk_request_share)
+            ),
         )
         self.liveness = Liveness(
             stuck_after_s=config.stuck_after_s,
@@ -112,6 +127,7 @@ class WorkerState:
         self.metrics = WorkerMetrics(
             queue_depth=lambda: float(self.batcher.queue_depth if self.batcher else 0),
             in_flight=lambda: float(self.in_flight),
+            bulk_queue_depth=lambda: float(self.batcher.depth_of(BULK) if self.batcher else 0),
         )
         self.on_fatal: Callable[[BaseException], None] | None = None
         self._tokenizer_threads = ThreadPoolExecutor(
@@ -146,6 +162,8 @@ class WorkerState:
             max_batch_tokens=self.max_batch_tokens,
             max_queue_tokens=self.config.max_queue_tokens,
             max_wait_s=self.config.max_wait_ms / 1000.0,
+            max_bulk_batch_tokens=self.config.max_bulk_batch_tokens,
+            max_bulk_queue_tokens=self.config.max_bulk_queue_tokens,
             on_batch=self._record_batch,
             clock=time.monotonic,
         )
@@ -199,8 +217,14 @@ class WorkerState:
     # -- request helpers ---------------------------------------------------------------
     def load_headers(self) -> dict[str, str]:
         """The load report every embedding answer carries, for client-side balancing."""
-        depth = self.batcher.queue_depth if self.batcher is not None else 0
-        return {"X-Queue-Depth": str(depth), "X-In-Flight": str(self.in_flight)}
+        batcher = self.batcher
+        depth = batcher.queue_depth if batcher is not None else 0
+        bulk = batcher.depth_of(BULK) if batcher is not None else 0
+        return {
+            "X-Queue-Depth": str(depth),
+            "X-Queue-Depth-Bulk": str(bulk),
+            "X-In-Flight": str(self.in_flight),
+        }
 
     def check_auth(self, request: Request) -> None:
         if self._api_key is None:
@@ -228,6 +252,21 @@ class WorkerState:
         raise ApiError(
             503, "loading", "the model is still loading", {**headers, "Retry-After": "2"}
         )
+
+    @staticmethod
+    def priority_of(request: Request) -> str:
+        """The request's ``X-Priority`` (case and spaces ignored; absent: interactive)."""
+        raw = request.headers.get(PRIORITY_HEADER)
+        if raw is None:
+            return INTERACTIVE
+        value = raw.strip().lower()
+        if value not in PRIORITIES:
+            raise ApiError(
+                400,
+                "invalid_header",
+                f"X-Priority must be one of {', '.join(PRIORITIES)}, got {raw!r}",
+            )
+        return value
 
     def _token_ids(self, model: EmbeddingModel, req: EmbedRequest) -> list[list[int]]:
         """Every input as token ids within the model's limit, in input order."""
@@ -275,8 +314,9 @@ class WorkerState:
         model = self.check_ready()
         cfg = self.config
         declared = check_headers(request, cfg.max_body_bytes)
+        priority = self.priority_of(request)
         try:
-            ticket = self.admission.enter(declared)
+            ticket = self.admission.enter(declared, bulk=priority == BULK)
         except Refused as exc:
             raise ApiError(
                 429,
@@ -310,7 +350,7 @@ class WorkerState:
             ticket.end_intake()
             assert self.batcher is not None
             try:
-                rows = await self.batcher.submit(ids)
+                rows = await self.batcher.submit(ids, priority=priority)
             except Overloaded as exc:
                 raise ApiError(
                     429,

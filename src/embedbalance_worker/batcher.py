@@ -7,6 +7,15 @@ queue holds single texts that remember their request and row.
 Why a token bound on the queue: queued work is what makes latency grow without limit.
 Refusing at once with 429 and a ``Retry-After`` lets the client library send the work to
 another replica instead of waiting here.
+
+Why two queues: an interactive request (a user waiting on a search box) and a bulk
+re-index share the replicas. In one arrival-order queue, an interactive text waits for
+every bulk text queued before it. Here each pass is taken from the interactive queue
+when it holds anything, and from the bulk queue only when it is empty; bulk passes are
+bounded (``max_bulk_batch_tokens``) so that the pass an interactive request may find
+running is short. An interactive request therefore waits for at most one bulk pass,
+however long the bulk queue. The price is strict priority: a worker saturated by
+interactive work runs no bulk at all, which is what a bulk job should want.
 """
 
 from __future__ import annotations
@@ -25,6 +34,11 @@ import numpy as np
 from embedbalance_worker.model import FloatArray
 
 Forward = Callable[[Sequence[Sequence[int]]], FloatArray]
+
+#: Priorities a request may carry (the ``X-Priority`` request header on the wire).
+INTERACTIVE = "interactive"
+BULK = "bulk"
+PRIORITIES: tuple[str, ...] = (INTERACTIVE, BULK)
 
 log = logging.getLogger("embedbalance_worker")
 
@@ -48,6 +62,7 @@ class _Request:
     ids: list[list[int]]
     future: asyncio.Future[FloatArray]
     enqueued_at: float
+    priority: str = INTERACTIVE
     rows: FloatArray | None = None
     remaining: int = 0
     untaken: int = 0
@@ -68,7 +83,8 @@ class Progress:
     """What the liveness check reads: is the batcher moving, and are passes succeeding.
 
     Times are the batcher's clock. ``running_since``: start of the pass in progress;
-    ``waiting_since``: arrival of the oldest text not yet in a pass;
+    ``waiting_since``: arrival of the oldest text next in line for a pass (interactive
+    texts go first, so bulk texts waiting behind them do not count);
     ``consecutive_failures``: failed passes since the last success.
     """
 
@@ -120,6 +136,15 @@ class Batcher:
     admitted, so a request larger than the bound is slow rather than impossible). When
     the model is idle, the first text waits up to ``max_wait_s`` for company; while a
     pass runs, new texts simply queue and go together in the next one.
+
+    Priorities (``submit(..., priority=)``): a pass holds interactive texts only while
+    any wait, and bulk texts only when none do; a bulk pass is bounded by
+    ``max_bulk_batch_tokens`` padded tokens (``None``: ``max_batch_tokens``), so an
+    interactive request waits for at most one such pass. Queue bounds: interactive
+    work is refused past ``max_queue_tokens`` *interactive* tokens waiting (queued bulk
+    never refuses it: it would overtake that bulk anyway); bulk work past
+    ``max_bulk_queue_tokens`` tokens waiting of either kind (``None``: half of
+    ``max_queue_tokens``), so bulk is pushed back first and its backlog stays small.
     """
 
     def __init__(
@@ -130,6 +155,8 @@ class Batcher:
         max_batch_tokens: int,
         max_queue_tokens: int,
         max_wait_s: float,
+        max_bulk_batch_tokens: int | None = None,
+        max_bulk_queue_tokens: int | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -138,10 +165,19 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_tokens = max_queue_tokens
         self.max_wait_s = max_wait_s
+        self.max_bulk_batch_tokens = min(
+            max_batch_tokens,
+            max_bulk_batch_tokens if max_bulk_batch_tokens is not None else max_batch_tokens,
+        )
+        self.max_bulk_queue_tokens = (
+            max_bulk_queue_tokens
+            if max_bulk_queue_tokens is not None
+            else max(1, max_queue_tokens // 2)
+        )
         self._on_batch = on_batch
-        self._pieces: deque[_Piece] = deque()
-        self._queued_tokens = 0
-        self._queued_requests = 0
+        self._queues: dict[str, deque[_Piece]] = {p: deque() for p in PRIORITIES}
+        self._tokens: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
+        self._requests: dict[str, int] = dict.fromkeys(PRIORITIES, 0)
         self._closed = False
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -157,21 +193,32 @@ class Batcher:
     # -- state read by the HTTP layer and metrics -------------------------------------
     @property
     def queue_depth(self) -> int:
-        """Requests with at least one text not yet in a forward pass."""
-        return self._queued_requests
+        """Requests with at least one text not yet in a forward pass (both priorities)."""
+        return sum(self._requests.values())
+
+    def depth_of(self, priority: str) -> int:
+        """Requests of one priority with at least one text not yet in a forward pass."""
+        return self._requests[priority]
 
     @property
     def queued_tokens(self) -> int:
-        return self._queued_tokens
+        return sum(self._tokens.values())
+
+    @property
+    def _pending(self) -> bool:
+        return any(self._queues.values())
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no pass running."""
-        return not self._pieces and not self._busy
+        return not self._pending and not self._busy
 
     def progress(self) -> Progress:
         """A snapshot for the liveness check (see :class:`Progress`)."""
-        waiting = next((p.request.enqueued_at for p in self._pieces), None)
+        # The next in line: bulk work waiting behind interactive work is starved by
+        # design, not stuck, so only the queue served next counts.
+        queue = self._queues[INTERACTIVE] or self._queues[BULK]
+        waiting = queue[0].request.enqueued_at if queue else None
         return Progress(
             alive=self._task is not None and not self._task.done(),
             running_since=self._running_since,
@@ -181,10 +228,12 @@ class Batcher:
             passes=self._passes,
         )
 
-    def retry_after(self) -> int:
-        """Seconds until the queue has likely drained, from the measured token rate."""
+    def retry_after(self, priority: str = INTERACTIVE) -> int:
+        """Seconds until the work ahead of a new request of ``priority`` has likely
+        drained, from the measured token rate (bulk waits behind everything)."""
         rate = self._tokens_per_s or 2000.0
-        return max(1, math.ceil(self._queued_tokens / rate))
+        ahead = self._tokens[INTERACTIVE] if priority == INTERACTIVE else self.queued_tokens
+        return max(1, math.ceil(ahead / rate))
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
@@ -212,28 +261,39 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     # -- admission -------------------------------------------------------------------
-    async def submit(self, ids: list[list[int]]) -> FloatArray:
+    async def submit(self, ids: list[list[int]], *, priority: str = INTERACTIVE) -> FloatArray:
         """Embed one request's tokenized texts; rows come back in the same order.
 
-        Raises :class:`Overloaded` at once when the queue bound would be passed and
-        :class:`Closed` while draining. Cancelling the caller drops its untaken texts.
+        ``priority`` is ``"interactive"`` (the default) or ``"bulk"``; another value
+        raises ``ValueError``. Raises :class:`Overloaded` at once when the queue bound
+        for that priority would be passed and :class:`Closed` while draining.
+        Cancelling the caller drops its untaken texts.
         """
+        if priority not in PRIORITIES:
+            raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
         if self._closed or self._wakeup is None:
             raise Closed("the worker is draining")
         tokens = sum(len(x) for x in ids)
-        if self._pieces and self._queued_tokens + tokens > self.max_queue_tokens:
-            raise Overloaded(self.retry_after())
+        if priority == INTERACTIVE:
+            full = self._tokens[INTERACTIVE] + tokens > self.max_queue_tokens
+            waiting = bool(self._queues[INTERACTIVE])
+        else:
+            full = self.queued_tokens + tokens > self.max_bulk_queue_tokens
+            waiting = self._pending
+        if waiting and full:
+            raise Overloaded(self.retry_after(priority))
         loop = asyncio.get_running_loop()
         request = _Request(
             ids=ids,
             future=loop.create_future(),
             enqueued_at=self._clock(),
+            priority=priority,
             remaining=len(ids),
             untaken=len(ids),
         )
-        self._pieces.extend(_Piece(request, row) for row in range(len(ids)))
-        self._queued_tokens += tokens
-        self._queued_requests += 1
+        self._queues[priority].extend(_Piece(request, row) for row in range(len(ids)))
+        self._tokens[priority] += tokens
+        self._requests[priority] += 1
         self._wakeup.set()
         try:
             return await request.future
@@ -243,42 +303,65 @@ class Batcher:
 
     # -- scheduling ------------------------------------------------------------------
     def _take(self) -> list[_Piece]:
-        """Pop the next batch in arrival order within the row and padded-token limits."""
+        """Pop the next batch within the row and padded-token limits: interactive texts
+        in arrival order while any wait, else bulk texts in arrival order, within the
+        smaller bulk budget. Never both: a pass that carries an interactive text is as
+        short as that text's company allows."""
+        interactive = self._queues[INTERACTIVE]
+        self._drop_abandoned(interactive)
+        if interactive:
+            return self._take_from(interactive, self.max_batch_tokens)
+        bulk = self._queues[BULK]
+        self._drop_abandoned(bulk)
+        return self._take_from(bulk, self.max_bulk_batch_tokens)
+
+    def _drop_abandoned(self, queue: deque[_Piece]) -> None:
+        """Drop texts at the head whose caller went away."""
+        while queue and queue[0].request.future.done():
+            self._dequeue(queue.popleft())
+
+    def _take_from(self, queue: deque[_Piece], max_tokens: int) -> list[_Piece]:
         batch: list[_Piece] = []
         width = 0
-        while self._pieces and len(batch) < self.max_batch_size:
-            piece = self._pieces[0]
-            request = piece.request
-            if request.future.done():  # the caller went away: drop its texts
-                self._pieces.popleft()
-                self._dequeue(piece)
+        while queue and len(batch) < self.max_batch_size:
+            piece = queue[0]
+            if piece.request.future.done():  # the caller went away: drop its texts
+                self._dequeue(queue.popleft())
                 continue
             new_width = max(width, piece.length)
-            if batch and new_width * (len(batch) + 1) > self.max_batch_tokens:
+            if batch and new_width * (len(batch) + 1) > max_tokens:
                 break
-            self._pieces.popleft()
+            queue.popleft()
             self._dequeue(piece)
             batch.append(piece)
             width = new_width
         return batch
 
     def _dequeue(self, piece: _Piece) -> None:
-        self._queued_tokens -= piece.length
+        priority = piece.request.priority
+        self._tokens[priority] -= piece.length
         piece.request.untaken -= 1
         if piece.request.untaken == 0:
-            self._queued_requests -= 1
+            self._requests[priority] -= 1
 
     def _batch_full(self) -> bool:
-        if len(self._pieces) >= self.max_batch_size:
+        """The next pass is as large as it may get, so waiting for company is pointless."""
+        queue = self._queues[INTERACTIVE]
+        max_tokens = self.max_batch_tokens
+        if not queue:
+            queue, max_tokens = self._queues[BULK], self.max_bulk_batch_tokens
+        if not queue:
             return True
-        width = max(p.length for p in self._pieces)
-        return width * len(self._pieces) >= self.max_batch_tokens
+        if len(queue) >= self.max_batch_size:
+            return True
+        width = max(p.length for p in queue)
+        return width * len(queue) >= max_tokens
 
     async def _run(self) -> None:
         assert self._wakeup is not None
         loop = asyncio.get_running_loop()
         while True:
-            if not self._pieces:
+            if not self._pending:
                 if self._closed:
                     return
                 self._wakeup.clear()
@@ -286,7 +369,9 @@ class Batcher:
                 continue
             # The model is idle: give concurrent callers a moment to join this pass.
             if self.max_wait_s > 0 and not self._closed and not self._batch_full():
-                deadline = self._pieces[0].request.enqueued_at + self.max_wait_s
+                oldest = self.progress().waiting_since
+                assert oldest is not None
+                deadline = oldest + self.max_wait_s
                 while not self._batch_full() and (left := deadline - self._clock()) > 0:
                     self._wakeup.clear()
                     try:

@@ -99,6 +99,15 @@ class WorkerConfig:
     max_batch_size: int = attrs.field(default=64, validator=_positive)
     max_wait_ms: float = attrs.field(default=0.0, validator=_non_negative)
     max_queue_tokens: int = attrs.field(default=65536, validator=_positive)
+    max_bulk_batch_tokens: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
+    max_bulk_queue_tokens: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive)
+    )
+    bulk_request_share: float = attrs.field(
+        default=0.75, validator=[attrs.validators.gt(0.0), attrs.validators.le(1.0)]
+    )
     max_concurrent_requests: int = attrs.field(default=512, validator=_positive)
     max_intake_bytes: int = attrs.field(default=8 * 1024 * 1024, validator=_positive)
     small_body_bytes: int = attrs.field(default=64 * 1024, validator=_positive)

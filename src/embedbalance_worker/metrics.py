@@ -18,6 +18,7 @@ PREFIX = "embedbalance_worker_"
 METRIC_NAMES: tuple[str, ...] = (
     "embedbalance_worker_batch_size",
     "embedbalance_worker_batch_tokens",
+    "embedbalance_worker_bulk_queue_depth",
     "embedbalance_worker_in_flight",
     "embedbalance_worker_inference_duration_seconds",
     "embedbalance_worker_queue_depth",
@@ -52,7 +53,12 @@ _TOKEN_BUCKETS = (16, 64, 256, 1024, 2048, 4096, 8192, 16384, 32768, 65536)
 class WorkerMetrics:
     """The worker's metric families; the app updates them, ``/metrics`` renders them."""
 
-    def __init__(self, queue_depth: Callable[[], float], in_flight: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        queue_depth: Callable[[], float],
+        in_flight: Callable[[], float],
+        bulk_queue_depth: Callable[[], float] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
@@ -103,6 +109,12 @@ class WorkerMetrics:
             registry=r,
         )
         self.queue_depth.set_function(queue_depth)
+        self.bulk_queue_depth = Gauge(
+            PREFIX + "bulk_queue_depth",
+            "Bulk-priority requests waiting in the batcher (part of queue_depth).",
+            registry=r,
+        )
+        self.bulk_queue_depth.set_function(bulk_queue_depth or (lambda: 0.0))
         self.in_flight = Gauge(
             PREFIX + "in_flight",
             "Embedding requests admitted and not yet answered.",
