@@ -41,7 +41,10 @@ def diff(old: Iterable[Backend], new: Iterable[Backend]) -> list[Change]:
         prev = before.get(url)
         if prev is None:
             continue
-        if (prev.weight, prev.tier, dict(prev.labels)) != (b.weight, b.tier, dict(b.labels)):
+        # Every field, not only weight and tier: Kubernetes reuses pod IPs, so the same
+        # address may come back serving another model, in another zone, under another
+        # TLS name. (Labels are compared apart: they are not part of Backend equality.)
+        if prev != b or dict(prev.labels) != dict(b.labels):
             changes.append(Change("update", b))
     changes += [Change("add", b) for url, b in after.items() if url not in before]
     return changes

@@ -353,6 +353,9 @@ class BackendPool:
         if state is not None:
             if state.backend == b and dict(state.backend.labels) == dict(b.labels):
                 return []
+            if state.backend.model != b.model:
+                # Another model at this address: what /info said no longer holds.
+                state.learned_model, state.model_known = None, False
             state.backend, state.weight, state.tier = b, b.weight, b.tier
             return [PoolEvent("updated", b.url, now, repr(b))]
         state = self._draining.pop(b.url, None)

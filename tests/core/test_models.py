@@ -213,3 +213,34 @@ def test_a_comeback_reads_info_again(clock: eb.ManualClock) -> None:
     pool.report_check("http://a.test", False)
     pool.report_check("http://a.test", True)
     assert pool.wants_model("http://a.test")
+
+
+def test_an_address_that_comes_back_serving_another_model_is_updated(
+    clock: eb.ManualClock,
+) -> None:
+    """If this fails, discovery keeps routing by what an address served before: a pod
+    IP reused by another Service (another model, another zone) goes on receiving the
+    old model's requests and none of the new one's."""
+    pool = eb.BackendPool(
+        [eb.Backend("http://10.0.0.5:8000", model="small", zone="a")],
+        clock=clock,
+        rng=random.Random(2),
+    )
+    pool.update([eb.Backend("http://10.0.0.5:8000", model="large", zone="b")])
+    (backend,) = pool.backends
+    assert (backend.model, backend.zone) == ("large", "b")
+    assert pool.acquire(model="large").backend.url == "http://10.0.0.5:8000"
+    with pytest.raises(eb.NoBackendAvailable):
+        pool.acquire(model="small")
+
+
+def test_a_learned_model_is_forgotten_when_the_address_changes_model(
+    clock: eb.ManualClock,
+) -> None:
+    """If this fails, /info's answer from a pod that left outlives it: the address is
+    not asked again and routes by a model it no longer serves."""
+    pool = eb.BackendPool(["http://10.0.0.5:8000"], clock=clock, rng=random.Random(2))
+    pool.learn_model("http://10.0.0.5:8000", "small")
+    pool.update([eb.Backend("http://10.0.0.5:8000", model="large")])
+    pool.update([eb.Backend("http://10.0.0.5:8000")])  # the model no longer given
+    assert pool.wants_model("http://10.0.0.5:8000")
