@@ -23,6 +23,7 @@ two and remembers the smaller size.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import random
 import re
@@ -936,8 +937,17 @@ class EmbeddingClient:
         pool = self._pool()
         unique = self._cfg.unique(texts, model)
         jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
+        # Each sub-batch runs in a copy of the caller's context (contextvars), as an
+        # async task would: the caller's tracing span, log context and the like follow it.
         futures = [
-            pool.submit(self._embed_batch, job.texts(unique.texts), job.cost, model) for job in jobs
+            pool.submit(
+                contextvars.copy_context().run,
+                self._embed_batch,
+                job.texts(unique.texts),
+                job.cost,
+                model,
+            )
+            for job in jobs
         ]
         return _Pending(unique, jobs, futures)
 

@@ -198,3 +198,30 @@ async def test_health_probes_stay_out_of_traces(
             assert await async_http_probe(policy, lambda _: ainner)(backend)
     finished = spans()
     assert len(finished) == 1, [(s.name, s.attributes) for s in finished]
+
+
+def test_sync_client_sub_batches_keep_the_callers_trace(
+    servers: Callable[..., list[Any]], spans: Callable[[], list[ReadableSpan]]
+) -> None:
+    """If this fails, the sync EmbeddingClient's sub-batches (sent from its thread pool)
+    start traces of their own instead of joining the caller's."""
+    backends = servers(2)
+    tracer = trace.get_tracer("test")
+    with (
+        eb.EmbeddingClient(
+            [s.url for s in backends], batch_size=2, health_check=None, max_concurrency=4
+        ) as client,
+        tracer.start_as_current_span("caller"),
+    ):
+        rows = client.embed([f"text {i}" for i in range(8)])
+    assert rows.shape[0] == 8
+    finished = spans()
+    caller = next(s for s in finished if s.name == "caller")
+    posts = [
+        s for s in finished if (s.attributes or {}).get("embedbalance.backend") and s.name == "POST"
+    ]
+    assert len(posts) >= 4, [s.name for s in finished]
+    for span in posts:
+        assert span.context.trace_id == caller.context.trace_id
+        assert span.parent is not None
+        assert span.parent.span_id == caller.context.span_id
