@@ -274,6 +274,8 @@ class BackendPool:
         # cache of usable backends, rebuilt on membership/health change or expiry
         self._usable: list[BackendState] = []
         self._live: list[BackendState] = []
+        self._checked: list[BackendState] = []
+        self._healthy: list[BackendState] = []
         self._panic = False
         self._dirty = True
         self._next_expiry = math.inf
@@ -452,6 +454,8 @@ class BackendPool:
             usable.append(s)
         self._live = live
         self._usable = usable
+        self._checked = checked
+        self._healthy = healthy
         self._by_model = {}
         self._next_expiry = next_expiry
         self._dirty = False
@@ -469,9 +473,19 @@ class BackendPool:
             if len(live) < len(self._live) and self._one_learned_model():
                 cached = (self._usable, self._live)
             else:
-                usable = [
-                    s for s in self._usable if s.model is None or model_matches(model, s.model)
-                ]
+
+                def serves(s: BackendState) -> bool:
+                    return s.model is None or model_matches(model, s.model)
+
+                usable = [s for s in self._usable if serves(s)]
+                # Panic mode per model: a small model's replicas going down must not
+                # crush its survivors because a larger model keeps the pool as a whole
+                # above the threshold (nor leave the model with nothing when it is all
+                # down while a single-model pool would have panicked and served it).
+                checked = [s for s in self._checked if serves(s)]
+                healthy = sum(1 for s in self._healthy if serves(s))
+                if not self._panic and checked and healthy < self.panic_threshold * len(checked):
+                    usable = [s for s in checked if s.overloaded_until is None]
                 cached = (usable, live)
             self._by_model[model] = cached
         return cached

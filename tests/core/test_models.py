@@ -244,3 +244,25 @@ def test_a_learned_model_is_forgotten_when_the_address_changes_model(
     pool.update([eb.Backend("http://10.0.0.5:8000", model="large")])
     pool.update([eb.Backend("http://10.0.0.5:8000")])  # the model no longer given
     assert pool.wants_model("http://10.0.0.5:8000")
+
+
+def test_panic_mode_is_decided_per_model(clock: eb.ManualClock) -> None:
+    """If this fails, a small model whose replicas are mostly down has all its traffic
+    crushed onto one survivor (or refused when all are down) because a larger model
+    keeps the pool as a whole above the panic threshold."""
+    small = [eb.Backend(f"http://s{i}.test", model="small") for i in range(4)]
+    large = [eb.Backend(f"http://l{i}.test", model="large") for i in range(8)]
+    pool = eb.BackendPool(
+        small + large,
+        clock=clock,
+        rng=random.Random(3),
+        health_check=eb.HealthCheck(fall=1),
+        outlier_detection=None,
+    )
+    for b in small[:3]:
+        pool.report_check(b, False)
+    assert not pool.stats().panic  # 9 of 12 healthy: the pool as a whole is calm
+    assert set(hosts(pool, 400, "small")) == {"s0", "s1", "s2", "s3"}
+    assert set(hosts(pool, 400, "large")) == {f"l{i}" for i in range(8)}
+    pool.report_check(small[3], False)
+    assert set(hosts(pool, 400, "small")) == {"s0", "s1", "s2", "s3"}
