@@ -64,6 +64,7 @@ def _bench_report(
     return report
 
 
+@pytest.mark.slow  # ~30 s; the table test below keeps the ranking in the default run
 def test_bench_ranks_replicas_and_reports_every_level(
     cli_workers: dict[str, WorkerProcess], capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
