@@ -18,7 +18,7 @@ nox.options.reuse_existing_virtualenvs = True
 PYTHON = "3.11"
 ROOT = Path(__file__).parent
 CONSTRAINTS = ("-c", "constraints.txt")
-ALL_EXTRAS = ".[worker,prometheus,dns,progress,plot]"
+ALL_EXTRAS = ".[worker,model,prometheus,dns,progress,plot]"
 #: The development dependency groups of pyproject.toml (test tools, the demo's plots).
 GROUPS = nox.project.dependency_groups(
     nox.project.load_toml(ROOT / "pyproject.toml"), "test", "demo"
@@ -109,5 +109,5 @@ def bench_priority(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def demo(session: nox.Session) -> None:
     """The main job: 3 real workers on loopback, a corpus balanced over them, a report."""
-    _install(session, ".[worker,prometheus]")
+    _install(session, ".[worker,model,prometheus]")
     session.run("python", "examples/demo.py", *session.posargs, env={**OFFLINE, **os.environ})

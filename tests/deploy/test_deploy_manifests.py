@@ -401,7 +401,9 @@ def test_dockerfile_runs_the_worker_as_the_pod_expects(name: str, tier: str) -> 
     assert _arg(cmd, "--host") == "0.0.0.0"
     assert int(_arg(cmd, "--port")) == WORKER_PORT == int(last["EXPOSE"])
     assert last["STOPSIGNAL"] == "SIGTERM"
-    assert any(i == "RUN" and "/src[worker]" in a for i, a in pairs)
+    # Started without --model-id, the image serves the default model: it needs the extra.
+    assert "--model-id" not in cmd
+    assert any(i == "RUN" and "/src[worker,model]" in a for i, a in pairs)
     assert any(i == "RUN" and ("download.pytorch.org" in a or "TORCH_INDEX" in a) for i, a in pairs)
     (deployment,) = [d for d in WORKERS if _pod_labels(d)["embedbalance/tier"] == tier]
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]

