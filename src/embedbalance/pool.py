@@ -818,6 +818,57 @@ class BackendPool:
                     events.append(PoolEvent("updated", url, self.clock(), f"serves {model!r}"))
         self._emit(events)
 
+    def model_of(self, backend: BackendLike) -> str | None:
+        """The model ``backend`` serves as far as the pool knows (given, or learned from
+        ``/info``); None when unknown or not a member."""
+        url = as_backend(backend).url
+        with self._lock:
+            s = self._states.get(url)
+            return None if s is None else s.model
+
+    def canary_groups(self) -> tuple[dict[str | None, list[str]], list[str]]:
+        """Members grouped by the model they serve, as canary checks compare them, and
+        the members left out for now.
+
+        Replicas of two models never give the same vectors, so the canary compares
+        answers within a group only. Spellings that :func:`model_matches` joins
+        (``org/name`` and ``name``) are one group, named by the full spelling. A pool
+        of at most one known model is a single group holding every member (keyed by
+        that model, or None). In a pool of several models, members that answered
+        ``/info`` without naming a model form the group ``None``, and members whose
+        model is still unknown (``/info`` not read yet) are left out: judged against
+        either model they would be ejected, admitted unchecked they might be wrong.
+        """
+        with self._lock:
+            members = [
+                (s.url, s.backend.model is not None or s.model_known, s.model)
+                for s in self._states.values()
+            ]
+        names = {m for _, known, m in members if known and m is not None}
+        full: dict[str, list[str]] = {}
+        for name in names:
+            if "/" in name:
+                full.setdefault(name.rpartition("/")[2], []).append(name)
+
+        def key(name: str) -> str:
+            if "/" in name:
+                return name
+            spelled = full.get(name, [])
+            return spelled[0] if len(spelled) == 1 else name
+
+        keys = {key(n) for n in names}
+        if len(keys) <= 1:
+            only = next(iter(keys), None)
+            return {only: [url for url, _, _ in members]}, []
+        groups: dict[str | None, list[str]] = {}
+        unknown: list[str] = []
+        for url, known, model in members:
+            if not known:
+                unknown.append(url)
+            else:
+                groups.setdefault(None if model is None else key(model), []).append(url)
+        return groups, unknown
+
     # -- introspection ------------------------------------------------------------
 
     def stats(self) -> PoolStats:
