@@ -274,10 +274,14 @@ class CanaryRounds:
         vote the others. A member whose model is not known yet in a pool of several
         models gets no verdict. A backend awaiting its first canary that answers well
         but cannot be judged (a lone replica, a tie, no reference) is admitted:
-        nothing says it is wrong.
+        nothing says it is wrong. The latest answers of members the pool has made
+        pending again (a comeback, a changed model) are dropped.
         """
         urls = {b.url for b in members}
-        self.latest = {u: rows for u, rows in self.latest.items() if u in urls}
+        # A pending member's earlier answer may be another pod's (a comeback at the
+        # same address) or another model's: only what it answers now votes.
+        redo = {b.url for b in pool.awaiting_canary()}
+        self.latest = {u: rows for u, rows in self.latest.items() if u in urls and u not in redo}
         for url, answer in answers.items():
             if answer.rows is not None:
                 self.latest[url] = answer.rows

@@ -725,8 +725,10 @@ class BackendPool:
                         # that has been serving all along (None -> True) keeps its weight.
                         self._readmit(s, now)
                         # A replica back from the dead may be a new one at the same
-                        # address, serving another model: read its /info again.
+                        # address, serving another model: read its /info again, and
+                        # trust its answers only once a new canary passes.
                         s.model_known = False
+                        self._canary_again(s)
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )
@@ -750,6 +752,12 @@ class BackendPool:
 
     def _canary_blocks(self, s: BackendState) -> bool:
         return self.health_check.canary is not None and s.canary is not True
+
+    def _canary_again(self, s: BackendState) -> None:
+        """Make ``s`` wait for a new canary (when canary checks are on)."""
+        if self.health_check.canary is not None:
+            s.canary, s.canary_detail = None, "canary: pending"
+            self._dirty = True
 
     def awaiting_canary(self) -> tuple[Backend, ...]:
         """Members whose first canary has not passed yet (empty with canary checks off):
@@ -812,6 +820,11 @@ class BackendPool:
                 return
             s.model_known = True
             if model != s.learned_model:
+                if s.backend.model is None and (s.learned_model is not None or s.canary is False):
+                    # Another model than before: the old verdict is void. A first model
+                    # learned gives an ejected replica a new chance (it may have been
+                    # judged against another model's replicas before its model was known).
+                    self._canary_again(s)
                 s.learned_model = model
                 self._dirty = True
                 if s.backend.model is None and model is not None:
