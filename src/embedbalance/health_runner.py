@@ -23,7 +23,8 @@ replicas to go to.
 Admission is also where a backend's model is learned: once a backend whose
 ``Backend.model`` is not given passes a check, its ``GET /info`` is read once (TEI's
 ``model_id``, also the reference worker's) and the pool routes requests that name a
-model by it. A server without ``/info`` keeps serving any request.
+model by it. A server without ``/info`` keeps serving any request. A round reads
+``/info`` before it sends the canary, whose answers are compared within each model.
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ from . import _tracing
 from ._backend import Backend
 from ._clock import Clock
 from ._wire import FloatMatrix, Options, api_for
-from .canary import Canary
+from .canary import Canary, CanaryVerdict, judge
 from .exceptions import ResponseFormatError
 from .health import HealthCheck
-from .pool import BackendPool
+from .pool import BackendPool, model_matches
 
 __all__ = [
     "AsyncCanaryProbe",
@@ -129,9 +130,12 @@ def check_request(backend: Backend, policy: HealthCheck, path: str | None = None
 
 def canary_request(backend: Backend, policy: HealthCheck, canary: Canary) -> httpx.Request:
     """The canary as sent: the canary texts to the API's path, with the health check's
-    headers and the canary's timeout on every phase."""
+    headers and the canary's timeout on every phase. The model named (OpenAI's
+    ``model``) is the backend's own where it has one, else the canary's: a server that
+    refuses a model it does not serve would never pass a canary in another's name."""
     api = api_for(canary.api, canary.path)
-    body = api.body(list(canary.texts), Options(model=canary.model))
+    model = backend.model if backend.model is not None else canary.model
+    body = api.body(list(canary.texts), Options(model=model))
     return _request("POST", backend, api.path, policy, canary.timeout, json=body)
 
 
@@ -224,6 +228,15 @@ def async_http_canary_probe(
     return probe
 
 
+def _as_served(pool: BackendPool, backend: Backend) -> Backend:
+    """``backend`` with the model the pool knows it serves (learned from ``/info``),
+    so that its canary asks in that model's name."""
+    if backend.model is not None:
+        return backend
+    model = pool.model_of(backend)
+    return backend if model is None else attrs.evolve(backend, model=model)
+
+
 class CanaryRounds:
     """Whom to send the canary to in a round, and what the answers say (no I/O).
 
@@ -255,17 +268,39 @@ class CanaryRounds:
     ) -> None:
         """Judge this round's answers (with the others' latest) and tell the pool.
 
-        A backend awaiting its first canary that answers well but cannot be judged
-        (a lone replica, a tie, no reference) is admitted: nothing says it is wrong.
+        Answers are compared within each model the pool serves
+        (:meth:`BackendPool.canary_groups`): the reference, if any, judges the group of
+        the canary's model (every member when the pool serves one model), a majority
+        vote the others. A member whose model is not known yet in a pool of several
+        models gets no verdict. A backend awaiting its first canary that answers well
+        but cannot be judged (a lone replica, a tie, no reference) is admitted:
+        nothing says it is wrong. The latest answers of members the pool has made
+        pending again (a comeback, a changed model) are dropped.
         """
         urls = {b.url for b in members}
-        self.latest = {u: rows for u, rows in self.latest.items() if u in urls}
+        # A pending member's earlier answer may be another pod's (a comeback at the
+        # same address) or another model's: only what it answers now votes.
+        redo = {b.url for b in pool.awaiting_canary()}
+        self.latest = {u: rows for u, rows in self.latest.items() if u in urls and u not in redo}
         for url, answer in answers.items():
             if answer.rows is not None:
                 self.latest[url] = answer.rows
             elif answer.wrong:
                 self.latest.pop(url, None)  # garbage does not vote
-        verdicts = self.canary.judge(self.latest)
+        groups, unknown = pool.canary_groups()
+        canary = self.canary
+        verdicts: dict[str, CanaryVerdict] = {}
+        for model, group in groups.items():
+            own = len(groups) == 1 or (
+                canary.model is not None
+                and model is not None
+                and model_matches(canary.model, model)
+            )
+            latest = {u: self.latest[u] for u in group if u in self.latest}
+            verdicts.update(
+                judge(latest, canary.threshold, canary.reference_matrix if own else None)
+            )
+        waiting = set(unknown)
         for url, answer in answers.items():
             if answer.rows is None:
                 if answer.wrong:
@@ -274,7 +309,12 @@ class CanaryRounds:
                     pending = "pending, " if url in awaiting else ""
                     pool.report_canary(url, None, f"canary: {pending}no answer ({answer.error})")
                 continue
-            verdict = verdicts[url]
+            if url in waiting:
+                pool.report_canary(url, None, "canary: pending, model not known yet")
+                continue
+            verdict = verdicts.get(url)
+            if verdict is None:  # no longer a member
+                continue
             agrees = verdict.agrees
             if agrees is None and url in awaiting:
                 agrees = True
@@ -509,39 +549,37 @@ class HealthChecker:
             return CanaryAnswer(error=repr(exc))
 
     def run_round(self) -> None:
-        """Check every current backend once, concurrently, and report the verdicts
-        (canaries too, where due, after a passed check)."""
+        """Check every current backend once, concurrently, and report the verdicts;
+        then read ``/info`` where the model is unknown, and only then send the
+        canaries that are due to the backends that passed, so that they are judged
+        by the model each serves."""
         backends = self.pool.backends
         if not backends:
             return
-        rounds = self._rounds
-        awaiting = {b.url for b in self.pool.awaiting_canary()}
-        targets: set[str] = set()
-        if rounds is not None:
-            targets = rounds.targets(backends, self.pool.awaiting_canary())
-
-        def one(backend: Backend) -> tuple[bool, CanaryAnswer | None]:
-            ok = self.check(backend)
-            return ok, (self.canary(backend) if ok and backend.url in targets else None)
-
         executor = self._executor
         if executor is None:
-            results = [one(b) for b in backends]
+            oks = [self.check(b) for b in backends]
         else:
-            results = list(executor.map(one, backends))
-        for backend, (ok, _) in zip(backends, results, strict=True):
+            oks = list(executor.map(self.check, backends))
+        for backend, ok in zip(backends, oks, strict=True):
             self.pool.report_check(backend, ok)
-        if rounds is not None:
-            answers = {
-                b.url: answer
-                for b, (_, answer) in zip(backends, results, strict=True)
-                if answer is not None
-            }
-            rounds.settle(self.pool, backends, answers, awaiting)
+        live = [b for b, ok in zip(backends, oks, strict=True) if ok]
         if self._info is not None:
-            for backend, (ok, _) in zip(backends, results, strict=True):
-                if ok and self.pool.wants_model(backend):
+            for backend in live:
+                if self.pool.wants_model(backend):
                     self._learn(backend, self._info)
+        rounds = self._rounds
+        if rounds is None:
+            return
+        awaiting = {b.url for b in self.pool.awaiting_canary()}
+        targets = rounds.targets(backends, self.pool.awaiting_canary())
+        asked = [_as_served(self.pool, b) for b in live if b.url in targets]
+        if executor is None:
+            got = [self.canary(b) for b in asked]
+        else:
+            got = list(executor.map(self.canary, asked))
+        answers = {b.url: answer for b, answer in zip(asked, got, strict=True)}
+        rounds.settle(self.pool, backends, answers, awaiting)
 
     def _learn(self, backend: Backend, info: InfoProbe) -> None:
         try:
@@ -606,43 +644,36 @@ async def run_async_checks(
     try:
         while True:
             backends = pool.backends
-            awaiting = {b.url for b in pool.awaiting_canary()}
-            targets: set[str] = set()
-            if rounds is not None:
-                targets = rounds.targets(backends, pool.awaiting_canary())
             results: dict[str, bool] = {}
             answers: dict[str, CanaryAnswer] = {}
 
-            async def one(
-                backend: Backend,
-                results: dict[str, bool] = results,
-                answers: dict[str, CanaryAnswer] = answers,
-                targets: set[str] = targets,
-            ) -> None:
+            async def check(backend: Backend, results: dict[str, bool] = results) -> None:
                 try:
-                    ok = results[backend.url] = await the_probe(backend)
+                    results[backend.url] = await the_probe(backend)
                 except Exception:
                     log.exception("health probe of %s raised", backend.url)
-                    ok = results[backend.url] = False
-                if ok and backend.url in targets:
-                    assert the_canary is not None
-                    try:
-                        answers[backend.url] = await the_canary(backend)
-                    except Exception as exc:
-                        log.exception("canary probe of %s raised", backend.url)
-                        answers[backend.url] = CanaryAnswer(error=repr(exc))
+                    results[backend.url] = False
+
+            async def ask(backend: Backend, answers: dict[str, CanaryAnswer] = answers) -> None:
+                assert the_canary is not None
+                try:
+                    answers[backend.url] = await the_canary(backend)
+                except Exception as exc:
+                    log.exception("canary probe of %s raised", backend.url)
+                    answers[backend.url] = CanaryAnswer(error=repr(exc))
 
             try:
+                # Liveness first, then /info where the model is unknown, then the
+                # canaries: each is judged by the model its replica serves.
                 async with anyio.create_task_group() as tg:
                     for backend in backends:
-                        tg.start_soon(one, backend)
+                        tg.start_soon(check, backend)
                 for backend in backends:
                     pool.report_check(backend, results.get(backend.url, False))
-                if rounds is not None:
-                    rounds.settle(pool, backends, answers, awaiting)
+                live = [b for b in backends if results.get(b.url)]
                 if info is not None:
-                    for backend in backends:
-                        if results.get(backend.url) and pool.wants_model(backend):
+                    for backend in live:
+                        if pool.wants_model(backend):
                             try:
                                 answered, model = await info(backend)
                             except Exception:
@@ -650,6 +681,14 @@ async def run_async_checks(
                                 continue
                             if answered:
                                 pool.learn_model(backend, model)
+                if rounds is not None:
+                    awaiting = {b.url for b in pool.awaiting_canary()}
+                    targets = rounds.targets(backends, pool.awaiting_canary())
+                    async with anyio.create_task_group() as tg:
+                        for backend in live:
+                            if backend.url in targets:
+                                tg.start_soon(ask, _as_served(pool, backend))
+                    rounds.settle(pool, backends, answers, awaiting)
             except Exception:
                 log.exception("health check round failed")
             if not reported:

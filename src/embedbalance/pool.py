@@ -742,8 +742,10 @@ class BackendPool:
                         # that has been serving all along (None -> True) keeps its weight.
                         self._readmit(s, now)
                         # A replica back from the dead may be a new one at the same
-                        # address, serving another model: read its /info again.
+                        # address, serving another model: read its /info again, and
+                        # trust its answers only once a new canary passes.
                         s.model_known = False
+                        self._canary_again(s)
                     events.append(
                         PoolEvent("healthy", url, now, f"{self.health_check.rise} checks passed")
                     )
@@ -767,6 +769,12 @@ class BackendPool:
 
     def _canary_blocks(self, s: BackendState) -> bool:
         return self.health_check.canary is not None and s.canary is not True
+
+    def _canary_again(self, s: BackendState) -> None:
+        """Make ``s`` wait for a new canary (when canary checks are on)."""
+        if self.health_check.canary is not None:
+            s.canary, s.canary_detail = None, "canary: pending"
+            self._dirty = True
 
     def awaiting_canary(self) -> tuple[Backend, ...]:
         """Members whose first canary has not passed yet (empty with canary checks off):
@@ -829,11 +837,67 @@ class BackendPool:
                 return
             s.model_known = True
             if model != s.learned_model:
+                if s.backend.model is None and (s.learned_model is not None or s.canary is False):
+                    # Another model than before: the old verdict is void. A first model
+                    # learned gives an ejected replica a new chance (it may have been
+                    # judged against another model's replicas before its model was known).
+                    self._canary_again(s)
                 s.learned_model = model
                 self._dirty = True
                 if s.backend.model is None and model is not None:
                     events.append(PoolEvent("updated", url, self.clock(), f"serves {model!r}"))
         self._emit(events)
+
+    def model_of(self, backend: BackendLike) -> str | None:
+        """The model ``backend`` serves as far as the pool knows (given, or learned from
+        ``/info``); None when unknown or not a member."""
+        url = as_backend(backend).url
+        with self._lock:
+            s = self._states.get(url)
+            return None if s is None else s.model
+
+    def canary_groups(self) -> tuple[dict[str | None, list[str]], list[str]]:
+        """Members grouped by the model they serve, as canary checks compare them, and
+        the members left out for now.
+
+        Replicas of two models never give the same vectors, so the canary compares
+        answers within a group only. Spellings that :func:`model_matches` joins
+        (``org/name`` and ``name``) are one group, named by the full spelling. A pool
+        of at most one known model is a single group holding every member (keyed by
+        that model, or None). In a pool of several models, members that answered
+        ``/info`` without naming a model form the group ``None``, and members whose
+        model is still unknown (``/info`` not read yet) are left out: judged against
+        either model they would be ejected, admitted unchecked they might be wrong.
+        """
+        with self._lock:
+            members = [
+                (s.url, s.backend.model is not None or s.model_known, s.model)
+                for s in self._states.values()
+            ]
+        names = {m for _, known, m in members if known and m is not None}
+        full: dict[str, list[str]] = {}
+        for name in names:
+            if "/" in name:
+                full.setdefault(name.rpartition("/")[2], []).append(name)
+
+        def key(name: str) -> str:
+            if "/" in name:
+                return name
+            spelled = full.get(name, [])
+            return spelled[0] if len(spelled) == 1 else name
+
+        keys = {key(n) for n in names}
+        if len(keys) <= 1:
+            only = next(iter(keys), None)
+            return {only: [url for url, _, _ in members]}, []
+        groups: dict[str | None, list[str]] = {}
+        unknown: list[str] = []
+        for url, known, model in members:
+            if not known:
+                unknown.append(url)
+            else:
+                groups.setdefault(None if model is None else key(model), []).append(url)
+        return groups, unknown
 
     # -- introspection ------------------------------------------------------------
 

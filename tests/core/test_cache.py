@@ -188,6 +188,20 @@ def test_counted_bytes_cover_the_real_memory() -> None:
 # -- rows are safe -----------------------------------------------------------------------
 
 
+def test_clear_drops_every_row_and_keeps_the_counters() -> None:
+    """``clear()`` empties the cache (entries and bytes to 0, every key a miss again)
+    and keeps hits and misses. If this fails, the documented remedy for rows a wrong
+    replica served before the canary ejected it leaves them in place."""
+    cache = EmbeddingCache(max_bytes=1 << 20)
+    _put(cache, b"a" * 16, _row(1.0))
+    _put(cache, b"b" * 16, _row(2.0))
+    assert cache.get_many([b"a" * 16])[0] is not None
+    cache.clear()
+    stats = cache.stats()
+    assert (len(cache), stats.entries, stats.bytes, stats.hits) == (0, 0, 0, 1)
+    assert cache.get_many([b"a" * 16, b"b" * 16]) == [None, None]
+
+
 def test_stored_rows_are_read_only_copies() -> None:
     """put_many copies each row: changing the caller's matrix afterwards does not
     change the cache, and the stored row refuses writes. If this fails, a caller can

@@ -244,3 +244,57 @@ def test_a_default_canary_asks_as_the_client_does() -> None:
     assert speaking_as(chosen, "openai", "/v1/embeddings", "m") is chosen
     assert speaking_as(None, "openai", None, None) is None
     assert speaking_as(eb.HealthCheck(), "openai", None, None) == eb.HealthCheck()
+
+
+def test_a_comeback_must_pass_its_canary_again() -> None:
+    """A replica that failed its health checks and passes them again is pending until a
+    new canary passes. If this fails, a new pod at the same address (other weights,
+    another model) is trusted on the old pod's canary."""
+    policy = eb.HealthCheck(canary=CANARY, fall=1, rise=1)
+    pool = eb.BackendPool(URLS, health_check=policy, clock=eb.ManualClock())
+    for url in URLS:
+        pool.report_check(url, True)
+        pool.report_canary(url, True, "canary: ok")
+    pool.report_check(URLS[2], False)
+    pool.report_check(URLS[2], True)
+    row = pool.stats().by_url()[URLS[2]]
+    assert (row.state, row.canary) == ("pending", "canary: pending")
+    assert [b.url for b in pool.awaiting_canary()] == [URLS[2]]
+
+
+def test_a_changed_model_must_pass_its_canary_again() -> None:
+    """When ``/info`` reports another model than before, the canary verdict is void;
+    a first model learned for a replica the canary ejected gives it a new chance. If
+    this fails, a replica now serving another model keeps its old verdict."""
+    pool = _pool()
+    for url in URLS:
+        pool.learn_model(url, "A")
+        pool.report_canary(url, True, "canary: ok")
+    pool.learn_model(URLS[0], "A")
+    assert pool.stats().by_url()[URLS[0]].state == "healthy"  # same model: kept
+    pool.learn_model(URLS[0], "B")
+    assert pool.stats().by_url()[URLS[0]].state == "pending"
+    fresh = _pool(["http://d:1"])
+    fresh.report_canary("http://d:1", False, "canary: wrong")
+    fresh.learn_model("http://d:1", "B")
+    assert fresh.stats().by_url()["http://d:1"].state == "pending"
+
+
+def test_a_pending_replicas_old_answer_no_longer_votes() -> None:
+    """Once a replica is pending again (a comeback), its answer from before does not
+    vote on others. If this fails, a replaced pod's old vectors keep outvoting."""
+    policy = eb.HealthCheck(canary=CANARY, fall=1, rise=1)
+    pool = eb.BackendPool([*URLS, "http://d:1"], health_check=policy, clock=eb.ManualClock())
+    rounds = CanaryRounds(CANARY)
+    answers = {u: CanaryAnswer(rows=RIGHT) for u in URLS}
+    rounds.settle(pool, pool.backends, answers, set(URLS))
+    pool.report_check(URLS[2], False)
+    pool.report_check(URLS[2], True)
+    rounds.settle(
+        pool,
+        pool.backends,
+        {"http://d:1": CanaryAnswer(rows=WRONG), URLS[2]: CanaryAnswer(error="ReadTimeout")},
+        {URLS[2], "http://d:1"},
+    )
+    assert URLS[2] not in rounds.latest
+    assert "vs majority of 2" in (pool.stats().by_url()["http://d:1"].canary or "")

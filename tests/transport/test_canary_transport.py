@@ -75,3 +75,25 @@ async def test_garbage_answers_eject_a_replica_async() -> None:
         assert bad.embed_requests >= 1
         assert not any(MARKER.encode() in seen.body for seen in bad.seen)
         assert sum(MARKER.encode() in seen.body for s in stubs[:2] for seen in s.seen) == 20
+
+
+def test_two_models_keep_all_their_replicas_through_the_transport() -> None:
+    """Three replicas of one model and two of another (other dimension, models learned
+    from ``/info``) all pass their canary in the first round, and a request for the
+    smaller model is served. If this fails, turning the canary on ejects every replica
+    of the model with fewer replicas and its requests get NoBackendAvailable."""
+    with tei_stubs(3, model_id="org/a", dim=8) as a, tei_stubs(2, model_id="org/b", dim=16) as b:
+        urls = [s.url for s in a + b]
+        policy = eb.HealthCheck(interval=0.1, canary=CANARY)
+        with eb.BalancingTransport(urls, health_check=policy) as transport:
+            rows = transport.pool.stats().backends
+            assert {r.state for r in rows} == {"healthy"}, [(r.url, r.canary) for r in rows]
+            assert {r.model for r in rows} == {"org/a", "org/b"}
+            with httpx.Client(transport=transport, base_url="http://embeddings") as client:
+                answer = client.post(
+                    "/embed",
+                    json={"inputs": ["hi"]},
+                    extensions={eb.MODEL_EXTENSION: "b"},
+                )
+                assert answer.status_code == 200
+                assert len(answer.json()[0]) == 16
