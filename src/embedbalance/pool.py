@@ -96,6 +96,9 @@ class Lease:
     span: Any = attrs.field(default=None, repr=False)
     #: The model the request asked for (``None``: any), for per-model counts.
     model: str | None = None
+    #: Whether the request is bulk priority: its overload answers (429, a timeout
+    #: behind interactive work) keep only bulk requests away from the backend.
+    bulk: bool = False
 
 
 @attrs.frozen
@@ -487,7 +490,11 @@ class BackendPool:
         return sorted({m for s in self._live if (m := s.model) is not None})
 
     def _unavailability(
-        self, now: float, exclude: Collection[str], live: Sequence[BackendState] | None = None
+        self,
+        now: float,
+        exclude: Collection[str],
+        live: Sequence[BackendState] | None = None,
+        bulk: bool = False,
     ) -> list[Unavailability]:
         reasons = []
         for s in self._live if live is None else live:
@@ -501,16 +508,25 @@ class BackendPool:
                 reasons.append(Unavailability(s.url, s.canary_detail))
             elif s.overloaded_until is not None and s.overloaded_until > now:
                 reasons.append(Unavailability(s.url, "overloaded", s.overloaded_until))
+            elif bulk and _bulk_overloaded(s, now):
+                reasons.append(Unavailability(s.url, "overloaded (bulk)", s.bulk_overloaded_until))
         for url in self._draining:
             reasons.append(Unavailability(url, "draining"))
         return reasons
 
     def acquire(
-        self, cost: float = 1.0, exclude: Collection[str] = (), *, model: str | None = None
+        self,
+        cost: float = 1.0,
+        exclude: Collection[str] = (),
+        *,
+        model: str | None = None,
+        bulk: bool = False,
     ) -> Lease:
         """Pick a backend for one request of ``cost`` (tokens, say), avoiding the URLs
         in ``exclude`` (where earlier attempts of the same request failed); with
-        ``model``, only among backends serving it or of unknown model.
+        ``model``, only among backends serving it or of unknown model. A ``bulk``
+        request also avoids backends that refused bulk work lately (see :meth:`release`);
+        only bulk requests do.
 
         Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why
         (and, for a model no backend serves, the model and those served), and
@@ -531,12 +547,14 @@ class BackendPool:
                 candidates, population = self._serving(model)
             if exclude:
                 candidates = [s for s in candidates if s.url not in exclude]
+            if bulk:
+                candidates = [s for s in candidates if not _bulk_overloaded(s, now)]
             if not candidates:
                 if model is None:
-                    error = NoBackendAvailable(self._unavailability(now, exclude))
+                    error = NoBackendAvailable(self._unavailability(now, exclude, bulk=bulk))
                 else:
                     error = NoBackendAvailable(
-                        self._unavailability(now, exclude, population) if population else (),
+                        self._unavailability(now, exclude, population, bulk) if population else (),
                         model=model,
                         served=self._served_models(),
                     )
@@ -554,6 +572,7 @@ class BackendPool:
                     state=state,
                     load_at_start=state.outstanding_cost,
                     model=model,
+                    bulk=bulk,
                 )
                 if model is not None:
                     counters = self._models.get(model)
@@ -582,10 +601,13 @@ class BackendPool:
 
         ``latency`` defaults to the pool clock's time since :meth:`acquire` (a given one
         must be a finite number; negative reads as 0); ``retry_after`` (seconds) is
-        honoured for :attr:`Outcome.OVERLOADED`; ``queue_depth`` is the server-reported
-        queue length, where it sent one; ``hints`` every load hint of the response
-        (:func:`~embedbalance._hints.parse_hints`), which the balancer trusts over its
-        guesses (its ``queue_depth`` stands in for a missing ``queue_depth``).
+        honoured for :attr:`Outcome.OVERLOADED` (for a bulk lease, by bulk requests
+        only: a server that pushes back on bulk work first may still take interactive
+        requests, and a bulk ``Retry-After`` counts everything queued); ``queue_depth``
+        is the server-reported queue length, where it sent one; ``hints`` every load
+        hint of the response (:func:`~embedbalance._hints.parse_hints`), which the
+        balancer trusts over its guesses (its ``queue_depth`` stands in for a missing
+        ``queue_depth``).
         """
         if latency is not None and not -math.inf < latency < math.inf:
             raise ValueError(f"latency must be a finite number, got {latency!r}")
@@ -640,7 +662,14 @@ class BackendPool:
                 s.overloads += 1
                 backoff = retry_after if retry_after is not None else DEFAULT_OVERLOAD_BACKOFF
                 until = now + max(backoff, 0.0)
-                if s.overloaded_until is None or until > s.overloaded_until:
+                if lease.bulk:
+                    if s.bulk_overloaded_until is None or until > s.bulk_overloaded_until:
+                        s.bulk_overloaded_until = until
+                        overloaded = PoolEvent(
+                            "overloaded", s.url, now, f"bulk only, for {backoff:g}s"
+                        )
+                        events = [*(events or ()), overloaded]
+                elif s.overloaded_until is None or until > s.overloaded_until:
                     s.overloaded_until = until
                     self._dirty = True
                     overloaded = PoolEvent("overloaded", s.url, now, f"for {backoff:g}s")
@@ -929,6 +958,11 @@ class BackendPool:
                 high = max(highs)
         deadline = multiple * high
         return deadline if ceiling is None or deadline < ceiling else ceiling
+
+
+def _bulk_overloaded(s: BackendState, now: float) -> bool:
+    until = s.bulk_overloaded_until
+    return until is not None and until > now
 
 
 def model_matches(requested: str, served: str) -> bool:

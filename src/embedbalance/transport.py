@@ -63,7 +63,7 @@ from .health_runner import (
 )
 from .locality import Locality
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
-from .priority import PRIORITY_HEADER, check_priority
+from .priority import BULK, PRIORITY_HEADER, check_priority
 from .retry import Hedge, Retry
 
 __all__ = [
@@ -338,9 +338,10 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
-        if PRIORITY_EXTENSION in ext:
-            check_priority(ext[PRIORITY_EXTENSION])
-        return self.policy.begin(cost, replayable and idempotent, total, request_model(request))
+        bulk = PRIORITY_EXTENSION in ext and check_priority(ext[PRIORITY_EXTENSION]) == BULK
+        return self.policy.begin(
+            cost, replayable and idempotent, total, request_model(request), bulk=bulk
+        )
 
     def route(self, request: httpx.Request, lease: Lease, timeout: float | None) -> httpx.Request:
         """The request as sent to the lease's backend: new scheme/host/port, same
