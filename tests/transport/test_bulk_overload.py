@@ -59,3 +59,45 @@ def test_interactive_429_still_keeps_bulk_away(servers):
         assert http.post("/embed", json={"inputs": ["a"]}).status_code == 429
         with pytest.raises(eb.NoBackendAvailable):
             http.post("/embed", json={"inputs": ["a"]}, extensions=BULK)
+
+
+def test_bulk_timeouts_do_not_eject_sync(servers):
+    """Bulk attempts past their attempt deadline (a worker serving interactive work
+    first holds them back) count as overloads, not failures: the replica is not
+    ejected and keeps serving interactive requests. If this fails, every interactive
+    burst that delays bulk work ejects healthy replicas."""
+    (server,) = servers(1, delay=0.3)
+    transport = eb.BalancingTransport(
+        [server.url],
+        attempt_timeout=0.05,
+        retry=False,
+        outlier_detection=eb.OutlierDetection(consecutive_failures=2),
+    )
+    with httpx.Client(transport=transport, base_url="http://emb") as http:
+        for _ in range(3):
+            with pytest.raises((eb.AllAttemptsFailed, eb.NoBackendAvailable)):
+                http.post("/embed", json={"inputs": ["a"]}, extensions=BULK)
+        row = transport.stats().pool.by_url()[server.url]
+        assert (row.failures, row.ejections) == (0, 0)
+        assert row.overloads >= 1
+        server.control(delay=0.0)
+        assert http.post("/embed", json={"inputs": ["a"]}).status_code == 200
+
+
+@pytest.mark.anyio
+async def test_bulk_timeouts_do_not_eject_async(servers):
+    """The async twin of the test above. If this fails, the async transport ejects a
+    replica for holding bulk work back."""
+    (server,) = servers(1, delay=0.3)
+    transport = eb.AsyncBalancingTransport(
+        [server.url],
+        attempt_timeout=0.05,
+        retry=False,
+        outlier_detection=eb.OutlierDetection(consecutive_failures=2),
+    )
+    async with httpx.AsyncClient(transport=transport, base_url="http://emb") as http:
+        for _ in range(3):
+            with pytest.raises((eb.AllAttemptsFailed, eb.NoBackendAvailable)):
+                await http.post("/embed", json={"inputs": ["a"]}, extensions=BULK)
+        row = transport.stats().pool.by_url()[server.url]
+        assert (row.failures, row.ejections) == (0, 0)
