@@ -822,6 +822,7 @@ class EmbeddingClient:
                 clock=clock,
                 backends=lambda: len(self.transport.pool.backends),
                 ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+                timeout=timeout,
             )
             if self._cfg.priority == BULK and bulk_limit is not None
             else None
@@ -1155,6 +1156,7 @@ class AsyncEmbeddingClient:
                 clock=clock,
                 backends=lambda: len(self.transport.pool.backends),
                 ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+                timeout=timeout,
             )
             if self._cfg.priority == BULK and bulk_limit is not None
             else None

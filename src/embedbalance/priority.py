@@ -115,6 +115,10 @@ class BulkLimit:
       noisy). ``2.0`` (the default): a replica that serves interactive work first
       loses nothing to two bulk requests waiting, and always has its next bulk pass
       ready. ``None`` ignores the header.
+    - ``max_resends``: how many times a sub-batch the pool refused for now (429, or no
+      replica but overloaded ones) is resent, after the wait the refusal asks for and
+      within the client's ``timeout``, before its refusal reaches the caller. ``0``
+      hands every refusal back at once.
     """
 
     initial: int | None = attrs.field(
@@ -130,6 +134,7 @@ class BulkLimit:
     backoff: float = attrs.field(default=0.7, validator=_open_unit)
     window: float = attrs.field(default=30.0, validator=_positive)
     max_queue: float | None = attrs.field(default=2.0)
+    max_resends: int = attrs.field(default=8)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -142,6 +147,10 @@ class BulkLimit:
             math.isfinite(self.max_queue) and self.max_queue >= 0
         ):
             raise ValueError(f"max_queue must be a finite number >= 0, got {self.max_queue!r}")
+        if isinstance(self.max_resends, bool) or not (
+            isinstance(self.max_resends, int) and self.max_resends >= 0
+        ):
+            raise ValueError(f"max_resends must be an int >= 0, got {self.max_resends!r}")
 
 
 @attrs.define(repr=False)
