@@ -884,6 +884,37 @@ class BackendPool:
             rows += [(s.url, s.pending, False) for s in self._draining.values()]
         return rows
 
+    def usable_count(self, model: str | None = None) -> int:
+        """How many members a request (for ``model``: those serving it, or of unknown
+        model) may be sent to now, passing overloads aside: healthy, not ejected, past
+        their canary where canary checks are on (in panic mode, every canary-passed
+        member, as :meth:`acquire` then picks among them).
+
+        What sizes per-replica quantities (a bulk client's limit on requests in flight):
+        ``len(backends)`` also counts replicas that take no traffic now and replicas of
+        other models. An overload lasts seconds, so an overloaded replica still counts.
+        """
+        events: list[PoolEvent] = []
+        with self._lock:
+            now = self.clock()
+            if self._dirty or now >= self._next_expiry:
+                self._refresh(now, events)
+            live = self._live if model is None else self._serving(model)[1]
+            count = sum(
+                1
+                for s in live
+                if not self._canary_blocks(s)
+                and (
+                    self._panic
+                    or (
+                        not (s.ejected_until is not None and s.ejected_until > now)
+                        and s.active.healthy is not False
+                    )
+                )
+            )
+        self._emit(events)
+        return count
+
     def has(self, url: str) -> bool:
         """Whether ``url`` is a member (draining ones are not)."""
         return url in self._states

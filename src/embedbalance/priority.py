@@ -98,9 +98,10 @@ class BulkLimit:
     """How a bulk client's limit on requests in flight adapts (see the module doc).
 
     - ``initial``: the starting limit; ``None``: one per live backend.
-    - ``min_limit``: never fewer in flight; ``None`` (the default): one per live
-      backend, since one bulk request per replica keeps it busy and queues nothing
-      behind it (the ceiling still wins when it is lower).
+    - ``min_limit``: never fewer in flight; ``None`` (the default): one per usable
+      backend (:meth:`~embedbalance.BackendPool.usable_count`), since one bulk
+      request per replica keeps it busy and queues nothing behind it (the ceiling
+      still wins when it is lower).
     - ``max_limit``: never more; ``None``: the client's ``max_concurrency``.
     - ``tolerance``: a latency up to this many times the baseline is not congestion
       (``3.0``: one request running and one or two waiting per replica is fine; a

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import anyio
 import httpx
 import pytest
-from tests.helpers.control_proc import ControlServer
+from tests.helpers.control_proc import ControlServer, free_port
 from tests.helpers.echo_server import EchoServer, echo_servers
 from tests.helpers.tei_stub import TeiStub
 
@@ -184,3 +184,44 @@ async def test_async_bulk_client_waits_out_429s() -> None:
         server.stop()
     assert waits
     assert rows[:, 0].tolist() == [float(len(t)) for t in texts]
+
+
+def test_bulk_limit_bounds_count_only_usable_replicas(stub: TeiStub) -> None:
+    """Two of three members are unhealthy (no panic mode): the bulk limit's floor is one
+    request (one usable replica), and its ceiling that of a one-replica pool. If this fails, a bulk
+    client keeps one request in flight per dead replica, all on the live one."""
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with eb.EmbeddingClient([stub.url], priority="bulk", health_check=None) as alone:
+        assert alone._gate is not None
+        alone.embed(TEXTS[:2])
+        single = alone._gate.limiter
+    with eb.EmbeddingClient(
+        [stub.url, *dead], priority="bulk", health_check=None, panic_threshold=0.0
+    ) as bulk:
+        assert bulk._gate is not None
+        pool = bulk.transport.pool
+        for url in dead:
+            for _ in range(pool.health_check.fall):
+                pool.report_check(url, ok=False)
+        rows = bulk.embed(TEXTS[:4])
+        limiter = bulk._gate.limiter
+    assert rows.shape[0] == 4
+    assert (limiter.min_limit, limiter.max_limit) == (1, single.max_limit)
+
+
+@pytest.mark.anyio
+async def test_async_bulk_limit_bounds_count_only_usable_replicas(stub: TeiStub) -> None:
+    """The async bulk client sizes its limit by usable replicas too. If this fails,
+    async bulk jobs count dead replicas into their floor."""
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    async with eb.AsyncEmbeddingClient(
+        [stub.url, *dead], priority="bulk", health_check=None, panic_threshold=0.0
+    ) as bulk:
+        assert bulk._gate is not None
+        pool = bulk.transport.pool
+        for url in dead:
+            for _ in range(pool.health_check.fall):
+                pool.report_check(url, ok=False)
+        rows = await bulk.embed(TEXTS[:4])
+        assert rows.shape[0] == 4
+        assert bulk._gate.limiter.min_limit == 1
