@@ -138,9 +138,11 @@ class AttemptPolicy:
         resendable: bool,
         total_timeout: float | None = None,
         model: str | None = None,
+        bulk: bool = False,
     ) -> Flow:
         """Start one request's flow; ``total_timeout`` overrides the transport's;
-        ``model`` limits it to backends serving that model."""
+        ``model`` limits it to backends serving that model; ``bulk``: a bulk-priority
+        request (its overloads keep only bulk requests away)."""
         with self._lock:
             self.requests += 1
         self.budget.deposit()
@@ -151,7 +153,12 @@ class AttemptPolicy:
             raise ValueError(f"total timeout must be a finite number > 0, got {total!r}")
         now = self.wall()
         return Flow(
-            self, cost, resendable, now + total if total is not None else math.inf, model=model
+            self,
+            cost,
+            resendable,
+            now + total if total is not None else math.inf,
+            model=model,
+            bulk=bulk,
         )
 
     def hedge_delay(self) -> float | None:
@@ -189,6 +196,7 @@ class Flow:
     resendable: bool
     deadline: float
     model: str | None = None
+    bulk: bool = False
     exclude: set[str] = attrs.Factory(set)
     attempts: list[Attempt] = attrs.Factory(list)
     results: list[AttemptResult] = attrs.Factory(list)
@@ -246,7 +254,9 @@ class Flow:
             self._stop("retry budget exhausted")
             return None
         try:
-            lease = self.policy.pool.acquire(self.cost, self.exclude, model=self.model)
+            lease = self.policy.pool.acquire(
+                self.cost, self.exclude, model=self.model, bulk=self.bulk
+            )
         except NoBackendAvailable:
             if not self.attempts:
                 raise
@@ -275,7 +285,9 @@ class Flow:
         if not self.resendable or self._final is not None or not self.policy._allow_hedge():
             return None
         try:
-            lease = self.policy.pool.acquire(self.cost, self.exclude, model=self.model)
+            lease = self.policy.pool.acquire(
+                self.cost, self.exclude, model=self.model, bulk=self.bulk
+            )
         except NoBackendAvailable:
             return None
         lease.attempt = len(self.exclude)

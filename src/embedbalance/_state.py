@@ -56,6 +56,9 @@ class BackendState:
     ejections: int = 0
     last_ejected_at: float = -math.inf
     overloaded_until: float | None = None
+    #: Until when bulk requests avoid it: a 429 to a bulk request (whose Retry-After
+    #: counts all the work queued ahead of bulk) says nothing about interactive ones.
+    bulk_overloaded_until: float | None = None
     active: ActiveCheckState = attrs.Factory(ActiveCheckState)
     #: The canary's word when canary checks are on: None until the first passes,
     #: then whether the last verdict agreed; ``canary_detail`` says why.

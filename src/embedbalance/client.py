@@ -821,8 +821,9 @@ class EmbeddingClient:
             BulkGate(
                 bulk_limit,
                 clock=clock,
-                backends=lambda: len(self.transport.pool.backends),
-                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+                backends=self._usable_backends,
+                ceiling=lambda: _concurrency(max_concurrency, self._usable_backends()),
+                timeout=timeout,
             )
             if self._cfg.priority == BULK and bulk_limit is not None
             else None
@@ -902,6 +903,11 @@ class EmbeddingClient:
         if not isinstance(payload, dict):
             raise ResponseFormatError(f"backend {backend_url(response)}: /info is not an object")
         return payload
+
+    def _usable_backends(self) -> int:
+        """Replicas the client's requests may go to now (the bulk limit's per-replica
+        floor and ceiling): not every member, only the healthy ones of its model."""
+        return self.transport.pool.usable_count(self._cfg.options.model)
 
     def _learn_limits(self) -> None:
         cfg = self._cfg
@@ -1163,8 +1169,9 @@ class AsyncEmbeddingClient:
             AsyncBulkGate(
                 bulk_limit,
                 clock=clock,
-                backends=lambda: len(self.transport.pool.backends),
-                ceiling=lambda: _concurrency(max_concurrency, len(self.transport.pool.backends)),
+                backends=self._usable_backends,
+                ceiling=lambda: _concurrency(max_concurrency, self._usable_backends()),
+                timeout=timeout,
             )
             if self._cfg.priority == BULK and bulk_limit is not None
             else None
@@ -1228,6 +1235,11 @@ class AsyncEmbeddingClient:
         if not isinstance(payload, dict):
             raise ResponseFormatError(f"backend {backend_url(response)}: /info is not an object")
         return payload
+
+    def _usable_backends(self) -> int:
+        """Replicas the client's requests may go to now (the bulk limit's per-replica
+        floor and ceiling): not every member, only the healthy ones of its model."""
+        return self.transport.pool.usable_count(self._cfg.options.model)
 
     async def _learn_limits(self) -> None:
         cfg = self._cfg

@@ -44,7 +44,8 @@ class ConfigError(EmbedbalanceError, ValueError):
 @attrs.frozen
 class Unavailability:
     """Why one backend could not be picked: ``reason`` is one of ``"ejected"``,
-    ``"unhealthy"``, ``"overloaded"``, ``"excluded"``, ``"draining"``, or the canary
+    ``"unhealthy"``, ``"overloaded"``, ``"overloaded (bulk)"`` (it refused bulk work:
+    only bulk requests avoid it), ``"excluded"``, ``"draining"``, or the canary
     check's word (starting with ``"canary:"``); ``until`` is the clock time the state
     ends at, where known."""
 

@@ -96,6 +96,9 @@ class Lease:
     span: Any = attrs.field(default=None, repr=False)
     #: The model the request asked for (``None``: any), for per-model counts.
     model: str | None = None
+    #: Whether the request is bulk priority: its overload answers (429, a timeout
+    #: behind interactive work) keep only bulk requests away from the backend.
+    bulk: bool = False
 
 
 @attrs.frozen
@@ -504,7 +507,11 @@ class BackendPool:
         return sorted({m for s in self._live if (m := s.model) is not None})
 
     def _unavailability(
-        self, now: float, exclude: Collection[str], live: Sequence[BackendState] | None = None
+        self,
+        now: float,
+        exclude: Collection[str],
+        live: Sequence[BackendState] | None = None,
+        bulk: bool = False,
     ) -> list[Unavailability]:
         reasons = []
         for s in self._live if live is None else live:
@@ -518,16 +525,25 @@ class BackendPool:
                 reasons.append(Unavailability(s.url, s.canary_detail))
             elif s.overloaded_until is not None and s.overloaded_until > now:
                 reasons.append(Unavailability(s.url, "overloaded", s.overloaded_until))
+            elif bulk and _bulk_overloaded(s, now):
+                reasons.append(Unavailability(s.url, "overloaded (bulk)", s.bulk_overloaded_until))
         for url in self._draining:
             reasons.append(Unavailability(url, "draining"))
         return reasons
 
     def acquire(
-        self, cost: float = 1.0, exclude: Collection[str] = (), *, model: str | None = None
+        self,
+        cost: float = 1.0,
+        exclude: Collection[str] = (),
+        *,
+        model: str | None = None,
+        bulk: bool = False,
     ) -> Lease:
         """Pick a backend for one request of ``cost`` (tokens, say), avoiding the URLs
         in ``exclude`` (where earlier attempts of the same request failed); with
-        ``model``, only among backends serving it or of unknown model.
+        ``model``, only among backends serving it or of unknown model. A ``bulk``
+        request also avoids backends that refused bulk work lately (see :meth:`release`);
+        only bulk requests do.
 
         Raises :class:`~embedbalance.NoBackendAvailable` naming every backend and why
         (and, for a model no backend serves, the model and those served), and
@@ -548,12 +564,14 @@ class BackendPool:
                 candidates, population = self._serving(model)
             if exclude:
                 candidates = [s for s in candidates if s.url not in exclude]
+            if bulk:
+                candidates = [s for s in candidates if not _bulk_overloaded(s, now)]
             if not candidates:
                 if model is None:
-                    error = NoBackendAvailable(self._unavailability(now, exclude))
+                    error = NoBackendAvailable(self._unavailability(now, exclude, bulk=bulk))
                 else:
                     error = NoBackendAvailable(
-                        self._unavailability(now, exclude, population) if population else (),
+                        self._unavailability(now, exclude, population, bulk) if population else (),
                         model=model,
                         served=self._served_models(),
                     )
@@ -571,6 +589,7 @@ class BackendPool:
                     state=state,
                     load_at_start=state.outstanding_cost,
                     model=model,
+                    bulk=bulk,
                 )
                 if model is not None:
                     counters = self._models.get(model)
@@ -599,10 +618,13 @@ class BackendPool:
 
         ``latency`` defaults to the pool clock's time since :meth:`acquire` (a given one
         must be a finite number; negative reads as 0); ``retry_after`` (seconds) is
-        honoured for :attr:`Outcome.OVERLOADED`; ``queue_depth`` is the server-reported
-        queue length, where it sent one; ``hints`` every load hint of the response
-        (:func:`~embedbalance._hints.parse_hints`), which the balancer trusts over its
-        guesses (its ``queue_depth`` stands in for a missing ``queue_depth``).
+        honoured for :attr:`Outcome.OVERLOADED` (for a bulk lease, by bulk requests
+        only: a server that pushes back on bulk work first may still take interactive
+        requests, and a bulk ``Retry-After`` counts everything queued); ``queue_depth``
+        is the server-reported queue length, where it sent one; ``hints`` every load
+        hint of the response (:func:`~embedbalance._hints.parse_hints`), which the
+        balancer trusts over its guesses (its ``queue_depth`` stands in for a missing
+        ``queue_depth``).
         """
         if latency is not None and not -math.inf < latency < math.inf:
             raise ValueError(f"latency must be a finite number, got {latency!r}")
@@ -657,7 +679,14 @@ class BackendPool:
                 s.overloads += 1
                 backoff = retry_after if retry_after is not None else DEFAULT_OVERLOAD_BACKOFF
                 until = now + max(backoff, 0.0)
-                if s.overloaded_until is None or until > s.overloaded_until:
+                if lease.bulk:
+                    if s.bulk_overloaded_until is None or until > s.bulk_overloaded_until:
+                        s.bulk_overloaded_until = until
+                        overloaded = PoolEvent(
+                            "overloaded", s.url, now, f"bulk only, for {backoff:g}s"
+                        )
+                        events = [*(events or ()), overloaded]
+                elif s.overloaded_until is None or until > s.overloaded_until:
                     s.overloaded_until = until
                     self._dirty = True
                     overloaded = PoolEvent("overloaded", s.url, now, f"for {backoff:g}s")
@@ -936,6 +965,37 @@ class BackendPool:
             rows += [(s.url, s.pending, False) for s in self._draining.values()]
         return rows
 
+    def usable_count(self, model: str | None = None) -> int:
+        """How many members a request (for ``model``: those serving it, or of unknown
+        model) may be sent to now, passing overloads aside: healthy, not ejected, past
+        their canary where canary checks are on (in panic mode, every canary-passed
+        member, as :meth:`acquire` then picks among them).
+
+        What sizes per-replica quantities (a bulk client's limit on requests in flight):
+        ``len(backends)`` also counts replicas that take no traffic now and replicas of
+        other models. An overload lasts seconds, so an overloaded replica still counts.
+        """
+        events: list[PoolEvent] = []
+        with self._lock:
+            now = self.clock()
+            if self._dirty or now >= self._next_expiry:
+                self._refresh(now, events)
+            live = self._live if model is None else self._serving(model)[1]
+            count = sum(
+                1
+                for s in live
+                if not self._canary_blocks(s)
+                and (
+                    self._panic
+                    or (
+                        not (s.ejected_until is not None and s.ejected_until > now)
+                        and s.active.healthy is not False
+                    )
+                )
+            )
+        self._emit(events)
+        return count
+
     def has(self, url: str) -> bool:
         """Whether ``url`` is a member (draining ones are not)."""
         return url in self._states
@@ -1010,6 +1070,11 @@ class BackendPool:
                 high = max(highs)
         deadline = multiple * high
         return deadline if ceiling is None or deadline < ceiling else ceiling
+
+
+def _bulk_overloaded(s: BackendState, now: float) -> bool:
+    until = s.bulk_overloaded_until
+    return until is not None and until > now
 
 
 def model_matches(requested: str, served: str) -> bool:

@@ -98,9 +98,10 @@ class BulkLimit:
     """How a bulk client's limit on requests in flight adapts (see the module doc).
 
     - ``initial``: the starting limit; ``None``: one per live backend.
-    - ``min_limit``: never fewer in flight; ``None`` (the default): one per live
-      backend, since one bulk request per replica keeps it busy and queues nothing
-      behind it (the ceiling still wins when it is lower).
+    - ``min_limit``: never fewer in flight; ``None`` (the default): one per usable
+      backend (:meth:`~embedbalance.BackendPool.usable_count`), since one bulk
+      request per replica keeps it busy and queues nothing behind it (the ceiling
+      still wins when it is lower).
     - ``max_limit``: never more; ``None``: the client's ``max_concurrency``.
     - ``tolerance``: a latency up to this many times the baseline is not congestion
       (``3.0``: one request running and one or two waiting per replica is fine; a
@@ -115,6 +116,10 @@ class BulkLimit:
       noisy). ``2.0`` (the default): a replica that serves interactive work first
       loses nothing to two bulk requests waiting, and always has its next bulk pass
       ready. ``None`` ignores the header.
+    - ``max_resends``: how many times a sub-batch the pool refused for now (429, or no
+      replica but overloaded ones) is resent, after the wait the refusal asks for and
+      within the client's ``timeout``, before its refusal reaches the caller. ``0``
+      hands every refusal back at once.
     """
 
     initial: int | None = attrs.field(
@@ -130,6 +135,7 @@ class BulkLimit:
     backoff: float = attrs.field(default=0.7, validator=_open_unit)
     window: float = attrs.field(default=30.0, validator=_positive)
     max_queue: float | None = attrs.field(default=2.0)
+    max_resends: int = attrs.field(default=8)
 
     def __attrs_post_init__(self) -> None:
         if (
@@ -142,6 +148,10 @@ class BulkLimit:
             math.isfinite(self.max_queue) and self.max_queue >= 0
         ):
             raise ValueError(f"max_queue must be a finite number >= 0, got {self.max_queue!r}")
+        if isinstance(self.max_resends, bool) or not (
+            isinstance(self.max_resends, int) and self.max_resends >= 0
+        ):
+            raise ValueError(f"max_resends must be an int >= 0, got {self.max_resends!r}")
 
 
 @attrs.define(repr=False)

@@ -63,7 +63,7 @@ from .health_runner import (
 )
 from .locality import Locality
 from .pool import BackendPool, Lease, Outcome, PoolEvent, PoolStats
-from .priority import PRIORITY_HEADER, check_priority
+from .priority import BULK, PRIORITY_HEADER, check_priority
 from .retry import Hedge, Retry
 
 __all__ = [
@@ -338,9 +338,10 @@ class _Core:
             else self.retry.is_idempotent(request.method, request.url.path)
         )
         total = ext.get(TOTAL_TIMEOUT_EXTENSION)
-        if PRIORITY_EXTENSION in ext:
-            check_priority(ext[PRIORITY_EXTENSION])
-        return self.policy.begin(cost, replayable and idempotent, total, request_model(request))
+        bulk = PRIORITY_EXTENSION in ext and check_priority(ext[PRIORITY_EXTENSION]) == BULK
+        return self.policy.begin(
+            cost, replayable and idempotent, total, request_model(request), bulk=bulk
+        )
 
     def route(self, request: httpx.Request, lease: Lease, timeout: float | None) -> httpx.Request:
         """The request as sent to the lease's backend: new scheme/host/port, same
@@ -427,14 +428,20 @@ class _Core:
         return AttemptResult(lease, outcome, description, response=rebuilt, retryable=retryable)
 
     def settle_error(self, lease: Lease, exc: httpx.TransportError) -> AttemptResult:
-        """A transport error: a failure of the backend; resendable when never sent."""
+        """A transport error: a failure of the backend; resendable when never sent. A
+        bulk attempt's read or write timeout is an overload (see :meth:`timed_out`)."""
         sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
-        _tracing.end_attempt(lease, Outcome.FAILURE.value, error=type(exc).__name__)
-        self.metrics.request(lease.backend.url, Outcome.FAILURE.value, None)
-        self.pool.release(lease, Outcome.FAILURE)
+        outcome = (
+            Outcome.OVERLOADED
+            if lease.bulk and isinstance(exc, (httpx.ReadTimeout, httpx.WriteTimeout))
+            else Outcome.FAILURE
+        )
+        _tracing.end_attempt(lease, outcome.value, error=type(exc).__name__)
+        self.metrics.request(lease.backend.url, outcome.value, None)
+        self.pool.release(lease, outcome)
         return AttemptResult(
             lease,
-            Outcome.FAILURE,
+            outcome,
             f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
             error=exc,
             retryable=True,
@@ -443,13 +450,17 @@ class _Core:
 
     def timed_out(self, lease: Lease, timeout: float | None) -> AttemptResult:
         """An attempt past its deadline: abandoned, and a failure of its backend (a
-        backend that hangs must be ejected like one that refuses)."""
+        backend that hangs must be ejected like one that refuses).
+
+        Except for a bulk attempt: a priority-aware worker holds bulk work back while
+        interactive work waits, so a slow bulk answer is the worker doing its job. It
+        counts as an overload (bulk requests avoid the backend a while; no failure, no
+        ejection); a hung backend is still found by interactive traffic and checks."""
         error = httpx.ReadTimeout(f"attempt timed out after {timeout:.3g}s")
-        _tracing.end_attempt(lease, Outcome.FAILURE.value, error="timeout")
-        self.abandon(lease, Outcome.FAILURE)
-        return AttemptResult(
-            lease, Outcome.FAILURE, str(error), error=error, retryable=True, sent=True
-        )
+        outcome = Outcome.OVERLOADED if lease.bulk else Outcome.FAILURE
+        _tracing.end_attempt(lease, outcome.value, error="timeout")
+        self.abandon(lease, outcome)
+        return AttemptResult(lease, outcome, str(error), error=error, retryable=True, sent=True)
 
     def abandon(self, lease: Lease, outcome: Outcome = Outcome.CANCELLED) -> None:
         """Release a lease whose attempt will not be waited for (a hedge's loser, a

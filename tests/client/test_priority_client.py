@@ -4,10 +4,13 @@ flight. Real servers on loopback (a TEI stand-in, an echo server); no model need
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
+import anyio
 import httpx
 import pytest
+from tests.helpers.control_proc import ControlServer, free_port
 from tests.helpers.echo_server import EchoServer, echo_servers
 from tests.helpers.tei_stub import TeiStub
 
@@ -125,3 +128,100 @@ async def test_async_bulk_limit_bounds_in_flight(stub: TeiStub) -> None:
         rows = await bulk.embed(TEXTS)
     assert rows.shape[0] == len(TEXTS)
     assert 1 <= stub.max_in_flight <= 2
+
+
+def _refusing_server() -> ControlServer:
+    """A control server that answers bulk requests 429 (Retry-After 0.2 s)."""
+    server = ControlServer(mode="429bulk")
+    server.control(retry_after=0.2)
+    return server
+
+
+def test_bulk_client_waits_out_429s_and_loses_no_rows() -> None:
+    """A replica that refuses bulk work (429, Retry-After) until it has room: the bulk
+    client waits and resends, and embed() returns every row in input order. If this
+    fails, a re-index aborts on the worker's designed push-back."""
+    server = _refusing_server()
+    texts = [t * (i + 1) for i, t in enumerate(TEXTS[:6])]
+    waits: list[float] = []
+    try:
+        with eb.EmbeddingClient([server.url], priority="bulk", batch_size=2) as bulk:
+            assert bulk._gate is not None
+
+            def sleep(seconds: float) -> None:  # the replica gets room while we wait
+                waits.append(seconds)
+                server.control(mode="ok")
+                time.sleep(seconds)
+
+            bulk._gate._sleep = sleep
+            rows = bulk.embed(texts)
+    finally:
+        server.stop()
+    assert waits  # each wait: the Retry-After, or what is left of it for a sub-batch
+    assert all(0 <= w <= 0.2 for w in waits)  # that found the replica still refusing
+    assert rows[:, 0].tolist() == [float(len(t)) for t in texts]
+
+
+@pytest.mark.anyio
+async def test_async_bulk_client_waits_out_429s() -> None:
+    """The async bulk client waits and resends the same way. If this fails, async bulk
+    jobs abort on 429s."""
+    server = _refusing_server()
+    texts = [t * (i + 1) for i, t in enumerate(TEXTS[:6])]
+    waits: list[float] = []
+    try:
+        async with eb.AsyncEmbeddingClient([server.url], priority="bulk", batch_size=2) as bulk:
+            assert bulk._gate is not None
+
+            async def sleep(seconds: float) -> None:
+                waits.append(seconds)
+                await anyio.to_thread.run_sync(lambda: server.control(mode="ok"))
+                await anyio.sleep(seconds)
+
+            bulk._gate._sleep = sleep
+            rows = await bulk.embed(texts)
+    finally:
+        server.stop()
+    assert waits
+    assert rows[:, 0].tolist() == [float(len(t)) for t in texts]
+
+
+def test_bulk_limit_bounds_count_only_usable_replicas(stub: TeiStub) -> None:
+    """Two of three members are unhealthy (no panic mode): the bulk limit's floor is one
+    request (one usable replica), and its ceiling that of a one-replica pool. If this fails, a bulk
+    client keeps one request in flight per dead replica, all on the live one."""
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    with eb.EmbeddingClient([stub.url], priority="bulk", health_check=None) as alone:
+        assert alone._gate is not None
+        alone.embed(TEXTS[:2])
+        single = alone._gate.limiter
+    with eb.EmbeddingClient(
+        [stub.url, *dead], priority="bulk", health_check=None, panic_threshold=0.0
+    ) as bulk:
+        assert bulk._gate is not None
+        pool = bulk.transport.pool
+        for url in dead:
+            for _ in range(pool.health_check.fall):
+                pool.report_check(url, ok=False)
+        rows = bulk.embed(TEXTS[:4])
+        limiter = bulk._gate.limiter
+    assert rows.shape[0] == 4
+    assert (limiter.min_limit, limiter.max_limit) == (1, single.max_limit)
+
+
+@pytest.mark.anyio
+async def test_async_bulk_limit_bounds_count_only_usable_replicas(stub: TeiStub) -> None:
+    """The async bulk client sizes its limit by usable replicas too. If this fails,
+    async bulk jobs count dead replicas into their floor."""
+    dead = [f"http://127.0.0.1:{free_port()}" for _ in range(2)]
+    async with eb.AsyncEmbeddingClient(
+        [stub.url, *dead], priority="bulk", health_check=None, panic_threshold=0.0
+    ) as bulk:
+        assert bulk._gate is not None
+        pool = bulk.transport.pool
+        for url in dead:
+            for _ in range(pool.health_check.fall):
+                pool.report_check(url, ok=False)
+        rows = await bulk.embed(TEXTS[:4])
+        assert rows.shape[0] == 4
+        assert bulk._gate.limiter.min_limit == 1

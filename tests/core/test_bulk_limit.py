@@ -8,12 +8,15 @@ latency or refusals say a backlog formed, and it never cuts twice for one conges
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from embedbalance import BulkLimit, BulkLimiter, ManualClock
+from embedbalance import BulkLimit, BulkLimiter, ManualClock, NoBackendAvailable, Unavailability
+from embedbalance._bulk import BulkGate
 from embedbalance.priority import check_priority
 
 
@@ -206,6 +209,7 @@ def test_resize_follows_the_client_ceiling_within_the_policy() -> None:
         {"window": 0.0},
         {"max_queue": -1.0},
         {"tolerance": math.inf},
+        {"max_resends": -1},
     ],
 )
 def test_bad_policy_values_raise_value_error(kwargs: dict[str, float]) -> None:
@@ -272,3 +276,95 @@ def test_a_reported_bulk_backlog_replaces_the_latency_test() -> None:
     clock.advance(0.1)
     limiter.release(0.05, queue_depth=3)  # fast, but three waiting: cut
     assert limiter.limit < grown
+
+
+# -- the gate resends what the pool refused for now (sends are plain callables) ------
+
+
+def _gate(
+    answers: list[object], *, timeout: float | None = None, resends: int = 8
+) -> tuple[BulkGate, Callable[[], httpx.Response], list[float], list[int]]:
+    """A gate whose send returns (or raises) ``answers`` in turn; its sleep advances the
+    manual clock and records each wait."""
+    clock = ManualClock()
+    waits: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.advance(seconds)
+
+    gate = BulkGate(
+        BulkLimit(max_resends=resends),
+        clock=clock,
+        backends=lambda: 1,
+        ceiling=lambda: 4,
+        timeout=timeout,
+        sleep=sleep,
+    )
+    sent: list[int] = []
+
+    def send() -> httpx.Response:
+        sent.append(len(sent))
+        answer = answers[min(len(sent) - 1, len(answers) - 1)]
+        if isinstance(answer, BaseException):
+            raise answer
+        assert isinstance(answer, httpx.Response)
+        return answer
+
+    return gate, send, waits, sent
+
+
+def _refused(retry_after: str | None = "2") -> httpx.Response:
+    headers = {} if retry_after is None else {"retry-after": retry_after}
+    return httpx.Response(429, headers=headers)
+
+
+def test_gate_resends_a_refused_sub_batch_after_its_retry_after() -> None:
+    """Two 429s with Retry-After 2, then an answer: the caller gets the answer, after
+    waiting 2 s twice, and the slot is free again. If this fails, a bulk job aborts on
+    the worker's designed push-back instead of waiting its turn."""
+    gate, send, waits, sent = _gate([_refused(), _refused(), httpx.Response(200, json=[[1.0]])])
+    response = gate.call(send)
+    assert response.status_code == 200
+    assert waits == [2.0, 2.0]
+    assert len(sent) == 3
+    assert gate.limiter.in_flight == 0
+
+
+def test_gate_resends_are_bounded_by_count_and_timeout() -> None:
+    """Resends stop at max_resends, and never wait past the call's timeout: the last
+    refusal comes back as it is. If this fails, a pool that refuses for good hangs a
+    bulk job forever."""
+    gate, send, waits, sent = _gate([_refused()], resends=3)
+    assert gate.call(send).status_code == 429
+    assert (waits, len(sent)) == ([2.0, 2.0, 2.0], 4)
+    gate, send, waits, sent = _gate([_refused()], timeout=5.0)
+    assert gate.call(send).status_code == 429
+    assert waits == [2.0, 2.0]  # a third wait would end at t=6, past the 5 s timeout
+    gate, send, waits, _ = _gate([_refused(None), httpx.Response(200)])
+    assert gate.call(send).status_code == 200
+    assert waits == [1.0]  # no Retry-After: the default wait
+
+
+def test_gate_waits_out_a_pool_that_is_only_overloaded() -> None:
+    """NoBackendAvailable because every backend is overloaded is waited out until the
+    first comes back, then resent; any other reason (an ejection) is raised at once.
+    If this fails, a bulk call fails while the pool merely asks it to wait, or waits on
+    a pool that is broken."""
+    busy = NoBackendAvailable(
+        [
+            Unavailability("http://a", "overloaded (bulk)", 3.0),
+            Unavailability("http://b", "overloaded", 7.0),
+        ]
+    )
+    gate, send, waits, _ = _gate([busy, httpx.Response(200)])
+    assert gate.call(send).status_code == 200
+    assert waits == [3.0]
+    broken = NoBackendAvailable(
+        [Unavailability("http://a", "overloaded", 3.0), Unavailability("http://b", "ejected", 9.0)]
+    )
+    gate, send, waits, _ = _gate([broken, httpx.Response(200)])
+    with pytest.raises(NoBackendAvailable):
+        gate.call(send)
+    assert waits == []
+    assert gate.limiter.in_flight == 0

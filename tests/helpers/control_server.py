@@ -7,7 +7,8 @@ can SIGKILL. Control: ``POST /_control`` with ``{"mode", "delay", "retry_after",
 "slots", "healthy"}``; counters: ``GET /_stats``; ``POST /_reset`` zeroes them.
 
 Modes: ``ok``; ``fail`` (500); ``503`` (no Retry-After); ``429`` (Retry-After);
-``hang`` (never answers).
+``429bulk`` (429 with Retry-After to ``X-Priority: bulk`` requests only, as a
+priority-aware worker pushes back on bulk first); ``hang`` (never answers).
 """
 
 from __future__ import annotations
@@ -107,7 +108,8 @@ def make_app(state: State) -> Any:
             if mode == "503":
                 await respond(send, 503, {"error": "unavailable", "error_type": "test"})
                 return
-            if mode == "429":
+            bulk = (b"x-priority", b"bulk") in [(k.lower(), v.lower()) for k, v in scope["headers"]]
+            if mode == "429" or (mode == "429bulk" and bulk):
                 await respond(
                     send,
                     429,
