@@ -163,7 +163,9 @@ def test_concurrency_follows_the_live_membership() -> None:
     group = InFlight()
     backends = [FakeBackend(delay=0.05, group=group) for _ in range(4)]
     try:
-        with EmbeddingClient([backends[0].url], batch_size=1, **QUIET) as client:
+        # No slow start: the backends joining below take their full turns at once, so
+        # each is sure to be used (RoundRobin honours slow start otherwise).
+        with EmbeddingClient([backends[0].url], batch_size=1, slow_start=None, **QUIET) as client:
             client.embed(TEXTS[:12])
             assert group.peak == 2  # two per live backend
             for extra in backends[1:]:
