@@ -14,13 +14,21 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
+import attrs
+import numpy as np
+import numpy.typing as npt
+
 __all__ = [
     "CHARS_PER_TOKEN",
+    "MIN_SPLIT_TEXTS",
     "SPECIAL_TOKENS",
     "Encoder",
+    "Job",
     "TokenCounter",
+    "assemble",
     "estimate_tokens",
     "plan",
+    "plan_jobs",
     "token_counter",
 ]
 
@@ -30,7 +38,11 @@ CHARS_PER_TOKEN = 4.0
 #: ``[CLS]``/``[SEP]`` or their equivalents, added to every text by most models.
 SPECIAL_TOKENS = 2
 
+#: Below this many texts per backend, splitting costs more in overhead than it saves.
+MIN_SPLIT_TEXTS = 8
+
 TokenCounter = Callable[[str], int]
+FloatMatrix = npt.NDArray[np.float32]
 
 
 @runtime_checkable
@@ -111,4 +123,56 @@ def plan(
                 start, weight = i, 0
             weight += tokens[i]
         out.append(slice(start, hi))
+    return out
+
+
+@attrs.frozen
+class Job:
+    """One sub-batch: the input positions it carries, in the order sent, and its cost."""
+
+    indices: npt.NDArray[np.intp]
+    cost: int
+
+    def texts(self, texts: list[str]) -> list[str]:
+        return [texts[i] for i in self.indices]
+
+
+def plan_jobs(
+    texts: list[str],
+    count_tokens: TokenCounter,
+    *,
+    backends: int,
+    max_texts: int,
+    max_tokens: int,
+    sort_by_length: bool = True,
+) -> list[Job]:
+    """Sub-batches of similar length, split at least once per backend when there is
+    enough work for each (``MIN_SPLIT_TEXTS`` texts per part).
+
+    Why sort by length: a worker pads every text of a forward pass to the longest
+    one, so a sub-batch mixing a 10-token and a 256-token text pays for 512. Rows go
+    back to their input positions in :func:`assemble`.
+    """
+    tokens = [count_tokens(t) for t in texts]
+    order = (
+        np.argsort(np.asarray(tokens), kind="stable") if sort_by_length else np.arange(len(texts))
+    )
+    ordered = [tokens[i] for i in order]
+    min_parts = min(backends, len(texts) // MIN_SPLIT_TEXTS)
+    slices = plan(ordered, max_tokens=max_tokens, max_texts=max_texts, min_parts=min_parts)
+    return [Job(order[s], sum(ordered[s])) for s in slices]
+
+
+def assemble(n: int, jobs: list[Job], parts: list[FloatMatrix]) -> FloatMatrix:
+    """Put every sub-batch's rows back at its texts' input positions.
+
+    Every position is written exactly once: the jobs partition ``range(n)`` and each
+    answer was checked to have one row per text and the client's one dimension.
+    No jobs (the cache answered every text): an empty matrix, never read.
+    """
+    if not parts:
+        return np.empty((0, 0), dtype=np.float32)
+    out = np.empty((n, parts[0].shape[1]), dtype=parts[0].dtype)
+    for job, rows in zip(jobs, parts, strict=True):
+        out[job.indices] = rows
     return out

@@ -42,10 +42,12 @@ import numpy as np
 import numpy.typing as npt
 
 from ._backend import Backend, BackendLike
-from ._batching import Encoder, TokenCounter, plan, token_counter
+from ._batching import Encoder, Job, TokenCounter, assemble, plan_jobs, token_counter
 from ._bulk import AsyncBulkGate, BulkGate
 from ._clock import Clock, monotonic
+from ._inputs import achunks, chunks, collect
 from ._progress import DEFAULT_THRESHOLD, Progress, open_progress
+from ._unique import Unique
 from ._wire import Options, WireApi, api_for, normalize_rows
 from .balancers import Balancer
 from .cache import CacheLookup, CacheStats, EmbeddingCache
@@ -95,8 +97,6 @@ Dtype = Literal["float32", "float16"]
 PATHS: dict[str, str] = {"tei": "/embed", "openai": "/v1/embeddings"}
 #: A placeholder host: the balancing transport rewrites scheme, host and port.
 _BASE_URL = "http://embedbalance.invalid"
-#: Below this many texts per backend, splitting costs more in overhead than it saves.
-_MIN_SPLIT_TEXTS = 8
 #: Sub-batches in flight per live backend when ``max_concurrency`` is not given.
 _PER_BACKEND = 2
 #: Sub-batches in flight while no backend is known yet (discovery still resolving).
@@ -139,60 +139,8 @@ class BatchEvent:
     latency: float
 
 
-@attrs.frozen
-class _Job:
-    """One sub-batch: the input positions it carries, in the order sent, and its cost."""
-
-    indices: npt.NDArray[np.intp]
-    cost: int
-
-    def texts(self, texts: list[str]) -> list[str]:
-        return [texts[i] for i in self.indices]
-
-
 class _Split(Exception):
     """A server refused a sub-batch as too large (413): send it in two halves."""
-
-
-def _assemble(n: int, jobs: list[_Job], parts: list[FloatMatrix]) -> FloatMatrix:
-    """Put every sub-batch's rows back at its texts' input positions.
-
-    Every position is written exactly once: the jobs partition ``range(n)`` and each
-    answer was checked to have one row per text and the client's one dimension.
-    No jobs (the cache answered every text): an empty matrix, never read.
-    """
-    if not parts:
-        return np.empty((0, 0), dtype=np.float32)
-    out = np.empty((n, parts[0].shape[1]), dtype=parts[0].dtype)
-    for job, rows in zip(jobs, parts, strict=True):
-        out[job.indices] = rows
-    return out
-
-
-@attrs.frozen
-class _Unique:
-    """The texts of one call still to embed, and where each input position finds its
-    row: identical texts are embedded once (RAG corpora repeat boilerplate), and texts
-    the cache holds are not sent at all."""
-
-    texts: list[str]
-    inverse: npt.NDArray[np.intp] | None  # None: every text was distinct
-    cached: CacheLookup | None = None  # None: no cache
-
-    @classmethod
-    def of(cls, texts: list[str], dedupe: bool = True) -> _Unique:
-        if not dedupe:
-            return cls(texts, None)
-        first: dict[str, int] = {}
-        inverse = [first.setdefault(t, len(first)) for t in texts]
-        if len(first) == len(texts):
-            return cls(texts, None)
-        return cls(list(first), np.asarray(inverse, dtype=np.intp))
-
-    def expand(self, rows: FloatMatrix) -> FloatMatrix:
-        if self.cached is not None:
-            rows = self.cached.merge(rows)
-        return rows if self.inverse is None else rows[self.inverse]
 
 
 @attrs.frozen
@@ -308,59 +256,6 @@ class _Config:
             priority=check_priority(priority),
         )
 
-    # -- input -------------------------------------------------------------------------
-
-    @staticmethod
-    def check_item(i: int, item: object) -> str:
-        if not isinstance(item, str):
-            raise TypeError(f"texts[{i}] is {type(item).__name__}, expected str")
-        if not item:
-            # Every server we speak to refuses an empty input; fail before sending.
-            raise ValueError(f"texts[{i}] is an empty string; backends refuse empty inputs")
-        return item
-
-    @staticmethod
-    def check_iterable(texts: object) -> None:
-        if isinstance(texts, bytes):
-            raise TypeError("texts must be str or an iterable of str, not bytes")
-
-    def collect(self, texts: Iterable[str]) -> list[str]:
-        """Every item, checked, before any request is made."""
-        self.check_iterable(texts)
-        return [self.check_item(i, t) for i, t in enumerate(texts)]
-
-    def chunks(self, texts: Iterable[str], size: int) -> Iterator[list[str]]:
-        """Checked lists of ``size`` items; only one is held at a time."""
-        self.check_iterable(texts)
-        if isinstance(texts, str):
-            raise TypeError("embed_iter takes an iterable of str; use embed() for one text")
-        chunk: list[str] = []
-        for i, t in enumerate(texts):
-            chunk.append(self.check_item(i, t))
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-    async def achunks(
-        self, texts: Iterable[str] | AsyncIterable[str], size: int
-    ) -> AsyncIterator[list[str]]:
-        if not isinstance(texts, AsyncIterable):
-            for chunk in self.chunks(texts, size):
-                yield chunk
-            return
-        pending: list[str] = []
-        i = 0
-        async for t in texts:
-            pending.append(self.check_item(i, t))
-            i += 1
-            if len(pending) == size:
-                yield pending
-                pending = []
-        if pending:
-            yield pending
-
     # -- planning ----------------------------------------------------------------------
 
     def limits(self) -> tuple[int, int]:
@@ -372,30 +267,23 @@ class _Config:
             tokens = min(tokens, self.server_tokens)
         return texts, tokens
 
-    def plan(self, texts: list[str], backends: int) -> list[_Job]:
-        """Sub-batches of similar length, split at least once per backend when there is
-        enough work for each.
-
-        Why sort by length: a worker pads every text of a forward pass to the longest
-        one, so a sub-batch mixing a 10-token and a 256-token text pays for 512. Rows go
-        back to their input positions in :func:`_assemble`.
-        """
-        tokens = [self.count_tokens(t) for t in texts]
-        order = (
-            np.argsort(np.asarray(tokens), kind="stable")
-            if self.sort_by_length
-            else np.arange(len(texts))
-        )
-        ordered = [tokens[i] for i in order]
-        min_parts = min(backends, len(texts) // _MIN_SPLIT_TEXTS)
+    def plan(self, texts: list[str], backends: int) -> list[Job]:
+        """Sub-batches for ``texts`` within this client's (and its servers') limits,
+        split at least once per usable backend when there is enough work for each."""
         max_texts, max_tokens = self.limits()
-        slices = plan(ordered, max_tokens=max_tokens, max_texts=max_texts, min_parts=min_parts)
-        return [_Job(order[s], sum(ordered[s])) for s in slices]
+        return plan_jobs(
+            texts,
+            self.count_tokens,
+            backends=backends,
+            max_texts=max_texts,
+            max_tokens=max_tokens,
+            sort_by_length=self.sort_by_length,
+        )
 
-    def unique(self, texts: list[str], model: str | None) -> _Unique:
+    def unique(self, texts: list[str], model: str | None) -> Unique:
         """What to send for ``texts``: each distinct text once (unless ``dedupe`` is
         off), and none the cache already holds."""
-        unique = _Unique.of(texts, self.dedupe)
+        unique = Unique.of(texts, self.dedupe)
         if unique.inverse is not None:
             with self._lock:
                 self.duplicates += len(texts) - len(unique.texts)
@@ -699,8 +587,8 @@ _CLIENT_DOC = """
 class _Pending:
     """One list of texts submitted to the thread pool and not yet gathered."""
 
-    unique: _Unique
-    jobs: list[_Job]
+    unique: Unique
+    jobs: list[Job]
     futures: list[Future[FloatMatrix]]
 
     def cancel(self) -> None:
@@ -942,7 +830,9 @@ class EmbeddingClient:
         self._learn_limits()
         pool = self._pool()
         unique = self._cfg.unique(texts, model)
-        jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
+        # Split for the replicas that can take this model's work now, not every member.
+        usable = self.transport.pool.usable_count(model or self._cfg.options.model)
+        jobs = self._cfg.plan(unique.texts, max(1, usable))
         # Each sub-batch runs in a copy of the caller's context (contextvars), as an
         # async task would: the caller's tracing span, log context and the like follow it.
         futures = [
@@ -973,7 +863,7 @@ class EmbeddingClient:
             raise
         unique = pending.unique
         rows = unique.expand(
-            _assemble(len(unique.texts), pending.jobs, [p for p in parts if p is not None])
+            assemble(len(unique.texts), pending.jobs, [p for p in parts if p is not None])
         )
         bar.update(len(rows) - len(unique.texts))  # the repeats, answered with their first
         return rows
@@ -1000,7 +890,7 @@ class EmbeddingClient:
         if isinstance(texts, str):
             row: npt.NDArray[Any] = self.embed([texts], model=model)[0]
             return row
-        items = self._cfg.collect(texts)
+        items = collect(texts)
         if not items:
             return self._empty()
         bar = self._cfg.open_progress(len(items))
@@ -1030,7 +920,7 @@ class EmbeddingClient:
         bar = self._cfg.open_progress(total)
         window: deque[_Pending] = deque()
         try:
-            for chunk in self._cfg.chunks(texts, chunk_size):
+            for chunk in chunks(texts, chunk_size):
                 window.append(self._submit(chunk, model))
                 if len(window) == 2:
                     yield self._gather(window.popleft(), bar)
@@ -1283,11 +1173,13 @@ class AsyncEmbeddingClient:
         await self._learn_limits()
         limiter = self._limit()
         unique = self._cfg.unique(texts, model)
-        jobs = self._cfg.plan(unique.texts, len(self.transport.pool.backends))
+        # Split for the replicas that can take this model's work now, not every member.
+        usable = self.transport.pool.usable_count(model or self._cfg.options.model)
+        jobs = self._cfg.plan(unique.texts, max(1, usable))
         parts: list[FloatMatrix | None] = [None] * len(jobs)
         errors: list[Exception] = []
 
-        async def one(i: int, job: _Job, scope: anyio.CancelScope) -> None:
+        async def one(i: int, job: Job, scope: anyio.CancelScope) -> None:
             async with limiter:
                 try:
                     parts[i] = await self._embed_batch(job.texts(unique.texts), job.cost, model)
@@ -1302,9 +1194,7 @@ class AsyncEmbeddingClient:
                 tg.start_soon(one, i, job, tg.cancel_scope)
         if errors:
             raise errors[0]
-        rows = unique.expand(
-            _assemble(len(unique.texts), jobs, [p for p in parts if p is not None])
-        )
+        rows = unique.expand(assemble(len(unique.texts), jobs, [p for p in parts if p is not None]))
         bar.update(len(rows) - len(unique.texts))  # the repeats, answered with their first
         return rows
 
@@ -1322,7 +1212,7 @@ class AsyncEmbeddingClient:
         if isinstance(texts, str):
             row: npt.NDArray[Any] = (await self.embed([texts], model=model))[0]
             return row
-        items = self._cfg.collect(texts)
+        items = collect(texts)
         if not items:
             return await self._empty()
         bar = self._cfg.open_progress(len(items))
@@ -1350,7 +1240,7 @@ class AsyncEmbeddingClient:
         total = len(texts) if isinstance(texts, Sized) else None
         bar = self._cfg.open_progress(total)
         try:
-            async for chunk in self._cfg.achunks(texts, chunk_size):
+            async for chunk in achunks(texts, chunk_size):
                 yield await self._run(chunk, bar, model)
         finally:
             bar.close()
