@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from embedbalance._batching import estimate_tokens, plan, token_counter
-from embedbalance.client import _assemble, _Job
+from embedbalance._batching import Job, assemble, estimate_tokens, plan, token_counter
 
 token_lists = st.lists(st.integers(min_value=1, max_value=600), max_size=300)
 
@@ -48,9 +47,9 @@ def test_plan_rejects_zero_limits() -> None:
 def test_assemble_puts_rows_back_at_input_positions(order: list[int], cut: int) -> None:
     """Rows of length-sorted sub-batches land at their texts' original positions."""
     idx = np.asarray(order, dtype=np.intp)
-    jobs = [_Job(idx[:cut], 1), _Job(idx[cut:], 1)] if cut < 30 else [_Job(idx, 1)]
+    jobs = [Job(idx[:cut], 1), Job(idx[cut:], 1)] if cut < 30 else [Job(idx, 1)]
     parts = [np.asarray(job.indices, dtype=np.float32)[:, None] for job in jobs]
-    out = _assemble(30, jobs, parts)
+    out = assemble(30, jobs, parts)
     assert out[:, 0].tolist() == list(range(30))
 
 
