@@ -17,8 +17,9 @@ request nests under the attempt. Health probes, canaries and ``/info`` reads are
 sent with HTTP instrumentation suppressed: a probe every few seconds per backend is not
 the user's traffic.
 
-Everything here is a no-op without ``opentelemetry-api``, and costs one attribute check
-per attempt when no SDK is configured (the API's spans then do not record).
+Everything here is a no-op without ``opentelemetry-api``. With the API but no SDK
+configured, each attempt still creates (and ends) the API's non-recording span: a small
+object per attempt, no attributes, nothing exported.
 """
 
 from __future__ import annotations
