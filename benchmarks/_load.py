@@ -48,7 +48,9 @@ class LoadSpec:
 
     ``target`` is ``{"kind": "url", "url": ...}`` (a proxy) or ``{"kind":
     "embedbalance", "balancer": NAME, "backends": [{"url", "tier"}...],
-    "health_interval": s, "attempts": n, "attempt_timeout": s | None}``.
+    "health_interval": s, "attempts": n}``, optionally with ``"attempt_timeout"``
+    (seconds, ``"auto"`` or None) and ``"hedge"`` (None or ``Hedge``'s fields); absent
+    ones keep the transport's defaults.
     ``start_at`` is a ``time.monotonic()`` instant (system-wide on Linux), so several
     processes start together; ``warmup`` and ``window`` are seconds after it. Users
     start evenly spread over the first ``ramp`` seconds (0: all at once), as clients
@@ -107,6 +109,20 @@ def make_balancer(name: str) -> Any:
     return factories[name]()
 
 
+def _policies(target: dict[str, Any]) -> dict[str, Any]:
+    """The transport's ``attempt_timeout`` and ``hedge`` where the target names them
+    (absent: the transport's defaults; ``hedge`` is ``None`` or ``Hedge``'s fields)."""
+    import embedbalance as eb
+
+    kwargs: dict[str, Any] = {}
+    if "attempt_timeout" in target:
+        kwargs["attempt_timeout"] = target["attempt_timeout"]
+    if "hedge" in target:
+        hedge = target["hedge"]
+        kwargs["hedge"] = None if hedge is None else eb.Hedge(**hedge)
+    return kwargs
+
+
 def make_client(spec: LoadSpec) -> httpx.AsyncClient:
     """An ``httpx.AsyncClient`` aimed at a proxy, or balancing by itself."""
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=4 * spec.users + 16)
@@ -123,7 +139,7 @@ def make_client(spec: LoadSpec) -> httpx.AsyncClient:
         balancer=make_balancer(target["balancer"]),
         health_check=eb.HealthCheck(interval=interval) if interval else None,
         retry=eb.Retry(attempts=int(target.get("attempts", 3))),
-        attempt_timeout=target.get("attempt_timeout"),
+        **_policies(target),
         # one connection pool per backend, as the transport does by default
         transport=lambda backend: httpx.AsyncHTTPTransport(limits=limits),
     )

@@ -82,7 +82,22 @@ BALANCERS = (
     "LeastOutstandingTokens",
     "GpuPriority",
 )
-ALL_CONFIGS = (*PROXY_CONFIGS, *BALANCERS)
+#: The default balancer with its per-attempt policies set by hand (the plain names
+#: keep the transport's defaults): what each policy is worth on its own.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "ShortestExpectedDelay (no hedge)": {"hedge": None},
+    "ShortestExpectedDelay (pool-wide hedge)": {
+        "hedge": {
+            "percentile": 95,
+            "multiple": 1.0,
+            "per_backend": False,
+            "min_samples": 50,
+            "budget_ratio": 0.1,
+        }
+    },
+    "ShortestExpectedDelay (+ auto deadline)": {"attempt_timeout": "auto"},
+}
+ALL_CONFIGS = (*PROXY_CONFIGS, *BALANCERS, *VARIANTS)
 #: The library's default balancer: the one the goals are about.
 DEFAULT = "ShortestExpectedDelay"
 #: The configurations of every scenario: the issue's comparison set.
@@ -268,19 +283,20 @@ def _target(config: str, backends: Backends, settings: Settings) -> tuple[dict[s
         )
         return {"kind": "url", "url": f"http://127.0.0.1:{spec.port}"}, spec
     best = max(b.capacity for b in backends.specs)
+    balancer = config.partition(" ")[0]
     entries = []
     for url, b in zip(backends.urls(), backends.specs, strict=True):
         entry: dict[str, Any] = {"url": url}
-        if config == "GpuPriority":  # tiers from capacity: the big boxes first
+        if balancer == "GpuPriority":  # tiers from capacity: the big boxes first
             entry["tier"] = 0 if b.capacity >= best / 2 else 1
         entries.append(entry)
     target = {
         "kind": "embedbalance",
-        "balancer": config,
+        "balancer": balancer,
         "backends": entries,
         "health_interval": settings.health_interval,
         "attempts": 3,
-        "attempt_timeout": None,
+        **VARIANTS.get(config, {}),
     }
     return target, None
 

@@ -48,6 +48,8 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "RETRY_BUDGET_MIN_PER_SECOND": ("2", 2.0),
     "HEDGE": ("on", None),
     "HEDGE_PERCENTILE": ("90", 90.0),
+    "HEDGE_MULTIPLE": ("3", 3.0),
+    "HEDGE_PER_BACKEND": ("false", False),
     "HEDGE_MIN_DELAY": ("0.01", 0.01),
     "HEDGE_MIN_SAMPLES": ("20", 20),
     "HEDGE_BUDGET_RATIO": ("0.05", 0.05),
@@ -68,6 +70,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "SLOW_START_WINDOW": ("20", 20.0),
     "SLOW_START_AGGRESSION": ("2", 2.0),
     "SLOW_START_MIN_WEIGHT_PERCENT": ("5", 5.0),
+    "SLOW_START_WARM_ANSWERS": ("4", 4),
     "PANIC_THRESHOLD": ("0.3", 0.3),
     "ZONE": ("eu-west-1a", "eu-west-1a"),
     "TIMEOUT": ("12", 12.0),
@@ -172,7 +175,14 @@ def test_all_variables_together_round_trip_into_kwargs() -> None:
     assert kw["retry"] == Retry(
         attempts=4, budget=RetryBudgetPolicy(ratio=0.3, window=5.0, min_per_second=2.0)
     )
-    assert kw["hedge"] == Hedge(percentile=90.0, min_delay=0.01, min_samples=20, budget_ratio=0.05)
+    assert kw["hedge"] == Hedge(
+        percentile=90.0,
+        multiple=3.0,
+        per_backend=False,
+        min_delay=0.01,
+        min_samples=20,
+        budget_ratio=0.05,
+    )
     assert kw["health_check"] == HealthCheck(
         path="/ready", interval=5.0, timeout=0.5, jitter=0.2, rise=3, fall=4, canary=True
     )
@@ -182,7 +192,9 @@ def test_all_variables_together_round_trip_into_kwargs() -> None:
         max_ejection_time=100.0,
         max_ejection_percent=30.0,
     )
-    assert kw["slow_start"] == SlowStart(window=20.0, aggression=2.0, min_weight_percent=5.0)
+    assert kw["slow_start"] == SlowStart(
+        window=20.0, aggression=2.0, min_weight_percent=5.0, warm_answers=4
+    )
     assert (kw["timeout"], kw["attempt_timeout"], kw["total_timeout"]) == (12.0, 3.0, 20.0)
     assert kw["headers"] == {"x-team": "search", "Authorization": "Bearer s3cret"}
     assert "s3cret" not in repr(cfg)

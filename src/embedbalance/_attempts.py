@@ -161,12 +161,23 @@ class AttemptPolicy:
             bulk=bulk,
         )
 
-    def hedge_delay(self) -> float | None:
-        """Seconds to wait before hedging, or None when not hedging now."""
-        if self.hedge is None or len(self.latencies) < self.hedge.min_samples:
+    def hedge_delay(self, lease: Lease | None = None) -> float | None:
+        """Seconds to wait before hedging an attempt on ``lease``'s backend, or None when
+        not hedging now: a multiple of that backend's recent percentile (the transport's
+        while it has too few answers, or without ``per_backend``)."""
+        hedge = self.hedge
+        if hedge is None:
             return None
-        p = self.latencies.percentile(self.hedge.percentile)
-        return None if p is None else max(p, self.hedge.min_delay)
+        p = None
+        if hedge.per_backend and lease is not None:
+            p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
+        if p is None:
+            if len(self.latencies) < hedge.min_samples:
+                return None
+            p = self.latencies.percentile(hedge.percentile)
+            if p is None:
+                return None
+        return max(p * hedge.multiple, hedge.min_delay)
 
     def _allow_retry(self) -> bool:
         if self.budget.try_withdraw():
@@ -275,7 +286,7 @@ class Flow:
                 self.policy.retry.attempts,
                 self.attempts[-1],
             )
-        hedge_after = self.policy.hedge_delay() if n == 0 and self.resendable else None
+        hedge_after = self.policy.hedge_delay(lease) if n == 0 and self.resendable else None
         if hedge_after is not None and timeout is not None and hedge_after >= timeout:
             hedge_after = None
         return Step(lease, n + 1, timeout, hedge_after)
@@ -295,6 +306,11 @@ class Flow:
         self.exclude.add(lease.backend.url)
         log.debug("hedging on %s", lease.backend.url)
         return lease
+
+    @property
+    def settled(self) -> bool:
+        """Whether an answer settled the request (copies still running were outrun)."""
+        return self._final is not None
 
     def record(self, result: AttemptResult) -> bool:
         """Note how one attempt ended; True when it settles the request (stop waiting

@@ -20,6 +20,7 @@ from .health import ActiveCheckState, SlowStart
 __all__ = ["BackendState", "BackendView"]
 
 LATENCY_WINDOW = 1024
+PERCENTILE_REFRESH = 32
 #: Relative step of the streaming high-percentile estimate.
 QUANTILE_STEP = 0.1
 
@@ -77,6 +78,10 @@ class BackendState:
     cancelled: int = 0
     total_ejections: int = 0
     latencies: deque[float] = attrs.Factory(lambda: deque(maxlen=LATENCY_WINDOW))
+    #: Percentiles of ``latencies`` by rank, recomputed after ``PERCENTILE_REFRESH``
+    #: answers rather than sorted on every request (``percentile_age`` counts them).
+    percentiles: dict[float, float] = attrs.Factory(dict)
+    percentile_age: int = 0
     _view: BackendView | None = None
 
     def __repr__(self) -> str:
@@ -126,6 +131,7 @@ class BackendState:
         so it settles where about 1% of answers exceed it, in O(1) per answer.
         """
         self.latencies.append(latency)
+        self.percentile_age += 1
         n = self.latency_high_samples
         self.latency_high_samples = n + 1
         high = self.latency_high
@@ -137,6 +143,19 @@ class BackendState:
                 self.latency_high = latency  # while young, catch up with what it sees
         else:
             self.latency_high = high - high * QUANTILE_STEP * 0.01
+
+    def recent_percentile(self, q: float) -> float:
+        """The ``q``-th percentile of recent latencies (needs at least one); sorted at
+        most once per ``PERCENTILE_REFRESH`` answers."""
+        if self.percentile_age >= PERCENTILE_REFRESH:
+            self.percentiles.clear()
+            self.percentile_age = 0
+        cached = self.percentiles.get(q)
+        if cached is None:
+            ordered = sorted(self.latencies)
+            rank = min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))
+            cached = self.percentiles[q] = ordered[rank]
+        return cached
 
     def effective_weight(self, now: float) -> float:
         """Weight scaled by slow start: a just-admitted backend counts for less."""

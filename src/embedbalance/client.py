@@ -653,7 +653,7 @@ class EmbeddingClient:
         panic_threshold: float = 0.5,
         zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
-        hedge: Hedge | None = None,
+        hedge: Hedge | None = Hedge(),
         attempt_timeout: float | Literal["auto"] | None = None,
         transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
         metrics: MetricsSink | None = None,
@@ -1001,7 +1001,7 @@ class AsyncEmbeddingClient:
         panic_threshold: float = 0.5,
         zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
-        hedge: Hedge | None = None,
+        hedge: Hedge | None = Hedge(),
         attempt_timeout: float | Literal["auto"] | None = None,
         transport: httpx.AsyncBaseTransport
         | Callable[[Backend], httpx.AsyncBaseTransport]

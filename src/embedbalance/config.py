@@ -92,13 +92,16 @@ _TIMEOUTS: Final = {"request": "timeout", "attempt": "attempt_timeout", "total":
 _APIS: Final = ("tei", "openai")
 # The policy sections: mapping key, the attrs class, and the fields a config may set.
 _POLICIES: Final[Mapping[str, tuple[type, tuple[str, ...]]]] = {
-    "hedge": (Hedge, ("percentile", "min_delay", "min_samples", "budget_ratio")),
+    "hedge": (
+        Hedge,
+        ("percentile", "multiple", "per_backend", "min_delay", "min_samples", "budget_ratio"),
+    ),
     "health": (HealthCheck, ("path", "interval", "timeout", "jitter", "rise", "fall", "canary")),
     "outlier_detection": (
         OutlierDetection,
         ("consecutive_failures", "base_ejection_time", "max_ejection_time", "max_ejection_percent"),
     ),
-    "slow_start": (SlowStart, ("window", "aggression", "min_weight_percent")),
+    "slow_start": (SlowStart, ("window", "aggression", "min_weight_percent", "warm_answers")),
 }
 _KWARG: Final = {"health": "health_check"}
 _BUDGET_FIELDS: Final = ("ratio", "window", "min_per_second")
@@ -487,6 +490,8 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "RETRY_BUDGET_MIN_PER_SECOND": "retry.budget.min_per_second",
     "HEDGE": "hedge",
     "HEDGE_PERCENTILE": "hedge.percentile",
+    "HEDGE_MULTIPLE": "hedge.multiple",
+    "HEDGE_PER_BACKEND": "hedge.per_backend",
     "HEDGE_MIN_DELAY": "hedge.min_delay",
     "HEDGE_MIN_SAMPLES": "hedge.min_samples",
     "HEDGE_BUDGET_RATIO": "hedge.budget_ratio",
@@ -507,6 +512,7 @@ ENV_VARS: Final[Mapping[str, str]] = {
     "SLOW_START_WINDOW": "slow_start.window",
     "SLOW_START_AGGRESSION": "slow_start.aggression",
     "SLOW_START_MIN_WEIGHT_PERCENT": "slow_start.min_weight_percent",
+    "SLOW_START_WARM_ANSWERS": "slow_start.warm_answers",
     "PANIC_THRESHOLD": "panic_threshold",
     "ZONE": "zone",
     "TIMEOUT": "timeouts.request",

@@ -37,6 +37,11 @@ def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) ->
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
+def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+
+
 def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
@@ -149,11 +154,24 @@ class SlowStart:
 
     The factor is ``max(min_weight_percent / 100, (elapsed / window) ** (1 / aggression))``;
     ``aggression`` above 1 ramps faster early. ``window=0`` disables slow start.
+
+    Time alone is a guess; answers are evidence. Each answer during the ramp that is
+    no slower than the backend's usual p99 (its own from before, or the pool's for a
+    newcomer) moves the ramp on by ``window / warm_answers``, so a replica that comes
+    back warm (a restarted process with its model cached, a pod that only lost its
+    network) is at full share after about ``warm_answers`` good answers instead of idling
+    part of the pool for the whole window, while a cold one — whose first answers are
+    slow — still ramps by time. ``warm_answers=0`` ramps by time only (Envoy's rule).
     """
 
     window: float = attrs.field(default=10.0, validator=_non_negative)
     aggression: float = attrs.field(default=1.0, validator=_positive)
     min_weight_percent: float = attrs.field(default=10.0, validator=_positive_percent)
+    warm_answers: int = attrs.field(default=10, validator=_count)
+
+    def credit(self) -> float:
+        """Seconds of ramp one good answer is worth (0 when ramping by time only)."""
+        return self.window / self.warm_answers if self.warm_answers else 0.0
 
     def factor(self, elapsed: float) -> float:
         """Share of its weight a backend admitted ``elapsed`` seconds ago gets."""

@@ -55,6 +55,8 @@ log = logging.getLogger("embedbalance")
 
 #: How long a backend is avoided after an overload answer without ``Retry-After``.
 DEFAULT_OVERLOAD_BACKOFF = 1.0
+#: Answers a backend needs before its own p99 judges whether it answers warm.
+_WARM_HISTORY = 20
 
 
 class Outcome(enum.Enum):
@@ -286,6 +288,10 @@ class BackendPool:
         # with the usable list, so a balancer sees the same list objects between changes.
         self._by_model: dict[str, tuple[list[BackendState], list[BackendState]]] = {}
         self._models: dict[str, _ModelCounters] = {}
+        # The pool's largest p99, rescanned at most once a second: the yardstick of a
+        # newcomer's first answers during slow start.
+        self._pool_high: float | None = None
+        self._pool_high_at = -math.inf
         now = self.clock()
         for b in backends:
             backend = as_backend(b)
@@ -613,6 +619,7 @@ class BackendPool:
         retry_after: float | None = None,
         queue_depth: float | None = None,
         hints: ServerHints | None = None,
+        outrun: bool = False,
     ) -> None:
         """Report how a leased request ended.
 
@@ -625,6 +632,13 @@ class BackendPool:
         hint of the response (:func:`~embedbalance._hints.parse_hints`), which the
         balancer trusts over its guesses (its ``queue_depth`` stands in for a missing
         ``queue_depth``).
+
+        ``outrun``, with :attr:`Outcome.CANCELLED`: the attempt was abandoned because a
+        copy elsewhere answered first (a hedge). Its age (``latency``, or the time
+        since :meth:`acquire`) is a lower bound on how long it would have taken, and the
+        balancer observes it as one: the server is most likely still working on it, so
+        a backend whose requests keep losing must not look idle and fast — a hung
+        replica would otherwise draw every request and cost each one a hedge delay.
         """
         if latency is not None and not -math.inf < latency < math.inf:
             raise ValueError(f"latency must be a finite number, got {latency!r}")
@@ -666,6 +680,8 @@ class BackendPool:
                 s.successes += 1
                 s.consecutive_failures = 0
                 s.answered_at = now
+                if now - s.admitted_at < s.slow_start.window and s.slow_start.warm_answers:
+                    self._warm_credit(s, latency)
                 s.observe_latency(latency)
                 self.balancer.observe(s, latency, now, lease.load_at_start, lease.cost, hints)
             elif outcome is _FAILURE:
@@ -693,6 +709,9 @@ class BackendPool:
                     events = [*(events or ()), overloaded]
             else:
                 s.cancelled += 1
+                if outrun:
+                    age = now - lease.started_at if latency is None else latency
+                    self.balancer.observe(s, max(age, 0.0), now, lease.load_at_start, lease.cost)
         if events:
             self._emit(events)
 
@@ -709,6 +728,24 @@ class BackendPool:
             counters.overloads += 1
         else:
             counters.cancelled += 1
+
+    def _warm_credit(self, s: BackendState, latency: float) -> None:
+        """An answer during slow start as fast as the backend's usual p99 (its own
+        from before; the pool's largest for one with no history) moves its ramp on:
+        the backend has shown it is warm. Caller holds the lock."""
+        if s.latency_high_samples >= _WARM_HISTORY:
+            usual = s.latency_high
+        else:
+            now = self._now()
+            if now - self._pool_high_at >= 1.0:  # a scan at most once a second
+                highs = [o.latency_high for o in self._states.values() if o.latency_high_samples]
+                self._pool_high = max(highs, default=None)
+                self._pool_high_at = now
+            if self._pool_high is None:
+                return
+            usual = self._pool_high
+        if latency <= usual:
+            s.admitted_at -= s.slow_start.credit()
 
     @staticmethod
     def _readmit(s: BackendState, now: float) -> None:
@@ -1043,6 +1080,19 @@ class BackendPool:
             model=s.model,
             zone=s.backend.zone,
         )
+
+    def recent_latency(
+        self, backend: BackendLike, percentile: float, min_samples: int = 20
+    ) -> float | None:
+        """The ``percentile`` (0-100) of ``backend``'s recent answers' latencies, in
+        seconds; None until it has ``min_samples`` of them (or when it is not in the
+        pool). For hedging: whether an attempt is late depends on where it went."""
+        url = as_backend(backend).url
+        with self._lock:
+            s = self._states.get(url) or self._draining.get(url)
+            if s is None or len(s.latencies) < max(min_samples, 1):
+                return None
+            return s.recent_percentile(percentile)
 
     def attempt_deadline(
         self, backend: BackendLike, *, multiple: float = 3.0, ceiling: float | None = None

@@ -85,19 +85,36 @@ class Retry:
 
 @attrs.frozen
 class Hedge:
-    """Send a second copy to another backend when the first is slower than the
-    ``percentile`` of recent latencies (at least ``min_delay`` seconds); the first
-    answer wins, the other is cancelled. Hedges spend their own budget: at most
-    ``budget_ratio`` of requests, measured like the retry budget."""
+    """Send a second copy to another backend when the first is late; the first answer
+    wins, the other is cancelled ("The Tail at Scale"'s hedged requests, Finagle's
+    backup requests). On by default for idempotent requests (embedding calls are).
 
-    percentile: float = 95.0
+    *Late* is judged against the backend the attempt went to: ``multiple`` × its recent
+    ``percentile`` latency (at least ``min_delay`` seconds). A pool-wide yardstick would
+    hedge every request to a slower replica (its normal answers sit above the pool's
+    p95) while missing a straggler on a fast one; per backend, about
+    ``100 - percentile`` % / ``multiple`` of the answers are hedged where latencies are
+    steady, and a request stuck on a hung or straggling replica is answered elsewhere
+    after a few of that replica's usual latencies rather than the caller's timeout.
+    Until a backend has ``min_samples`` answers the transport-wide window stands in;
+    ``per_backend=False`` uses only that (the classic rule, hedge at the pool's p95).
+
+    Hedges spend their own budget: at most ``budget_ratio`` of requests, measured like
+    the retry budget, so they cannot double the load when everything is slow at once.
+    """
+
+    percentile: float = 90.0
+    multiple: float = attrs.field(default=2.0)
+    per_backend: bool = True
     min_delay: float = 0.005
-    min_samples: int = 50
-    budget_ratio: float = 0.1
+    min_samples: int = 20
+    budget_ratio: float = 0.05
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.percentile < 100:
             raise ValueError(f"percentile must be in (0, 100), got {self.percentile!r}")
+        if not (self.multiple > 0 and math.isfinite(self.multiple)):
+            raise ValueError(f"multiple must be a finite number > 0, got {self.multiple!r}")
 
 
 @attrs.define

@@ -462,13 +462,15 @@ class _Core:
         self.abandon(lease, outcome)
         return AttemptResult(lease, outcome, str(error), error=error, retryable=True, sent=True)
 
-    def abandon(self, lease: Lease, outcome: Outcome = Outcome.CANCELLED) -> None:
-        """Release a lease whose attempt will not be waited for (a hedge's loser, a
-        cancelled caller)."""
+    def abandon(
+        self, lease: Lease, outcome: Outcome = Outcome.CANCELLED, outrun: bool = False
+    ) -> None:
+        """Release a lease whose attempt will not be waited for (a hedge's loser,
+        ``outrun`` by a copy that answered first, or a cancelled caller's)."""
         _tracing.end_attempt(lease, outcome.value)
         if not lease.released:
             self.metrics.request(lease.backend.url, outcome.value, None)
-            self.pool.release(lease, outcome)
+            self.pool.release(lease, outcome, outrun=outrun)
 
     def settle(
         self,
@@ -518,7 +520,12 @@ _DOC_PARAMS = """
       backends with that ``Backend.zone`` take the traffic while they can carry it,
       the rest spills to other zones (``docs/locality.md``). ``None``: no preference.
     - ``retry``: a :class:`~embedbalance.Retry`, an attempt count, or False.
-    - ``hedge``: a :class:`~embedbalance.Hedge` to send a second copy of slow requests.
+    - ``hedge``: a :class:`~embedbalance.Hedge`: a late attempt of an idempotent request
+      (an embedding call) gets a second copy on another backend, the first answer
+      wins. On by default (``Hedge()``: after twice the chosen backend's recent p90,
+      within 5% of requests), so a request stuck on a hung or straggling replica is
+      answered elsewhere after a few of its usual latencies, not the caller's timeout.
+      ``None`` turns it off.
     - ``attempt_timeout``: seconds one attempt may take in all (connect, send, answer)
       before it is abandoned, counted as a failure of its backend and retried elsewhere
       (Envoy's per-try timeout). ``"auto"``: four times what that backend has shown
@@ -566,7 +573,7 @@ class BalancingTransport(httpx.BaseTransport):
         panic_threshold: float = 0.5,
         zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
-        hedge: Hedge | None = None,
+        hedge: Hedge | None = Hedge(),
         attempt_timeout: float | Literal["auto"] | None = None,
         total_timeout: float | None = None,
         transport: httpx.BaseTransport | Callable[[Backend], httpx.BaseTransport] | None = None,
@@ -751,7 +758,7 @@ class BalancingTransport(httpx.BaseTransport):
                         launch(second)
         finally:
             for lease, _ in live.values():
-                core.abandon(lease)
+                core.abandon(lease, outrun=flow.settled)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.start()
@@ -810,7 +817,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         panic_threshold: float = 0.5,
         zone: Locality | str | None = None,
         retry: Retry | int | bool | None = None,
-        hedge: Hedge | None = None,
+        hedge: Hedge | None = Hedge(),
         attempt_timeout: float | Literal["auto"] | None = None,
         total_timeout: float | None = None,
         transport: httpx.AsyncBaseTransport
@@ -1070,7 +1077,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             finally:
                 tg.cancel_scope.cancel()
                 for lease in live.values():
-                    core.abandon(lease)
+                    core.abandon(lease, outrun=flow.settled)
         if failure is not None:
             raise failure
 

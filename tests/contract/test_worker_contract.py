@@ -32,7 +32,14 @@ def roomy() -> Iterator[WorkerProcess]:
 def cramped() -> Iterator[WorkerProcess]:
     """A slow worker whose queue holds almost nothing, so concurrent load gets 429s."""
     with start_worker(
-        "--torch-threads", "1", "--max-queue-tokens", "24", "--delay-ms", "150", "--max-wait-ms", "0"
+        "--torch-threads",
+        "1",
+        "--max-queue-tokens",
+        "24",
+        "--delay-ms",
+        "150",
+        "--max-wait-ms",
+        "0",
     ) as worker:
         yield worker
 
@@ -44,7 +51,9 @@ def test_queue_depth_header_reaches_the_pool(roomy: WorkerProcess) -> None:
         response = client.post("/embed", json={"inputs": ["hello"]})
     assert response.status_code == 200
     assert "x-queue-depth" in response.headers
-    assert transport.stats().pool.backends[0].queue_depth == float(response.headers["x-queue-depth"])
+    assert transport.stats().pool.backends[0].queue_depth == float(
+        response.headers["x-queue-depth"]
+    )
 
 
 def test_health_path_matches_the_default_check(roomy: WorkerProcess) -> None:
@@ -53,14 +62,19 @@ def test_health_path_matches_the_default_check(roomy: WorkerProcess) -> None:
 
 
 @pytest.mark.anyio
-async def test_worker_overload_is_load_not_death(roomy: WorkerProcess, cramped: WorkerProcess) -> None:
+async def test_worker_overload_is_load_not_death(
+    roomy: WorkerProcess, cramped: WorkerProcess
+) -> None:
     """A worker shedding load with 429 + Retry-After is avoided, never ejected, and no request is lost."""
     transport = eb.AsyncBalancingTransport(
         [roomy.url, cramped.url], balancer=eb.RoundRobin(), health_check=None
     )
     texts = [f"sentence number {i} about load shedding" for i in range(24)]
     results: dict[int, list[list[float]]] = {}
-    async with transport, httpx.AsyncClient(transport=transport, base_url="http://e", timeout=30) as client:
+    async with (
+        transport,
+        httpx.AsyncClient(transport=transport, base_url="http://e", timeout=30) as client,
+    ):
 
         async def one(i: int) -> None:
             response = await client.post("/embed", json={"inputs": [texts[i]]})

@@ -29,6 +29,7 @@ BALANCERS: dict[str, Callable[[], eb.Balancer]] = {
     "RoundRobin": eb.RoundRobin,
 }
 
+
 def _shares(balancer: eb.Balancer, slow_start: eb.SlowStart) -> tuple[float, float]:
     """The new backend's share of requests in the first half of its window, and after it."""
     clock = eb.ManualClock(1000.0)
@@ -68,7 +69,7 @@ def _shares(balancer: eb.Balancer, slow_start: eb.SlowStart) -> tuple[float, flo
 def test_added_backend_gets_a_reduced_but_non_zero_share(name: str) -> None:
     """During its window a new backend gets less than it would without slow start, but not nothing, and its share recovers after the window (else a cold replica is flooded, or starved forever)."""
     make = BALANCERS[name]
-    during, after = _shares(make(), eb.SlowStart(window=WINDOW))
+    during, after = _shares(make(), eb.SlowStart(window=WINDOW, warm_answers=0))
     without, _ = _shares(make(), eb.SlowStart(window=0.0))
     assert during > 0.0, "slow start must not starve the new backend"
     assert during < 0.8 * without, (during, without)
@@ -76,10 +77,10 @@ def test_added_backend_gets_a_reduced_but_non_zero_share(name: str) -> None:
 
 
 def test_the_default_balancer_honours_slow_start() -> None:
-    """The default balancer (what most users run) slow-starts: with the default SlowStart a new backend's early share is clearly below the share it gets without it."""
+    """The default balancer (what most users run) slow-starts: with the default time ramp a new backend's early share is clearly below the share it gets without it."""
     pool = eb.BackendPool(["http://a.test"])
     assert isinstance(pool.balancer, eb.ShortestExpectedDelay)
-    during, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart())
+    during, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart(warm_answers=0))
     without, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart(window=0.0))
     assert 0.0 < during < 0.8 * without
 
@@ -101,3 +102,112 @@ def test_effective_weight_in_stats_follows_the_ramp() -> None:
     clock.advance(0.5)
     assert weight() == 2.0
     assert pool.stats().by_url()["http://a.test"].effective_weight == 1.0
+
+
+# -- the ramp moved on by answers ------------------------------------------------------
+
+NEW = "http://new.test:8000"
+
+
+def _warm_pool(clock: eb.ManualClock, slow_start: eb.SlowStart) -> eb.BackendPool:
+    """Three backends with a history of 100 ms answers (their p99 estimates settled)."""
+    pool = eb.BackendPool(
+        urls(3), clock=clock, rng=random.Random(3), slow_start=slow_start, outlier_detection=None
+    )
+    for _ in range(200):
+        pool.release(pool.acquire(), eb.Outcome.SUCCESS, latency=0.1)
+    return pool
+
+
+def _answer_on_new(pool: eb.BackendPool, latency: float) -> None:
+    """One request placed on the new backend (the others excluded) and answered."""
+    lease = pool.acquire(exclude=set(urls(3)))
+    assert lease.backend.url == NEW
+    pool.release(lease, eb.Outcome.SUCCESS, latency=latency)
+
+
+def _factor(pool: eb.BackendPool) -> float:
+    return pool.stats().by_url()[NEW].effective_weight
+
+
+@pytest.mark.parametrize("history", [False, True])
+def test_each_good_answer_moves_the_ramp_on_by_window_over_warm_answers(history: bool) -> None:
+    """An answer as fast as usual is worth window / warm_answers seconds of ramp, so a backend that answers warm is at full share after warm_answers answers (else a restarted warm replica idles part of the pool for the whole window); with and without its own history."""
+    clock = eb.ManualClock(100.0)
+    pool = _warm_pool(clock, eb.SlowStart(window=10.0, warm_answers=5))
+    pool.add(NEW)
+    if history:  # a comeback: its own p99 from before is the yardstick
+        for _ in range(30):
+            _answer_on_new(pool, 0.1)
+        fall, rise = pool.health_check.fall, pool.health_check.rise
+        for ok in [False] * fall + [True] * rise:  # unhealthy, then back: slow start anew
+            pool.report_check(NEW, ok)
+        assert _factor(pool) == pytest.approx(0.1)
+    clock.advance(1.0)
+    assert _factor(pool) == pytest.approx(0.1)  # 10% floor: 1 s of 10 is below it
+    _answer_on_new(pool, 0.09)
+    assert _factor(pool) == pytest.approx(0.3)  # 1 s + 2 s of credit
+    for _ in range(3):
+        _answer_on_new(pool, 0.1)
+    assert _factor(pool) == pytest.approx(0.9)
+    _answer_on_new(pool, 0.05)
+    assert _factor(pool) == 1.0
+
+
+def test_slow_answers_leave_the_ramp_to_time() -> None:
+    """Answers slower than the pool's usual p99 (a cold replica compiling kernels) earn no credit: the ramp follows the clock alone (else slow start would hand a cold replica its full share at once)."""
+    clock = eb.ManualClock(100.0)
+    pool = _warm_pool(clock, eb.SlowStart(window=10.0, warm_answers=5))
+    pool.add(NEW)
+    for _ in range(20):
+        _answer_on_new(pool, 2.0)
+    clock.advance(4.0)
+    assert _factor(pool) == pytest.approx(0.4)
+
+
+def test_warm_answers_zero_ramps_by_time_only() -> None:
+    """``warm_answers=0`` is Envoy's time-only ramp: fast answers change nothing."""
+    clock = eb.ManualClock(100.0)
+    pool = _warm_pool(clock, eb.SlowStart(window=10.0, warm_answers=0))
+    pool.add(NEW)
+    for _ in range(20):
+        _answer_on_new(pool, 0.01)
+    clock.advance(3.0)
+    assert _factor(pool) == pytest.approx(0.3)
+
+
+def test_a_warm_newcomer_gets_its_full_share_long_before_the_window() -> None:
+    """Under load, the default balancer gives a new backend that answers as fast as its peers about its full share over the first half of the window (10 good answers end the ramp), where the time ramp alone holds it well below."""
+    during, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart(window=WINDOW))
+    clock_only, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart(window=WINDOW, warm_answers=0))
+    without, _ = _shares(eb.ShortestExpectedDelay(), eb.SlowStart(window=0.0))
+    assert during >= 0.9 * without, (during, without)
+    assert clock_only < 0.8 * without, (clock_only, without)
+
+
+@pytest.mark.parametrize("name", list(BALANCERS))
+def test_good_answers_end_the_ramp_early_under_every_balancer(name: str) -> None:
+    """Whatever the balancer, a warm newcomer under load is at full weight within a third of the window: the time ramp lets its first requests in, their answers end the ramp (else it idles for the whole window, as with Envoy's time-only ramp)."""
+    clock = eb.ManualClock(1000.0)
+    pool = eb.BackendPool(
+        urls(3),
+        balancer=BALANCERS[name](),
+        clock=clock,
+        rng=random.Random(5),
+        slow_start=eb.SlowStart(window=WINDOW),
+        outlier_detection=None,
+    )
+    leases: deque[eb.Lease] = deque()
+    added = None
+    while clock() < 1000.0 + 2.0 + WINDOW:
+        if added is None and clock() >= 1002.0:
+            pool.add(NEW)
+            added = clock()
+        while len(leases) < IN_FLIGHT:
+            leases.append(pool.acquire())
+        clock.advance(STEP)
+        pool.release(leases.popleft(), eb.Outcome.SUCCESS)
+        if added is not None and _factor(pool) == 1.0:
+            break
+    assert added is not None
+    assert clock() - added <= WINDOW / 3, clock() - added

@@ -28,6 +28,7 @@ def test_auto_deadline_abandons_a_hung_backend_after_a_multiple_of_the_pools_p99
         health_check=None,
         balancer=eb.RoundRobin,
         attempt_timeout="auto",
+        hedge=None,  # the deadline alone, not a hedge, must rescue the request
         outlier_detection=None,
         slow_start=None,  # the hung backend, added below, takes its full turns at once
     )

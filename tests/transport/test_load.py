@@ -36,7 +36,8 @@ def test_peak_ewma_learns_a_slow_backend_round_robin_does_not(servers):
     urls = [s.url for s in [*fast, slow]]
     outcome = {}
     for name, balancer in (("rr", eb.RoundRobin()), ("ewma", eb.PeakEwma())):
-        transport = eb.BalancingTransport(urls, balancer=balancer, health_check=None)
+        # hedging off: it would rescue round-robin's tail too, and this compares balancers
+        transport = eb.BalancingTransport(urls, balancer=balancer, health_check=None, hedge=None)
         with httpx.Client(transport=transport, base_url="http://e") as client:
             run_sync(client, 50, 4)  # warm connections and estimates
             outcome[name] = _share_and_p99(run_sync(client, 600, 16), slow.url)
@@ -66,7 +67,8 @@ async def test_load_aware_balancers_learn_a_slow_backend_async(servers, balancer
 def test_32_threads_share_one_transport_with_exact_counts(servers):
     """32 threads × 10,000 requests through one sync transport: no exception, exact per-backend counts, in-flight back to 0."""
     backends = servers(4)
-    transport = eb.BalancingTransport([s.url for s in backends], health_check=None)
+    # no hedges: each request is then exactly one attempt, so the counts must agree
+    transport = eb.BalancingTransport([s.url for s in backends], health_check=None, hedge=None)
     with httpx.Client(
         transport=transport, base_url="http://e", limits=httpx.Limits(max_connections=64)
     ) as client:

@@ -205,7 +205,9 @@ async def test_async_twin_rewrites_the_same_way():
 
 def test_closed_transport_refuses_requests():
     """After close() the transport says so and refuses new requests instead of silently reopening."""
-    transport = eb.BalancingTransport(["http://127.0.0.1:9"], transport=_echo([]), health_check=None)
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9"], transport=_echo([]), health_check=None
+    )
     assert not transport.closed
     transport.close()
     assert transport.closed

@@ -1,0 +1,137 @@
+"""When a hedge goes out, judged on the backend the attempt went to; and what a hedge's
+loser tells the balancer. Pure: a pool on a manual clock, no sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+import embedbalance as eb
+from embedbalance._attempts import AttemptPolicy
+
+FAST, SLOW = "http://fast.test", "http://slow.test"
+
+
+def _pool(balancer: eb.Balancer | None = None) -> tuple[eb.BackendPool, eb.ManualClock]:
+    clock = eb.ManualClock(50.0)
+    pool = eb.BackendPool(
+        [FAST, SLOW],
+        balancer=balancer,
+        clock=clock,
+        rng=random.Random(2),
+        outlier_detection=None,
+    )
+    return pool, clock
+
+
+def _answer(pool: eb.BackendPool, url: str, latency: float, n: int) -> None:
+    other = {FAST: SLOW, SLOW: FAST}[url]
+    for _ in range(n):
+        pool.release(pool.acquire(exclude={other}), eb.Outcome.SUCCESS, latency=latency)
+
+
+def _policy(pool: eb.BackendPool, hedge: eb.Hedge, global_latencies: list[float]) -> AttemptPolicy:
+    policy = AttemptPolicy(pool, eb.Retry(), hedge, None, None)
+    for x in global_latencies:
+        policy.latencies.add(x)
+    return policy
+
+
+def _estimate(pool: eb.BackendPool, url: str) -> float:
+    value = pool.stats().by_url()[url].estimate
+    assert value is not None
+    return value
+
+
+def _lease_on(pool: eb.BackendPool, url: str) -> eb.Lease:
+    other = {FAST: SLOW, SLOW: FAST}[url]
+    return pool.acquire(exclude={other})
+
+
+def test_the_hedge_delay_is_a_multiple_of_the_chosen_backends_own_percentile() -> None:
+    """A fast and a 10x slower backend get hedge delays from their own latencies (2 x p90), not the pool's: else every request to the slower one is hedged and a straggler on the fast one waits for the pool's tail."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.1, 40)
+    _answer(pool, SLOW, 1.0, 40)
+    policy = _policy(pool, eb.Hedge(), [0.5] * 100)
+    fast, slow = _lease_on(pool, FAST), _lease_on(pool, SLOW)
+    assert policy.hedge_delay(fast) == pytest.approx(0.2)
+    assert policy.hedge_delay(slow) == pytest.approx(2.0)
+
+
+def test_percentile_and_multiple_are_honoured() -> None:
+    """The percentile is taken over the backend's recent answers by nearest rank and scaled by ``multiple``."""
+    pool, _ = _pool()
+    for i in range(1, 101):  # latencies 0.01 .. 1.00
+        pool.release(pool.acquire(exclude={SLOW}), eb.Outcome.SUCCESS, latency=i / 100)
+    policy = _policy(pool, eb.Hedge(percentile=50, multiple=3.0), [])
+    assert policy.hedge_delay(_lease_on(pool, FAST)) == pytest.approx(1.5)
+    assert pool.recent_latency(FAST, 90) == pytest.approx(0.9)
+    assert pool.recent_latency(FAST, 90, min_samples=101) is None
+
+
+def test_a_backend_with_few_answers_borrows_the_transports_window() -> None:
+    """Until a backend has ``min_samples`` answers the transport-wide percentile stands in; with too few of those too, no hedge (no yardstick yet)."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.1, 5)
+    hedge = eb.Hedge(min_samples=20)
+    assert _policy(pool, hedge, [0.3] * 30).hedge_delay(_lease_on(pool, FAST)) == pytest.approx(0.6)
+    assert _policy(pool, hedge, [0.3] * 10).hedge_delay(_lease_on(pool, FAST)) is None
+
+
+def test_per_backend_false_is_the_pool_wide_rule() -> None:
+    """``per_backend=False`` ignores the backend's own history: the transport's percentile for every attempt."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.1, 40)
+    policy = _policy(pool, eb.Hedge(per_backend=False, percentile=95, multiple=1.0), [0.7] * 60)
+    assert policy.hedge_delay(_lease_on(pool, FAST)) == pytest.approx(0.7)
+
+
+def test_min_delay_is_a_floor_and_no_hedge_policy_never_hedges() -> None:
+    """The delay is at least ``min_delay`` however fast the backend; without a Hedge there is no delay at all."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.0001, 40)
+    assert _policy(pool, eb.Hedge(min_delay=0.02), []).hedge_delay(
+        _lease_on(pool, FAST)
+    ) == pytest.approx(0.02)
+    assert (
+        AttemptPolicy(pool, eb.Retry(), None, None, None).hedge_delay(_lease_on(pool, FAST)) is None
+    )
+
+
+def test_hedge_multiple_is_validated() -> None:
+    """A multiple that is not a finite positive number is refused at construction."""
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="multiple"):
+            eb.Hedge(multiple=bad)
+
+
+@pytest.mark.parametrize("make", [eb.ShortestExpectedDelay, eb.PeakEwma])
+def test_a_backend_whose_attempts_keep_losing_hedges_stops_looking_fast(make) -> None:
+    """An attempt outrun by its hedge is observed at its age (a lower bound on its latency): a replica that stalls — its requests lost, the server still busy with them — scores worse after a few losses, instead of looking idle and fast and drawing every request."""
+    pool, clock = _pool(make())
+    _answer(pool, FAST, 0.1, 40)
+    _answer(pool, SLOW, 0.1, 40)
+    before = _estimate(pool, FAST)
+    for _ in range(5):
+        lease = _lease_on(pool, FAST)
+        clock.advance(1.5)  # stuck; its hedge answered elsewhere
+        pool.release(lease, eb.Outcome.CANCELLED, outrun=True)
+    after = _estimate(pool, FAST)
+    assert after > 2 * before, (before, after)
+    assert after > 2 * _estimate(pool, SLOW)
+    # and the next pick goes elsewhere
+    assert pool.acquire().backend.url == SLOW
+
+
+def test_a_plain_cancellation_teaches_the_balancer_nothing() -> None:
+    """A caller's own cancellation (not outrun by a hedge) says nothing about the backend's speed: the score is unchanged."""
+    pool, clock = _pool(eb.ShortestExpectedDelay())
+    _answer(pool, FAST, 0.1, 40)
+    before = _estimate(pool, FAST)
+    lease = _lease_on(pool, FAST)
+    clock.advance(1.5)
+    pool.release(lease, eb.Outcome.CANCELLED)
+    assert _estimate(pool, FAST) == pytest.approx(before)
+    assert pool.stats().by_url()[FAST].cancelled == 1
