@@ -619,7 +619,6 @@ class BackendPool:
         retry_after: float | None = None,
         queue_depth: float | None = None,
         hints: ServerHints | None = None,
-        outrun: bool = False,
     ) -> None:
         """Report how a leased request ended.
 
@@ -632,13 +631,6 @@ class BackendPool:
         hint of the response (:func:`~embedbalance._hints.parse_hints`), which the
         balancer trusts over its guesses (its ``queue_depth`` stands in for a missing
         ``queue_depth``).
-
-        ``outrun``, with :attr:`Outcome.CANCELLED`: the attempt was abandoned because a
-        copy elsewhere answered first (a hedge). Its age (``latency``, or the time
-        since :meth:`acquire`) is a lower bound on how long it would have taken, and the
-        balancer observes it as one: the server is most likely still working on it, so
-        a backend whose requests keep losing must not look idle and fast — a hung
-        replica would otherwise draw every request and cost each one a hedge delay.
         """
         if latency is not None and not -math.inf < latency < math.inf:
             raise ValueError(f"latency must be a finite number, got {latency!r}")
@@ -709,9 +701,6 @@ class BackendPool:
                     events = [*(events or ()), overloaded]
             else:
                 s.cancelled += 1
-                if outrun:
-                    age = now - lease.started_at if latency is None else latency
-                    self.balancer.observe(s, max(age, 0.0), now, lease.load_at_start, lease.cost)
         if events:
             self._emit(events)
 

@@ -40,6 +40,7 @@ import anyio
 import anyio.abc
 import attrs
 import httpx
+from anyio.streams.memory import MemoryObjectSendStream
 
 from . import _tracing
 from ._attempts import AttemptPolicy, AttemptResult, Flow, Step
@@ -462,15 +463,27 @@ class _Core:
         self.abandon(lease, outcome)
         return AttemptResult(lease, outcome, str(error), error=error, retryable=True, sent=True)
 
-    def abandon(
-        self, lease: Lease, outcome: Outcome = Outcome.CANCELLED, outrun: bool = False
-    ) -> None:
-        """Release a lease whose attempt will not be waited for (a hedge's loser,
-        ``outrun`` by a copy that answered first, or a cancelled caller's)."""
+    def abandon(self, lease: Lease, outcome: Outcome = Outcome.CANCELLED) -> None:
+        """Release a lease whose attempt will not be waited for (a cancelled caller's,
+        one cut off at transport close)."""
         _tracing.end_attempt(lease, outcome.value)
         if not lease.released:
             self.metrics.request(lease.backend.url, outcome.value, None)
-            self.pool.release(lease, outcome, outrun=outrun)
+            self.pool.release(lease, outcome)
+
+    def settle_late(
+        self,
+        lease: Lease,
+        routed: httpx.Request,
+        exchanged: tuple[httpx.Response, bytes] | None,
+        error: BaseException | None,
+    ) -> None:
+        """Settle an attempt that finished after its request was answered by another
+        copy (a hedge's loser): its real outcome, for the pool's books only."""
+        try:
+            self.settle(lease, routed, exchanged, error, None)
+        except BaseException:
+            self.abandon(lease)
 
     def settle(
         self,
@@ -757,8 +770,21 @@ class BalancingTransport(httpx.BaseTransport):
                     if second is not None:
                         launch(second)
         finally:
-            for lease, _ in live.values():
-                core.abandon(lease, outrun=flow.settled)
+            for future, (lease, routed) in live.items():
+                if flow.settled:
+                    future.add_done_callback(functools.partial(self._finish_late, lease, routed))
+                else:
+                    core.abandon(lease)
+
+    def _finish_late(
+        self, lease: Lease, routed: httpx.Request, future: Future[tuple[httpx.Response, bytes]]
+    ) -> None:
+        """A hedge's loser, once it ends: see :meth:`AsyncBalancingTransport._race`."""
+        if future.cancelled() or self._closed:  # closing cut it off: not the backend's fault
+            self._core.abandon(lease)
+            return
+        error = future.exception()
+        self._core.settle_late(lease, routed, None if error is not None else future.result(), error)
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         self.start()
@@ -850,6 +876,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         self._stopped: anyio.Event | None = None
         self._scope: anyio.CancelScope | None = None
         self._failure: BaseException | None = None
+        #: Raced attempts in flight (hedge losers included), cancelled by aclose().
+        self._attempts: set[anyio.CancelScope] = set()
 
     @property
     def pool(self) -> BackendPool:
@@ -971,6 +999,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             if self._scope is not None:
                 self._scope.cancel()
             await self._stopped.wait()
+        for scope in list(self._attempts):
+            scope.cancel()
         for inner in self._ainner.all():
             await inner.aclose()
 
@@ -1018,68 +1048,114 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
     async def _race(
         self, request: httpx.Request, flow: Flow, step: Step, validate: Validator | None
     ) -> None:
-        """The async :meth:`BalancingTransport._race`: the same rules, in a task group."""
+        """The async :meth:`BalancingTransport._race`: the same rules.
+
+        Attempts run as tasks of their own rather than in a task group: when one copy
+        answers, the others are *not* cancelled. The server is still working on them
+        (closing a connection does not stop a batch on a GPU), so their leases stay
+        open and settle with their real outcome — the balancer keeps counting the work
+        each backend holds and learns the latency it shows, and a hung backend is
+        charged a failure when the attempt's own timeout ends it. Cancelling would
+        make a backend holding a straggler look idle, draw new work into a busy server
+        and raise everyone's median. Only a deadline, the caller's cancellation or
+        :meth:`aclose` cancels an attempt.
+        """
         core = self._core
         wall = time.monotonic
         start = wall()
         deadline = start + step.timeout if step.timeout is not None else math.inf
         hedge_at = start + step.hedge_after if step.hedge_after is not None else math.inf
-        send, receive = anyio.create_memory_object_stream[
-            tuple[Lease, httpx.Request, tuple[httpx.Response, bytes] | None, Exception | None]
-        ](max_buffer_size=math.inf)
-        live: dict[int, Lease] = {}
-        failure: Exception | None = None  # raised after the task group, not wrapped
+        send, receive = anyio.create_memory_object_stream[_Exchanged](max_buffer_size=math.inf)
+        live: dict[int, tuple[Lease, anyio.CancelScope]] = {}
+        racing = [True]
+        failure: Exception | None = None  # raised after the race, not wrapped
 
-        async def run(lease: Lease, routed: httpx.Request) -> None:
-            try:
-                exchanged = await self._exchange(lease, routed)
-            except Exception as exc:
-                send.send_nowait((lease, routed, None, exc))
-            else:
-                send.send_nowait((lease, routed, exchanged, None))
+        def launch(lease: Lease) -> None:
+            left = None if deadline == math.inf else max(deadline - wall(), 0.001)
+            scope = anyio.CancelScope()
+            live[id(lease)] = (lease, scope)
+            self._attempts.add(scope)
+            routed = core.route(request, lease, left)
+            _spawn(functools.partial(self._run_attempt, lease, routed, scope, send, racing))
 
-        async with anyio.create_task_group() as tg:
-
-            def launch(lease: Lease) -> None:
-                left = None if deadline == math.inf else max(deadline - wall(), 0.001)
-                live[id(lease)] = lease
-                tg.start_soon(run, lease, core.route(request, lease, left))
-
-            launch(step.lease)
-            try:
-                while live:
-                    wake = min(deadline, hedge_at)
-                    got = None
-                    with anyio.move_on_after(math.inf if wake == math.inf else wake - wall()):
-                        got = await receive.receive()
-                    if got is not None:
-                        lease, routed, exchanged, error = got
-                        del live[id(lease)]
-                        try:
-                            result = core.settle(lease, routed, exchanged, error, validate)
-                        except Exception as exc:
-                            failure = exc
-                            break
-                        if flow.record(result):
-                            break
-                        continue
-                    now = wall()
-                    if now >= deadline:
-                        for lease in live.values():
-                            flow.record(core.timed_out(lease, step.timeout))
-                        live.clear()
+        launch(step.lease)
+        try:
+            while live:
+                wake = min(deadline, hedge_at)
+                got = None
+                with anyio.move_on_after(math.inf if wake == math.inf else wake - wall()):
+                    got = await receive.receive()
+                if got is not None:
+                    lease, routed, exchanged, error = got
+                    del live[id(lease)]
+                    try:
+                        result = core.settle(lease, routed, exchanged, error, validate)
+                    except Exception as exc:
+                        failure = exc
                         break
-                    if now >= hedge_at:
-                        hedge_at = math.inf
-                        second = flow.hedge_lease()
-                        if second is not None:
-                            launch(second)
-            finally:
-                tg.cancel_scope.cancel()
-                for lease in live.values():
-                    core.abandon(lease, outrun=flow.settled)
+                    if flow.record(result):
+                        break
+                    continue
+                now = wall()
+                if now >= deadline:
+                    for lease, scope in live.values():
+                        flow.record(core.timed_out(lease, step.timeout))
+                        scope.cancel()
+                    live.clear()
+                    break
+                if now >= hedge_at:
+                    hedge_at = math.inf
+                    second = flow.hedge_lease()
+                    if second is not None:
+                        launch(second)
+        finally:
+            racing[0] = False
+            settled = flow.settled
+            for lease, scope in live.values():
+                if not settled:  # the caller gave up or failed: nobody will wait
+                    scope.cancel()
+                    core.abandon(lease)
+            # Answers that arrived after the one that settled it, not yet read.
+            while True:
+                try:
+                    lease, routed, exchanged, error = receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+                core.settle_late(lease, routed, exchanged, error)
+            send.close()
+            receive.close()
         if failure is not None:
             raise failure
+
+    async def _run_attempt(
+        self,
+        lease: Lease,
+        routed: httpx.Request,
+        scope: anyio.CancelScope,
+        send: MemoryObjectSendStream[_Exchanged],
+        racing: list[bool],
+    ) -> None:
+        """One raced attempt, in a task of its own: hands its end to the race while the
+        race waits, else settles it itself (a hedge's loser)."""
+        exchanged: tuple[httpx.Response, bytes] | None = None
+        error: Exception | None = None
+        try:
+            with scope:
+                try:
+                    exchanged = await self._exchange(lease, routed)
+                except Exception as exc:
+                    error = exc
+            if scope.cancelled_caught:
+                self._core.abandon(lease)
+            elif racing[0]:
+                send.send_nowait((lease, routed, exchanged, error))
+            else:
+                self._core.settle_late(lease, routed, exchanged, error)
+        except BaseException:
+            self._core.abandon(lease)
+            raise
+        finally:
+            self._attempts.discard(scope)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._state != "running":
@@ -1144,6 +1220,9 @@ def _target(backend: Backend, raw_path: bytes) -> tuple[httpx.URL, str]:
 
 
 _TASKS: set[asyncio.Task[None]] = set()
+#: What a raced attempt hands back: its lease, the request sent, and the answer
+#: (response, body) or the error.
+_Exchanged = tuple[Lease, httpx.Request, tuple[httpx.Response, bytes] | None, Exception | None]
 
 
 def _spawn(fn: Callable[[], Any]) -> None:
