@@ -84,6 +84,9 @@ class LoadResult:
     starts: list[float] = attrs.Factory(list)
     errors: dict[str, int] = attrs.Factory(dict)
     unfinished: int = 0
+    #: Hedge copies and retries the balancing transport sent (0 through a proxy).
+    hedges: int = 0
+    retries: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
     window_start: float = 0.0
@@ -226,6 +229,10 @@ async def run_load(spec: LoadSpec) -> LoadResult:
                 await t
         result.cpu_s = time.process_time() - cpu0
         result.wall_s = time.monotonic() - wall0
+        transport = getattr(client, "_transport", None)
+        if hasattr(transport, "stats"):
+            stats = transport.stats()
+            result.hedges, result.retries = stats.hedges, stats.retries
     return result
 
 

@@ -355,6 +355,9 @@ def summarise(
         "failed": int((~oks).sum()) + errors.get("shed", 0),
         "errors": errors,
         "unfinished": int(sum(p["unfinished"] for p in parts)),
+        "hedges": int(sum(p.get("hedges", 0) for p in parts)),
+        "retries": int(sum(p.get("retries", 0) for p in parts)),
+        "requests": int(oks.size),
         "loadgen_cpu": float(cpu / wall) if wall > 0 else float("nan"),
         "processes": len(parts),
     }
@@ -497,20 +500,28 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
 
 
+def _hedges(row: dict[str, Any]) -> str:
+    """Hedge copies sent, as a share of the requests (— through a proxy)."""
+    if not row.get("hedges"):
+        return "0" if "hedges" in row else "—"
+    return f"{row['hedges']} ({100 * row['hedges'] / max(row.get('requests', 1), 1):.1f}%)"
+
+
 def table(name: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
     """One scenario as a Markdown table (and its phases, for degrade-and-recover)."""
     head = (
         f"### {name}: {SCENARIOS[name].title}\n\n"
         f"Ideal in-window throughput: {ideal:.1f} req/s.\n\n"
         "| configuration | req/s | % ideal | p50 | mean | p99 | p99.9 | errors "
-        "| loadgen CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| hedges | loadgen CPU |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     )
     lines = []
     for config, r in rows.items():
         lines.append(
             f"| {config} | {r['throughput']:.1f} | {100 * r['throughput'] / ideal:.0f}% "
             f"| {_fmt_s(r['p50'])} | {_fmt_s(r['mean'])} | {_fmt_s(r['p99'])} "
-            f"| {_fmt_s(r['p999'])} | {r['failed']} | {100 * r['loadgen_cpu']:.0f}% |"
+            f"| {_fmt_s(r['p999'])} | {r['failed']} | {_hedges(r)} "
+            f"| {100 * r['loadgen_cpu']:.0f}% |"
         )
     out = head + "\n".join(lines) + "\n"
     if any("phases" in r for r in rows.values()):
@@ -685,7 +696,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"  {name:10s} {config:22s} {row['throughput']:6.1f} req/s  "
                 f"p50 {_fmt_s(row['p50']):>7s}  mean {_fmt_s(row['mean']):>7s}  "
                 f"p99 {_fmt_s(row['p99']):>7s}  p99.9 {_fmt_s(row['p999']):>7s}  "
-                f"errors {row['failed']:4d}  loadgen {100 * row['loadgen_cpu']:3.0f}%",
+                f"errors {row['failed']:4d}  hedges {_hedges(row)}  "
+                f"loadgen {100 * row['loadgen_cpu']:3.0f}%",
                 flush=True,
             )
         print(table(name, results[name], ideals[name]))

@@ -100,7 +100,7 @@ def end_attempt(
     lease: Lease, outcome: str, status: int | None = None, error: str | None = None
 ) -> None:
     """Close the attempt's span with how it ended; an error status for anything but a
-    success (a cancelled hedge loser is not an error: it is marked by its outcome)."""
+    success (a cancelled attempt is not an error: it is marked by its outcome)."""
     span = lease.span
     if span is None:
         return

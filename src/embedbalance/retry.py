@@ -86,15 +86,17 @@ class Retry:
 @attrs.frozen
 class Hedge:
     """Send a second copy to another backend when the first is late; the first answer
-    wins, the other is cancelled ("The Tail at Scale"'s hedged requests, Finagle's
-    backup requests). On by default for idempotent requests (embedding calls are).
+    wins ("The Tail at Scale"'s hedged requests, Finagle's backup requests). The late
+    copy is not cancelled: its server is working on it anyway, so it stays counted as
+    that backend's work and settles with its own answer. On by default for idempotent
+    requests (embedding calls are).
 
     *Late* is judged against the backend the attempt went to: ``multiple`` × its recent
     ``percentile`` latency (at least ``min_delay`` seconds). A pool-wide yardstick would
     hedge every request to a slower replica (its normal answers sit above the pool's
-    p95) while missing a straggler on a fast one; per backend, about
-    ``100 - percentile`` % / ``multiple`` of the answers are hedged where latencies are
-    steady, and a request stuck on a hung or straggling replica is answered elsewhere
+    p95) while missing a straggler on a fast one; per backend, only answers far out in
+    that backend's own tail are hedged (about 1% where latencies are steady), and a
+    request stuck on a hung or straggling replica is answered elsewhere
     after a few of that replica's usual latencies rather than the caller's timeout.
     Until a backend has ``min_samples`` answers the transport-wide window stands in;
     ``per_backend=False`` uses only that (the classic rule, hedge at the pool's p95).
