@@ -8,10 +8,12 @@ import logging
 import math
 import random
 
+import numpy as np
 import pytest
 
 import embedbalance as eb
 from embedbalance.load import PendingRequests
+from embedbalance.pool import model_matches
 
 from .conftest import urls
 
@@ -447,3 +449,315 @@ def test_a_draining_backend_shows_no_ejection_time() -> None:
     row = pool.stats().by_url()[U[0]]
     assert (row.state, row.ejected_until) == ("draining", None)
     pool.release(held[1])
+
+
+# -- models ---------------------------------------------------------------------------
+
+
+def test_model_of_reports_the_given_or_learned_model() -> None:
+    """``model_of`` is the configured model, else the one ``/info`` reported, else
+    None (also for a non-member). If this fails, the canary asks a replica in the
+    wrong model's name."""
+    pool = eb.BackendPool([eb.Backend(U[0], model="given"), U[1], U[2]], clock=eb.ManualClock())
+    pool.learn_model(U[1], "learned")
+    assert [pool.model_of(u) for u in U] == ["given", "learned", None]
+    assert pool.model_of("http://elsewhere.test:1") is None
+
+
+def test_canary_groups_of_one_model_hold_every_member() -> None:
+    """With at most one model known (its spellings joined), every member is compared
+    with every other, none left out. If this fails, a single-model pool leaves
+    replicas unchecked or splits them into groups too small to find a majority."""
+    clock = eb.ManualClock()
+    assert eb.BackendPool(clock=clock).canary_groups() == ({None: []}, [])
+    pool = eb.BackendPool(U, clock=clock)
+    assert pool.canary_groups() == ({None: U}, [])
+    pool.learn_model(U[0], "m")
+    assert pool.canary_groups() == ({"m": U}, [])
+    pool.add(eb.Backend(U[1], model="org/m"))
+    assert pool.canary_groups() == ({"org/m": U}, [])
+
+
+def test_canary_groups_split_by_model_and_leave_the_unknown_out() -> None:
+    """Several models: one group per model (short and full spellings of one model
+    together, under the full one), a group None for members that named no model, and
+    members whose model is not known yet left out. If this fails, replicas of two
+    models are judged against each other and ejected, or an unknown one is admitted
+    unchecked."""
+    members = [
+        eb.Backend("http://a.test:1", model="org/m"),
+        eb.Backend("http://b.test:1"),
+        eb.Backend("http://c.test:1", model="other"),
+        eb.Backend("http://d.test:1"),
+        eb.Backend("http://e.test:1"),
+    ]
+    pool = eb.BackendPool(members, clock=eb.ManualClock())
+    pool.learn_model("http://b.test:1", "m")
+    pool.learn_model("http://d.test:1", None)
+    groups, unknown = pool.canary_groups()
+    assert groups == {
+        "org/m": ["http://a.test:1", "http://b.test:1"],
+        "other": ["http://c.test:1"],
+        None: ["http://d.test:1"],
+    }
+    assert unknown == ["http://e.test:1"]
+
+
+def test_a_short_name_spelled_by_two_organisations_stays_its_own_group() -> None:
+    """When two organisations' models share a short name, a member naming only the
+    short name belongs to neither. If this fails, it is judged against a model it
+    may not serve."""
+    members = [
+        eb.Backend("http://a.test:1", model="x/m"),
+        eb.Backend("http://b.test:1", model="y/m"),
+        eb.Backend("http://c.test:1", model="m"),
+    ]
+    groups, unknown = eb.BackendPool(members, clock=eb.ManualClock()).canary_groups()
+    assert groups == {
+        "x/m": ["http://a.test:1"],
+        "y/m": ["http://b.test:1"],
+        "m": ["http://c.test:1"],
+    }
+    assert unknown == []
+
+
+def test_model_names_match_with_or_without_their_organisation() -> None:
+    """A request for ``org/name`` goes to a backend serving ``name`` (and the other
+    way), splitting at the last slash; another short name never matches. If this
+    fails, requests go to replicas of another model, or are refused by the right one."""
+    assert model_matches("a/b/m", "m")
+    assert model_matches("m", "a/b/m")
+    assert not model_matches("org/m", "m2")
+    assert not model_matches("org/m", "other/m")
+    assert not model_matches("m", "org/m2")
+
+
+def test_canary_groups_join_spellings_at_the_last_slash() -> None:
+    """``a/b/m`` and ``m`` are one model for the canary. If this fails, replicas of
+    one model spelled two ways are split into groups too small to compare."""
+    members = [
+        eb.Backend("http://a.test:1", model="a/b/m"),
+        eb.Backend("http://b.test:1", model="m"),
+        eb.Backend("http://c.test:1", model="other"),
+    ]
+    groups, _ = eb.BackendPool(members, clock=eb.ManualClock()).canary_groups()
+    assert groups == {
+        "a/b/m": ["http://a.test:1", "http://b.test:1"],
+        "other": ["http://c.test:1"],
+    }
+
+
+def test_learning_a_model_emits_one_update_and_keeps_a_passed_canary() -> None:
+    """The first model learned for a backend of unknown model is announced as
+    ``updated`` (``serves 'm'``) and keeps its canary pass; learning for a backend
+    whose model was configured, or learning "none", announces nothing. If this fails,
+    listeners miss the model or a healthy replica is pulled from traffic for nothing."""
+    clock = eb.ManualClock(4.0)
+    pool = eb.BackendPool(
+        [U[0], eb.Backend(U[1], model="given")],
+        clock=clock,
+        health_check=eb.HealthCheck(canary=eb.Canary(texts=["x"])),
+    )
+    pool.report_canary(U[0], True, "canary: ok")
+    pool.report_canary(U[1], True, "canary: ok")
+    events = _events(pool)
+    pool.learn_model(U[0], "m")
+    pool.learn_model(U[1], "other")
+    assert events == [("updated", U[0], 4.0, "serves 'm'")]
+    assert [r.state for r in pool.stats().backends] == ["healthy", "healthy"]
+    pool.learn_model(U[0], None)
+    assert len(events) == 1
+
+
+def test_model_counters_add_up_per_outcome() -> None:
+    """Per-model stats count every outcome and take the latency given (else the
+    clock's), with p50/p99 over the recent ones. If this fails, per-model dashboards
+    are wrong."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool(U[:1], clock=clock, outlier_detection=None)
+    for outcome in (eb.Outcome.FAILURE, eb.Outcome.OVERLOADED, eb.Outcome.CANCELLED):
+        for _ in range(2):
+            pool.release(pool.acquire(model="m"), outcome, retry_after=0.0)
+    for ms in range(1, 101):
+        pool.release(pool.acquire(model="m"), latency=ms / 1000)
+    lease = pool.acquire(model="m")
+    clock.advance(0.5)
+    pool.release(lease)
+    stats = pool.stats().by_model()["m"]
+    assert (stats.requests, stats.successes, stats.failures) == (107, 101, 2)
+    assert (stats.overloads, stats.cancelled) == (2, 2)
+    expected = np.percentile([*(ms / 1000 for ms in range(1, 101)), 0.5], [50, 99])
+    assert stats.latency_p50 == pytest.approx(expected[0])
+    assert stats.latency_p99 == pytest.approx(expected[1])
+
+
+def test_requests_by_zone_sums_the_backends_of_each_zone() -> None:
+    """Attempts are summed per zone over every backend in it. If this fails, a zone's
+    traffic shows only its last backend's share."""
+    pool = eb.BackendPool(
+        [eb.Backend(U[0], zone="z"), eb.Backend(U[1], zone="z"), U[2]], clock=eb.ManualClock()
+    )
+    for url, n in zip(U, (2, 3, 1), strict=True):
+        for _ in range(n):
+            pool.release(pool.acquire(exclude=[u for u in U if u != url]))
+    assert pool.stats().requests_by_zone() == {"z": 5, None: 1}
+
+
+# -- membership events and unavailability ---------------------------------------------
+
+
+def test_add_and_update_events_carry_the_backend() -> None:
+    """Adding a backend, and changing it, emit one event each with its repr; adding it
+    again unchanged emits none, new labels count as a change. If this fails, listeners
+    miss changes or see phantom ones."""
+    clock = eb.ManualClock(2.0)
+    pool = eb.BackendPool(clock=clock)
+    events = _events(pool)
+    pool.add(U[0])
+    pool.add(U[0])
+    pool.add(eb.Backend(U[0], weight=2.0))
+    labelled = eb.Backend(U[0], weight=2.0, labels={"k": "v"})
+    pool.add(labelled)
+    assert events == [
+        ("added", U[0], 2.0, repr(eb.Backend(U[0]))),
+        ("updated", U[0], 2.0, repr(eb.Backend(U[0], weight=2.0))),
+        ("updated", U[0], 2.0, repr(labelled)),
+    ]
+
+
+def test_a_draining_backend_added_back_keeps_its_work_and_waits_for_a_canary() -> None:
+    """A removed backend still holding work that is added back is the same backend (its
+    request in flight still counts) and, as a new arrival, waits for a canary. If this
+    fails, its pending count goes wrong or it serves unchecked."""
+    pool = eb.BackendPool(
+        U[:1], health_check=eb.HealthCheck(canary=eb.Canary(texts=["x"])), clock=eb.ManualClock()
+    )
+    pool.report_canary(U[0], True, "canary: ok")
+    lease = pool.acquire()
+    pool.remove(U[0])
+    pool.add(U[0])
+    row = pool.stats().backends[0]
+    assert (row.pending, row.state, row.canary) == (1, "pending", "canary: pending")
+    pool.release(lease)
+    assert pool.stats().backends[0].pending == 0
+
+
+def test_unavailability_names_each_backend_and_only_those_of_the_model() -> None:
+    """NoBackendAvailable names each backend with its reason and until when, and for a
+    model only the backends that serve it. If this fails, the error blames the wrong
+    replicas or loses their names."""
+    clock = eb.ManualClock(0.0)
+    pool = _ejecting_pool(clock, n=3)
+    pool.learn_model(U[0], "a")
+    pool.learn_model(U[1], "a")
+    pool.learn_model(U[2], "b")
+    pool.release(pool.acquire(model="a", exclude=[U[1]]), eb.Outcome.FAILURE)
+    pool.release(pool.acquire(model="a", bulk=True), eb.Outcome.OVERLOADED, retry_after=2.0)
+    with pytest.raises(eb.NoBackendAvailable) as caught:
+        pool.acquire(model="a", bulk=True)
+    assert caught.value.reasons == (
+        eb.Unavailability(U[0], "ejected", 1.0),
+        eb.Unavailability(U[1], "overloaded (bulk)", 2.0),
+    )
+
+
+def test_an_ejection_over_while_the_canary_is_pending_shows_the_canary() -> None:
+    """A backend whose ejection ended while it waits for a new canary is reported as
+    waiting for the canary, not as ejected. If this fails, the error and stats show
+    a stale reason."""
+    clock = eb.ManualClock(0.0)
+    pool = _ejecting_pool(clock, n=1, health_check=eb.HealthCheck(canary=eb.Canary(texts=["x"])))
+    pool.report_canary(U[0], True, "canary: ok")
+    pool.learn_model(U[0], "m")
+    pool.release(pool.acquire(), eb.Outcome.FAILURE)
+    pool.learn_model(U[0], "n")  # another model: the canary is void
+    clock.advance(1.0)
+    with pytest.raises(eb.NoBackendAvailable) as caught:
+        pool.acquire()
+    assert caught.value.reasons == (eb.Unavailability(U[0], "canary: pending"),)
+    assert pool.stats().backends[0].state == "pending"
+
+
+def test_canary_events_carry_kind_url_time_and_detail() -> None:
+    """A first canary pass is ``healthy``, a rejection ``ejected`` (counted), a later
+    pass ``readmitted``, each with the backend, the clock time and the check's words.
+    If this fails, listeners and the ejection count misreport canary verdicts."""
+    clock = eb.ManualClock(3.0)
+    pool = eb.BackendPool(
+        U[:1], health_check=eb.HealthCheck(canary=eb.Canary(texts=["x"])), clock=clock
+    )
+    events = _events(pool)
+    pool.report_canary(U[0], True, "canary: ok")
+    pool.report_canary(U[0], False, "canary: off")
+    pool.report_canary(U[0], True, "canary: back")
+    pool.report_canary(U[0], False, "canary: off again")
+    assert events == [
+        ("healthy", U[0], 3.0, "canary: ok"),
+        ("ejected", U[0], 3.0, "canary: off"),
+        ("readmitted", U[0], 3.0, "canary: back"),
+        ("ejected", U[0], 3.0, "canary: off again"),
+    ]
+    assert pool.stats().backends[0].ejections == 2
+
+
+# -- what exporters and clients read ------------------------------------------------
+
+
+def test_gauges_say_who_may_be_picked_without_a_refresh() -> None:
+    """``gauges`` reads each member's state at the clock's time: ejected and unhealthy
+    members may not be picked, one whose ejection ends now may, draining ones never.
+    If this fails, exporters report replicas as up or down wrongly."""
+    clock = eb.ManualClock(0.0)
+    pool = _ejecting_pool(clock, n=3, health_check=eb.HealthCheck(rise=1, fall=1))
+    pool.report_check(U[1], True)
+    pool.report_check(U[2], False)
+    held = [pool.acquire(exclude=U[1:]) for _ in range(2)]
+    pool.release(held[0], eb.Outcome.FAILURE)
+    assert pool.gauges() == [(U[0], 1, False), (U[1], 0, True), (U[2], 0, False)]
+    clock.advance(1.0)
+    assert pool.gauges()[0] == (U[0], 1, True)
+    pool.remove(U[0])
+    assert pool.gauges()[-1] == (U[0], 1, False)
+    pool.release(held[1])
+
+
+def test_usable_count_refreshes_at_the_instant_an_ejection_ends() -> None:
+    """At the instant an ejection ends, ``usable_count`` sees the backend back and the
+    pool out of panic mode (with the events that say so). If this fails, a client
+    sizes its limits on a stale view for as long as nothing else refreshes it."""
+    clock = eb.ManualClock(0.0)
+    pool = _ejecting_pool(clock, n=3, health_check=eb.HealthCheck(rise=1, fall=1))
+    events = _events(pool)
+    pool.report_check(U[1], False)
+    pool.release(pool.acquire(exclude=U[1:]), eb.Outcome.FAILURE)
+    assert pool.usable_count() == 3  # panic: all of them
+    clock.advance(1.0)
+    assert pool.usable_count() == 2
+    assert [e[0] for e in events[-2:]] == ["readmitted", "calm"]
+
+
+def test_attempt_deadline_from_own_answers_or_the_pools_worst() -> None:
+    """The deadline is 3 x the backend's own high percentile once it has answered 20
+    times (draining backends included), else 3 x the worst in the pool; any positive
+    multiple is allowed. If this fails, a retry fires too early or too late."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool(U[:2], clock=clock, balancer=eb.LeastConnections)
+    for _ in range(19):
+        pool.release(pool.acquire(exclude=[U[1]]), latency=0.1)
+    for _ in range(5):
+        pool.release(pool.acquire(exclude=[U[0]]), latency=1.0)
+    rows = pool.stats().by_url()
+    own, worst = rows[U[0]].latency_high, rows[U[1]].latency_high
+    assert own is not None
+    assert worst is not None
+    assert worst > own
+    assert pool.attempt_deadline(U[0]) == pytest.approx(3.0 * worst)
+    pool.release(pool.acquire(exclude=[U[1]]), latency=0.1)
+    own = pool.stats().by_url()[U[0]].latency_high
+    assert own is not None
+    assert pool.attempt_deadline(U[0]) == pytest.approx(3.0 * own)
+    assert pool.attempt_deadline(U[0], multiple=0.5) == pytest.approx(0.5 * own)
+    lease = pool.acquire(exclude=[U[1]])
+    pool.remove(U[0])
+    assert pool.attempt_deadline(U[0]) == pytest.approx(3.0 * own)
+    pool.release(lease)
