@@ -58,6 +58,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         [
             "tests/core/test_pool.py",
             "tests/core/test_pool_events.py",
+            "tests/core/test_pool_mutants.py",
             "tests/core/test_pool_bulk.py",
             "tests/core/test_pool_state_machine.py",
             "tests/core/test_health.py",

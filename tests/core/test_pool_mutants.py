@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import embedbalance as eb
+from embedbalance._state import BackendState
 from embedbalance.load import PendingRequests
 from embedbalance.pool import model_matches
 
@@ -86,7 +87,10 @@ def test_the_balancer_is_claimed_by_one_pool_and_checked() -> None:
     argument fails later with an obscure error."""
     shared = eb.LeastConnections()
     eb.BackendPool(balancer=shared)
-    with pytest.raises(ValueError, match="already balances another pool; pass a factory"):
+    with pytest.raises(
+        ValueError,
+        match=r"already balances another pool; pass a factory \(the class, say\) so that each pool",
+    ):
         eb.BackendPool(balancer=shared)
     a = eb.BackendPool(balancer=eb.LeastConnections)
     b = eb.BackendPool(balancer=eb.LeastConnections)
@@ -760,4 +764,85 @@ def test_attempt_deadline_from_own_answers_or_the_pools_worst() -> None:
     lease = pool.acquire(exclude=[U[1]])
     pool.remove(U[0])
     assert pool.attempt_deadline(U[0]) == pytest.approx(3.0 * own)
+    pool.release(lease)
+
+
+def test_panic_calm_and_readmission_events_are_exact() -> None:
+    """Entering and leaving panic mode are pool-wide events (url ``*``) saying how many
+    backends were healthy; a re-admission at the end of its time says so. If this
+    fails, listeners cannot tell what happened or when."""
+    clock = eb.ManualClock(0.0)
+    pool = _ejecting_pool(clock, n=3, health_check=eb.HealthCheck(rise=1, fall=1))
+    events = _events(pool)
+    pool.report_check(U[1], False)
+    pool.release(pool.acquire(exclude=U[1:]), eb.Outcome.FAILURE)
+    pool.stats()
+    clock.advance(1.0)
+    pool.stats()
+    assert events[2:] == [
+        ("panic", "*", 0.0, "1 of 3 backends healthy"),
+        ("readmitted", U[0], 1.0, "ejection time over"),
+        ("calm", "*", 1.0, "2 of 3 backends healthy"),
+    ]
+
+
+class _Recording(eb.LeastConnections):
+    """Least connections that notes the hints it is shown and told."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shown: list[eb.ServerHints | None] = []
+        self.told: list[eb.ServerHints | None] = []
+
+    def score(self, backend: eb.BackendView, now: float) -> float:
+        self.shown.append(backend.hints)
+        return super().score(backend, now)
+
+    def observe(
+        self,
+        state: BackendState,
+        latency: float,
+        now: float,
+        load_at_start: float = 1.0,
+        cost: float = 1.0,
+        hints: eb.ServerHints | None = None,
+    ) -> None:
+        self.told.append(hints)
+        super().observe(state, latency, now, load_at_start, cost, hints)
+
+
+def test_load_hints_reach_the_balancer_and_the_stats() -> None:
+    """A response's hints are kept for the balancer's next look and handed to it with
+    the answer; a queue depth sent alone is handed on as a hint, and one sent beside
+    hints wins over the hints' own. If this fails, balancers that trust server load
+    reports never see them, or stats show a stale queue depth."""
+    balancer = _Recording()
+    pool = eb.BackendPool(U[:2], balancer=balancer, clock=eb.ManualClock())
+    hints = eb.ServerHints(queue_depth=7.0, in_flight=9.0)
+    pool.release(pool.acquire(exclude=[U[1]]), latency=0.1, hints=hints)
+    assert balancer.told[-1] == hints
+    assert pool.stats().by_url()[U[0]].queue_depth == 7.0
+    pool.acquire()
+    assert hints in balancer.shown
+    pool.release(pool.acquire(exclude=[U[1]]), latency=0.1, queue_depth=2.0, hints=hints)
+    assert pool.stats().by_url()[U[0]].queue_depth == 2.0
+    pool.release(pool.acquire(exclude=[U[1]]), latency=0.1, queue_depth=3.0)
+    assert balancer.told[-1] == eb.ServerHints(queue_depth=3.0)
+    assert pool.stats().by_url()[U[0]].queue_depth == 3.0
+
+
+def test_a_model_nobody_serves_is_refused_without_naming_draining_backends() -> None:
+    """A request for a model no member serves is refused naming the model and those
+    served, and no reasons about other models' backends (a draining one included).
+    If this fails, the error blames replicas that could never have served it."""
+    pool = eb.BackendPool(
+        [eb.Backend(U[0], model="a"), eb.Backend(U[1], model="b")], clock=eb.ManualClock()
+    )
+    lease = pool.acquire(model="b")
+    pool.remove(U[1])
+    with pytest.raises(eb.NoBackendAvailable) as caught:
+        pool.acquire(model="c")
+    assert caught.value.reasons == ()
+    assert caught.value.model == "c"
+    assert caught.value.served == ("a",)
     pool.release(lease)
