@@ -105,7 +105,8 @@ def test_the_balancer_is_claimed_by_one_pool_and_checked() -> None:
 def test_the_default_balancer_sees_the_age_of_a_stuck_request() -> None:
     """With the default balancer the pool tracks each backend's oldest request in
     flight, and forgets released ones even when they were not the oldest. If this
-    fails, a backend that went silent keeps getting traffic."""
+    fails, a backend that went silent keeps getting traffic (or the queue of
+    requests in flight keeps every released one until the balancer looks)."""
     clock = eb.ManualClock(0.0)
     pool = eb.BackendPool(U[:2], clock=clock, rng=random.Random(1))
     first = pool.acquire(exclude=[U[1]])
@@ -118,6 +119,12 @@ def test_the_default_balancer_sees_the_age_of_a_stuck_request() -> None:
     assert state.oldest_age(clock()) == 1.0
     pool.release(second)
     assert state.oldest_age(clock()) == 0.0
+    # Released leases leave the age queue at release, not only when it is next read.
+    leases = [pool.acquire(exclude=[U[1]]) for _ in range(3)]
+    pool.release(leases[0])
+    pool.release(leases[1])
+    assert list(state.in_flight) == [leases[2]]
+    pool.release(leases[2])
     held = pool.acquire(exclude=[U[1]])
     clock.advance(5.0)
     for _ in range(10):
@@ -658,7 +665,7 @@ def test_unavailability_names_each_backend_and_only_those_of_the_model() -> None
     pool.release(pool.acquire(model="a", exclude=[U[1]]), eb.Outcome.FAILURE)
     pool.release(pool.acquire(model="a", bulk=True), eb.Outcome.OVERLOADED, retry_after=2.0)
     with pytest.raises(eb.NoBackendAvailable) as caught:
-        pool.acquire(model="a", bulk=True)
+        pool.acquire(model="a", bulk=True, exclude=[U[2]])
     assert caught.value.reasons == (
         eb.Unavailability(U[0], "ejected", 1.0),
         eb.Unavailability(U[1], "overloaded (bulk)", 2.0),
