@@ -403,7 +403,7 @@ class BackendPool:
         for event in events:
             level = (
                 logging.INFO
-                if event.kind in ("added", "updated", "readmitted", "healthy")
+                if event.kind in ("added", "updated", "readmitted", "healthy", "calm")
                 else logging.WARNING
             )
             if event.kind in ("overloaded", "released"):
