@@ -96,8 +96,8 @@ class LoadResult:
         return attrs.asdict(self)
 
 
-def make_balancer(name: str) -> Any:
-    """The embedbalance balancer called ``name`` with its defaults."""
+def make_balancer(name: str, params: dict[str, Any] | None = None) -> Any:
+    """The embedbalance balancer called ``name``, with ``params`` over its defaults."""
     import embedbalance as eb
 
     factories = {
@@ -109,7 +109,7 @@ def make_balancer(name: str) -> Any:
         "LeastOutstandingTokens": eb.LeastOutstandingTokens,
         "GpuPriority": eb.GpuPriority,
     }
-    return factories[name]()
+    return factories[name](**(params or {}))
 
 
 def _policies(target: dict[str, Any]) -> dict[str, Any]:
@@ -139,7 +139,7 @@ def make_client(spec: LoadSpec) -> httpx.AsyncClient:
     interval = target.get("health_interval")
     transport = eb.AsyncBalancingTransport(
         backends,
-        balancer=make_balancer(target["balancer"]),
+        balancer=make_balancer(target["balancer"], target.get("balancer_params")),
         health_check=eb.HealthCheck(interval=interval) if interval else None,
         retry=eb.Retry(attempts=int(target.get("attempts", 3))),
         **_policies(target),

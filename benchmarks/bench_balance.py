@@ -96,6 +96,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         }
     },
     "ShortestExpectedDelay (+ auto deadline)": {"attempt_timeout": "auto"},
+    "ShortestExpectedDelay (retest 0.1 s)": {"balancer_params": {"retest": 0.1}},
 }
 ALL_CONFIGS = (*PROXY_CONFIGS, *BALANCERS, *VARIANTS)
 #: The library's default balancer: the one the goals are about.
