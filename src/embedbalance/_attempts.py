@@ -106,6 +106,8 @@ class AttemptPolicy:
     requests: int = attrs.field(init=False, default=0)
     retries: int = attrs.field(init=False, default=0)
     hedges: int = attrs.field(init=False, default=0)
+    #: Hedges not sent because no other backend had a free slot.
+    hedges_declined: int = attrs.field(init=False, default=0)
     _lock: threading.Lock = attrs.field(init=False, factory=threading.Lock)
 
     def __attrs_post_init__(self) -> None:
@@ -188,13 +190,25 @@ class AttemptPolicy:
         self.on_budget_exhausted()
         return False
 
-    def _allow_hedge(self) -> bool:
-        if self.hedge_budget.try_withdraw():
-            with self._lock:
+    def _hedge_lease(
+        self, cost: float, exclude: set[str], model: str | None, bulk: bool
+    ) -> Lease | None:
+        """A lease for a hedge copy: within the hedge budget, and only onto a free slot
+        (a copy queued behind others adds load to a busy pool and raises everyone's
+        median for one request's tail); the budget is refunded when there is none."""
+        if not self.hedge_budget.try_withdraw():
+            return None
+        lease = self.pool.acquire_spare(cost, exclude, model=model, bulk=bulk)
+        with self._lock:
+            if lease is None:
+                self.hedges_declined += 1
+            else:
                 self.hedges += 1
-            self.on_hedge()
-            return True
-        return False
+        if lease is None:
+            self.hedge_budget.refund()
+            return None
+        self.on_hedge()
+        return lease
 
 
 @attrs.define(eq=False)
@@ -215,6 +229,8 @@ class Flow:
     _final: AttemptResult | None = None
     _why: str = "all attempts failed"
     _stopped: bool = False
+    _hedges: int = 0
+    _hedge_waits: bool = False
 
     def _remaining(self) -> float | None:
         if self.deadline == math.inf:
@@ -292,20 +308,31 @@ class Flow:
         return Step(lease, n + 1, timeout, hedge_after)
 
     def hedge_lease(self) -> Lease | None:
-        """A second backend for the step in flight, or None (no budget, none left)."""
-        if not self.resendable or self._final is not None or not self.policy._allow_hedge():
+        """A second backend for the step in flight, or None (no budget, no free slot
+        anywhere else)."""
+        self._hedge_waits = False
+        if not self.resendable or self._final is not None:
             return None
-        try:
-            lease = self.policy.pool.acquire(
-                self.cost, self.exclude, model=self.model, bulk=self.bulk
-            )
-        except NoBackendAvailable:
+        declined = self.policy.hedges_declined
+        lease = self.policy._hedge_lease(self.cost, self.exclude, self.model, self.bulk)
+        if lease is None:
+            # No free slot elsewhere (not the budget): look again a little later.
+            self._hedge_waits = self.policy.hedges_declined > declined
             return None
+        self._hedges += 1
         lease.attempt = len(self.exclude)
         lease.hedge = True
         self.exclude.add(lease.backend.url)
         log.debug("hedging on %s", lease.backend.url)
         return lease
+
+    def next_hedge_check(self, now: float, step: Step) -> float:
+        """When to try a hedge again after :meth:`hedge_lease` (``math.inf``: never):
+        a copy that found no free slot looks again after a quarter of the hedge delay,
+        so a request stuck on a hung backend is still rescued once a slot frees up."""
+        if not self._hedge_waits or self._hedges or step.hedge_after is None:
+            return math.inf
+        return now + max(step.hedge_after / 4.0, 0.001)
 
     @property
     def settled(self) -> bool:

@@ -537,6 +537,32 @@ class BackendPool:
             reasons.append(Unavailability(url, "draining"))
         return reasons
 
+    def acquire_spare(
+        self,
+        cost: float = 1.0,
+        exclude: Collection[str] = (),
+        *,
+        model: str | None = None,
+        bulk: bool = False,
+    ) -> Lease | None:
+        """Like :meth:`acquire`, but only onto a free slot: None (and nothing leased)
+        when the backend the balancer picks has no room for ``cost`` — by its learned
+        concurrency where the balancer learns one (the default does), else when it
+        already has a request in flight. For hedges: a copy placed in a queue adds load
+        to a busy pool, so at high utilisation hedging raised everyone's median for a
+        shorter tail; into spare capacity it costs nobody anything.
+        """
+        try:
+            return self._acquire(cost, exclude, model, bulk, spare=True)
+        except NoBackendAvailable:
+            return None
+
+    def _has_room(self, s: BackendState, cost: float) -> bool:
+        knee = self.balancer.concurrency(s)
+        if knee is None:
+            return s.pending == 0
+        return s.outstanding_cost + cost <= knee
+
     def acquire(
         self,
         cost: float = 1.0,
@@ -556,9 +582,22 @@ class BackendPool:
         ``ValueError`` for a cost that is not a finite number >= 0 (a NaN would
         poison every estimate it touched).
         """
+        lease = self._acquire(cost, exclude, model, bulk)
+        assert lease is not None
+        return lease
+
+    def _acquire(
+        self,
+        cost: float,
+        exclude: Collection[str],
+        model: str | None,
+        bulk: bool,
+        spare: bool = False,
+    ) -> Lease | None:
         if not 0.0 <= cost < math.inf:
             raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
         events: list[PoolEvent] | None = None
+        lease: Lease | None = None
         with self._lock:
             now = self._now()
             if self._dirty or now >= self._next_expiry:
@@ -585,30 +624,31 @@ class BackendPool:
                 state = self._choose(
                     candidates, cost=cost, now=now, rng=self.rng, population=population
                 )
-                state.pending += 1
-                state.outstanding_cost += cost
-                state.requests += 1
-                lease = Lease(
-                    state.backend,
-                    cost,
-                    now,
-                    state=state,
-                    load_at_start=state.outstanding_cost,
-                    model=model,
-                    bulk=bulk,
-                )
-                if model is not None:
-                    counters = self._models.get(model)
-                    if counters is None:
-                        counters = self._models[model] = _ModelCounters()
-                    counters.requests += 1
-                if self._track_age:
-                    state.in_flight.append(lease)
+                if not spare or self._has_room(state, cost):
+                    state.pending += 1
+                    state.outstanding_cost += cost
+                    state.requests += 1
+                    lease = Lease(
+                        state.backend,
+                        cost,
+                        now,
+                        state=state,
+                        load_at_start=state.outstanding_cost,
+                        model=model,
+                        bulk=bulk,
+                    )
+                    if model is not None:
+                        counters = self._models.get(model)
+                        if counters is None:
+                            counters = self._models[model] = _ModelCounters()
+                        counters.requests += 1
+                    if self._track_age:
+                        state.in_flight.append(lease)
         if events:
             self._emit(events)
         if not candidates:
             raise error
-        return lease
+        return lease  # None only for ``spare``: the pick had no free slot
 
     def release(
         self,

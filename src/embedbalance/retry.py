@@ -162,6 +162,14 @@ class RetryBudget:
             bucket[2] += 1
             return True
 
+    def refund(self) -> None:
+        """Give back the latest withdrawal (a hedge that found no free slot to go to)."""
+        with self._lock:
+            for bucket in reversed(self._buckets):
+                if bucket[2] > 0:
+                    bucket[2] -= 1
+                    return
+
 
 @attrs.define
 class LatencyWindow:

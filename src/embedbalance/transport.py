@@ -144,6 +144,8 @@ class TransportStats:
     hedges: int
     budget_exhausted: int
     hedge_budget_exhausted: int
+    #: Hedges not sent because no other backend had a free slot.
+    hedges_declined: int = 0
 
 
 def request_model(request: httpx.Request) -> str | None:
@@ -519,6 +521,7 @@ class _Core:
             hedges=policy.hedges,
             budget_exhausted=policy.budget.exhausted,
             hedge_budget_exhausted=policy.hedge_budget.exhausted,
+            hedges_declined=policy.hedges_declined,
         )
 
 
@@ -765,10 +768,10 @@ class BalancingTransport(httpx.BaseTransport):
                     live.clear()
                     return
                 if now >= hedge_at:
-                    hedge_at = math.inf
                     second = flow.hedge_lease()
                     if second is not None:
                         launch(second)
+                    hedge_at = flow.next_hedge_check(now, step)
         finally:
             for future, (lease, routed) in live.items():
                 if flow.settled:
@@ -1104,10 +1107,10 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                     live.clear()
                     break
                 if now >= hedge_at:
-                    hedge_at = math.inf
                     second = flow.hedge_lease()
                     if second is not None:
                         launch(second)
+                    hedge_at = flow.next_hedge_check(now, step)
         finally:
             racing[0] = False
             settled = flow.settled

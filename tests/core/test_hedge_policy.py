@@ -3,8 +3,10 @@ manual clock, no sockets."""
 
 from __future__ import annotations
 
+import math
 import random
 
+import attrs
 import pytest
 
 import embedbalance as eb
@@ -99,3 +101,72 @@ def test_hedge_multiple_is_validated() -> None:
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="multiple"):
             eb.Hedge(multiple=bad)
+
+
+def test_acquire_spare_leases_only_a_free_slot_by_the_learned_concurrency() -> None:
+    """The default balancer learns each backend's concurrency; a spare lease goes only where the pick has room for the cost, and a refusal leases nothing (else a hedge would queue behind others and add load to a busy pool)."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.1, 40)
+    _answer(pool, SLOW, 0.1, 40)
+    knee = pool.stats().by_url()[FAST].concurrency
+    assert knee is not None
+    assert knee >= 1
+    held = []
+    while (lease := pool.acquire_spare(exclude={SLOW})) is not None:
+        held.append(lease)
+        assert len(held) <= knee + 1
+    assert len(held) == int(knee)
+    in_flight = pool.stats().in_flight
+    assert pool.acquire_spare(exclude={SLOW}) is None
+    assert pool.stats().in_flight == in_flight  # the refusal leased nothing
+    assert pool.acquire(exclude={SLOW}).backend.url == FAST  # a plain acquire still queues
+
+
+def test_acquire_spare_without_a_learned_concurrency_wants_an_idle_backend() -> None:
+    """Balancers that learn no concurrency (least connections) count a backend with a request in flight as full."""
+    pool, _ = _pool(eb.LeastConnections())
+    first = pool.acquire_spare(exclude={SLOW})
+    assert first is not None
+    assert pool.acquire_spare(exclude={SLOW}) is None
+    pool.release(first, eb.Outcome.SUCCESS)
+    assert pool.acquire_spare(exclude={SLOW}) is not None
+
+
+def test_a_hedge_with_no_free_slot_is_declined_and_its_budget_refunded() -> None:
+    """When no other backend has room, no hedge is sent, the refusal is counted, and the budget token goes back (else a busy pool would spend its hedge budget on copies never sent)."""
+    pool, _ = _pool(eb.LeastConnections())
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(budget_ratio=0.0), None, None)
+    busy = pool.acquire(exclude={FAST})  # SLOW holds a request: not a free slot
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.url == FAST
+    tokens = policy.hedge_budget.policy.min_per_second * policy.hedge_budget.policy.window
+    for _ in range(int(tokens) + 5):
+        assert flow.hedge_lease() is None
+    assert policy.hedges == 0
+    assert policy.hedges_declined == int(tokens) + 5
+    assert policy.hedge_budget.exhausted == 0  # every token was given back
+    # declined for want of a slot: look again after a quarter of the hedge delay
+    step = attrs.evolve(step, hedge_after=0.4)
+    assert flow.next_hedge_check(10.0, step) == pytest.approx(10.1)
+    pool.release(busy, eb.Outcome.SUCCESS)
+    hedge = flow.hedge_lease()
+    assert hedge is not None
+    assert hedge.backend.url == SLOW
+    assert hedge.hedge
+    assert policy.hedges == 1
+    assert flow.next_hedge_check(10.0, step) == math.inf  # one hedge per request
+
+
+def test_a_hedge_refused_by_its_budget_is_not_tried_again() -> None:
+    """An empty hedge budget is not a want of slots: the request does not poll for a hedge it may not send."""
+    pool, _ = _pool(eb.LeastConnections())
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(budget_ratio=0.0), None, None)
+    policy.hedge_budget.policy = attrs.evolve(policy.hedge_budget.policy, min_per_second=0.0)
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert flow.hedge_lease() is None
+    assert policy.hedges_declined == 0
+    assert flow.next_hedge_check(10.0, attrs.evolve(step, hedge_after=0.4)) == math.inf
