@@ -102,9 +102,18 @@ ALL_CONFIGS = (*PROXY_CONFIGS, *BALANCERS, *VARIANTS)
 #: The library's default balancer: the one the goals are about.
 DEFAULT = "ShortestExpectedDelay"
 #: The configurations of every scenario: the issue's comparison set.
-MAIN_CONFIGS = ("HAProxy leastconn", "nginx least_conn", "LeastConnections", "PeakEwma", DEFAULT)
+#: (The default without hedging too: what the hedge, on by default, is worth.)
+NO_HEDGE = "ShortestExpectedDelay (no hedge)"
+MAIN_CONFIGS = (
+    "HAProxy leastconn",
+    "nginx least_conn",
+    "LeastConnections",
+    "PeakEwma",
+    DEFAULT,
+    NO_HEDGE,
+)
 #: Degrade-and-recover is compared with the proxy and the plain least-connections.
-DEGRADE_CONFIGS = ("HAProxy leastconn", "LeastConnections", "PeakEwma", DEFAULT)
+DEGRADE_CONFIGS = ("HAProxy leastconn", "LeastConnections", "PeakEwma", DEFAULT, NO_HEDGE)
 PERCENTILES = (50, 90, 99, 99.9)
 
 
