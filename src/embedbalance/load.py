@@ -285,6 +285,10 @@ class DelayEstimate:
     #: Mean absolute relative deviation of service samples: the backend's own noise,
     #: so a slow-by-chance answer is not read as a queue.
     spread: float = 0.0
+    #: When the request started whose answer last showed a recovery (under half the
+    #: estimate): slower answers to requests started before it describe the backend
+    #: as it was, and are not learned from.
+    recovered_from: float = -math.inf
 
 
 #: The least a sample must exceed the service estimate by (relative) to count as
@@ -324,7 +328,10 @@ class ExpectedDelay:
     - **Recovery asymmetry** (peak-EWMA's, mirrored): an answer under half the estimate
       moves it by the share it improves on it (one good answer after a slow spell counts
       almost in full), one over twice the estimate by half that; ordinary noise moves it
-      by ``better`` (down) or ``worse`` (up).
+      by ``better`` (down) or ``worse`` (up). After such a recovery, slower answers to
+      requests placed *before* the one that showed it are older news and are not
+      learned from: a backend back from a slow spell still returns the slow requests it
+      took during it, and they would undo the recovery.
     - **Stale knowledge is re-tested, not only decayed**: an estimate worse than the
       pool's typical one relaxes toward it with time constant ``retest`` while the
       backend gets no answers, so it is probed again — sooner the longer it has gone
@@ -516,6 +523,13 @@ class ExpectedDelay:
             est.samples = 1
             return
         service, slots = est.service, est.slots
+        ratio = sample / service if service > 0.0 else 1.0
+        started = now - y
+        if ratio > 1.0 and started < est.recovered_from:
+            # Older news: this request was placed before one whose answer showed the
+            # backend had recovered (after a slow spell, its slow answers keep arriving
+            # for a while and would undo the recovery).
+            return
         age = now - est.stamp
         stale = 1.0 - math.exp(-age / self.retest) if age > 0.0 else 0.0
         margin = NOISE_SPREADS * est.spread
@@ -547,7 +561,12 @@ class ExpectedDelay:
         # noise moves it by ``better`` or ``worse``.
         ratio = sample / service if service > 0.0 else 1.0
         if ratio < 1.0:
-            w = 1.0 - ratio if ratio < 0.5 else self.better
+            if ratio < 0.5:
+                w = 1.0 - ratio
+                if started > est.recovered_from:
+                    est.recovered_from = started
+            else:
+                w = self.better
         else:
             w = 0.5 * (1.0 - 1.0 / ratio) if ratio > 2.0 else self.worse
         if not clear:

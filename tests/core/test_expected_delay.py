@@ -379,3 +379,29 @@ def test_slow_start_ramps_and_never_starves_in_an_idle_pool(clock: eb.ManualCloc
                 second += 1
     assert first > 0
     assert second / 300 > 0.15  # about its 1/4 once ramped
+
+
+def test_slow_answers_placed_before_a_recovery_do_not_undo_it() -> None:
+    """After a slow spell, a backend's first fast answer resets its estimate; slow answers to requests placed *before* that one (still arriving from the spell) are older news and are not learned from, while a slow answer to a request placed after it is (else a recovered backend is shunned again by its own backlog for seconds)."""
+    m = ExpectedDelay()
+    s = make_state()
+    teach(m, s, service=1.2, slots=4.0, now=100.0)  # learned during an 8x slow spell
+    m.observe(s, 0.15, now=101.15)  # placed at 101.0, answered fast: recovered
+    recovered = learned(s).service
+    assert recovered < 0.3
+    m.observe(s, 1.2, now=101.3)  # placed at 100.1, during the spell
+    m.observe(s, 1.1, now=101.4)  # placed at 100.3
+    assert learned(s).service == pytest.approx(recovered)
+    m.observe(s, 1.0, now=102.2)  # placed at 101.2, after the recovery: real news
+    assert learned(s).service > recovered
+
+
+def test_ordinary_reordering_is_still_learned_from() -> None:
+    """Without a recovery (no answer under half the estimate), answers that started earlier and finished later — every queue reorders — are learned from as before."""
+    m = ExpectedDelay()
+    s = make_state()
+    teach(m, s, service=0.1, slots=4.0, now=10.0)
+    m.observe(s, 0.08, now=10.5)  # placed at 10.42: better, but not under half
+    before = learned(s).service
+    m.observe(s, 0.3, now=10.52)  # placed at 10.22, before the better one
+    assert learned(s).service > before
