@@ -315,7 +315,12 @@ class Flow:
                 self.policy.retry.attempts,
                 self.attempts[-1],
             )
-        hedge_after = self.policy.hedge_delay(lease) if n == 0 and self.resendable else None
+        # A lone backend has no one to take a copy: no race, the direct path.
+        hedge_after = (
+            self.policy.hedge_delay(lease)
+            if n == 0 and self.resendable and lease.choices > 1
+            else None
+        )
         if hedge_after is not None and timeout is not None and hedge_after >= timeout:
             hedge_after = None
         return Step(lease, n + 1, timeout, hedge_after)

@@ -101,6 +101,8 @@ class Lease:
     #: Whether the request is bulk priority: its overload answers (429, a timeout
     #: behind interactive work) keep only bulk requests away from the backend.
     bulk: bool = False
+    #: How many backends it was picked among (1: no other could take a copy now).
+    choices: int = 1
 
 
 @attrs.frozen
@@ -636,6 +638,7 @@ class BackendPool:
                         load_at_start=state.outstanding_cost,
                         model=model,
                         bulk=bulk,
+                        choices=len(candidates),
                     )
                     if model is not None:
                         counters = self._models.get(model)

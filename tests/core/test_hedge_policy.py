@@ -188,3 +188,20 @@ def test_a_hedge_refused_by_its_budget_is_not_tried_again() -> None:
     assert flow.hedge_lease() is None
     assert policy.hedges_declined == 0
     assert flow.next_hedge_check(10.0, attrs.evolve(step, hedge_after=0.4)) == math.inf
+
+
+def test_a_lone_backend_is_never_raced() -> None:
+    """With one usable backend there is nowhere to send a copy: the step has no hedge delay, so the transport takes its direct path (no thread or task per request)."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool([FAST], clock=clock, outlier_detection=None)
+    for _ in range(40):
+        pool.release(pool.acquire(), eb.Outcome.SUCCESS, latency=0.1)
+    policy = _policy(pool, eb.Hedge(), [0.1] * 40)
+    step = policy.begin(1.0, resendable=True).next_step()
+    assert step is not None
+    assert step.lease.choices == 1
+    assert step.hedge_after is None
+    pool.add(SLOW)
+    step = policy.begin(1.0, resendable=True).next_step()
+    assert step is not None
+    assert step.hedge_after is not None
