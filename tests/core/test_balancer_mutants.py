@@ -297,8 +297,8 @@ def test_sed_argument_bounds_are_checked_with_a_message() -> None:
 
 
 def test_sed_subclass_score_is_used() -> None:
-    """A subclass that overrides ``score`` gets the lowest of its own scores. If this
-    fails, the documented way to customise the default balancer is ignored."""
+    """A subclass that overrides ``score`` gets the lowest of its own scores, ties
+    broken with the pick's rng. If this fails, the documented way to customise the default balancer is ignored."""
 
     class Last(eb.ShortestExpectedDelay):
         def score(self, backend: eb.BackendView, now: float) -> float:
@@ -307,6 +307,16 @@ def test_sed_subclass_score_is_used() -> None:
 
     cands = [make_state(i) for i in range(4)]
     assert Last().pick(cands, cost=1.0, now=NOW, rng=random.Random(1), population=cands) is cands[3]
+
+    class Flat(eb.ShortestExpectedDelay):
+        def score(self, backend: eb.BackendView, now: float) -> float:
+            return 1.0
+
+    rng = random.Random(2)
+    picks = {
+        id(Flat().pick(cands, cost=1.0, now=NOW, rng=rng, population=cands)) for _ in range(40)
+    }
+    assert len(picks) == 4  # ties broken with the pick's rng
 
 
 def test_sed_scans_exactly_up_to_scan_limit() -> None:
@@ -499,10 +509,20 @@ def test_gpu_priority_pick_hands_the_tier_its_part() -> None:
 
     g, _ = _tiered()
     g.use_locality(Locality("z"))
+    down = make_state(3)  # a tier-0 member that is not a candidate
+    pop = [*pop, down]
     g.choose(cands, cost=3.0, now=NOW, rng=rng, population=pop)
     t0 = g.tier_balancer(0)
     assert isinstance(t0, Recorder)
-    assert t0.picks == [(cands, 3.0, rng, pop[:2])]
+    assert t0.picks == [(cands, 3.0, rng, [*cands, down])]
+    # A candidate whose tier has no member in the population: its tier's candidates.
+    g, _ = _tiered()
+    g.use_locality(Locality("z"))
+    lone = [make_state(4, tier=1)]
+    g.choose(lone, cost=1.0, now=NOW, rng=rng, population=cands)
+    t1 = g.tier_balancer(1)
+    assert isinstance(t1, Recorder)
+    assert t1.picks == [(lone, 1.0, rng, lone)]
 
 
 def test_gpu_priority_pins_only_costs_above_the_threshold() -> None:
@@ -538,6 +558,15 @@ def test_shares_count_a_candidate_outside_the_population() -> None:
     assert g.shares([gpu, cpu], [gpu], NOW) == ([0, 1], [0.0, 1.0])
     cpu.pending = 1  # both full
     assert g.shares([gpu, cpu], [gpu], NOW) == ([0, 1], [0.0, 0.0])
+    # A quarter of the GPUs free, and a half-ramped CPU outside the population: the
+    # CPU tier's availability is 0.5, the shares 0.25 : 0.5, normalised.
+    g = eb.GpuPriority(saturation=1.0, overprovisioning=1.0)
+    gpus = [make_state(i, tier=0, pending=1) for i in range(4)]
+    gpus[0].pending = 0
+    half = ramping(9, elapsed=5.0, tier=1)
+    tiers, shares = g.shares([*gpus, half], gpus, NOW)
+    assert tiers == [0, 1]
+    assert shares == pytest.approx([1 / 3, 2 / 3])
 
 
 class CountingShares(eb.GpuPriority):
@@ -583,6 +612,14 @@ def test_gpu_priority_spreads_by_share_and_skips_empty_tiers() -> None:
     assert 900 < tiers.count(2) < 1100
     # A draw of exactly a tier's share belongs to the next tier.
     assert g.pick(cands, cost=1.0, now=NOW, rng=Fixed(0.5), population=cands).tier == 2
+    # Three tiers with shares 0.25, 0.5 and 0.25.
+    quarter = [make_state(10 + i, tier=0, pending=1) for i in range(4)]
+    quarter[0].pending = 0
+    cands = [*quarter, *half, spare]
+    tiers = [g.pick(cands, cost=1.0, now=NOW, rng=rng, population=cands).tier for _ in range(2000)]
+    assert 400 < tiers.count(0) < 600
+    assert 900 < tiers.count(1) < 1100
+    assert 400 < tiers.count(2) < 600
 
 
 class RecordingMetric:
