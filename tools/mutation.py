@@ -74,6 +74,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/core/test_locality.py",
             "tests/core/test_metric_axis.py",
             "tests/core/test_server_hints.py",
+            # per-backend percentiles and spare-slot leases for hedging
+            "tests/core/test_hedge_policy.py",
         ],
     ),
     "_batching": (
