@@ -204,4 +204,5 @@ def test_a_lone_backend_is_never_raced() -> None:
     pool.add(SLOW)
     step = policy.begin(1.0, resendable=True).next_step()
     assert step is not None
+    assert step.lease.choices == 2
     assert step.hedge_after is not None

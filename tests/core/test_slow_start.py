@@ -211,3 +211,71 @@ def test_good_answers_end_the_ramp_early_under_every_balancer(name: str) -> None
             break
     assert added is not None
     assert clock() - added <= WINDOW / 3, clock() - added
+
+
+def _ramp_pool(clock: eb.ManualClock, warm_answers: int) -> eb.BackendPool:
+    return eb.BackendPool(
+        ["http://a.test"],
+        clock=clock,
+        rng=random.Random(1),
+        slow_start=eb.SlowStart(window=10.0, warm_answers=warm_answers),
+        outlier_detection=None,
+    )
+
+
+def _answer(pool: eb.BackendPool, url: str, latency: float) -> None:
+    others = {b.url for b in pool.backends if b.url != url}
+    pool.release(pool.acquire(exclude=others), eb.Outcome.SUCCESS, latency=latency)
+
+
+def test_from_its_twentieth_answer_a_backend_is_judged_by_its_own_p99() -> None:
+    """With 20 answers of its own, a ramping backend's yardstick is its own p99, not the pool's largest: an answer fast for the pool but slow for it earns no credit (else a slow-warming replica rides the pool's slowest member)."""
+    clock = eb.ManualClock(0.0)
+    pool = _ramp_pool(clock, warm_answers=1000)
+    _answer(pool, "http://a.test", 1.0)  # the pool's largest p99: about 2 s
+    pool.add(NEW)
+    for _ in range(20):
+        _answer(pool, NEW, 0.1)
+    own = pool.stats().by_url()[NEW].latency_high
+    assert own is not None
+    assert own < 0.5
+    before = _factor(pool)
+    _answer(pool, NEW, 0.5)  # under the pool's 2 s, over its own ~0.2 s
+    assert _factor(pool) == before
+
+
+def test_an_answer_exactly_at_the_usual_p99_earns_credit() -> None:
+    """ "No slower than usual" includes equal: an answer at exactly the backend's p99 moves the ramp on."""
+    clock = eb.ManualClock(0.0)
+    pool = _ramp_pool(clock, warm_answers=10)
+    pool.add(NEW)
+    for _ in range(20):
+        _answer(pool, NEW, 0.1)
+    pool.report_check(NEW, False)  # make it ramp again from now with its history kept
+    fall, rise = pool.health_check.fall, pool.health_check.rise
+    for ok in [False] * (fall - 1) + [True] * rise:
+        pool.report_check(NEW, ok)
+    usual = pool.stats().by_url()[NEW].latency_high
+    assert usual is not None
+    clock.advance(2.0)
+    assert _factor(pool) == pytest.approx(0.2)
+    _answer(pool, NEW, usual)
+    assert _factor(pool) == pytest.approx(0.3)
+
+
+def test_the_pools_yardstick_is_rescanned_once_a_second() -> None:
+    """A newcomer is judged by the pool's largest p99, rescanned when a second has passed since the last scan (exactly one second included): a pool that slowed meanwhile counts."""
+    clock = eb.ManualClock(0.0)
+    pool = _ramp_pool(clock, warm_answers=10)
+    _answer(pool, "http://a.test", 0.1)  # the pool's p99: 0.2 s
+    pool.add(NEW)
+    clock.advance(2.0)
+    _answer(pool, NEW, 0.15)  # scanned now: 0.15 <= 0.2, credit (2 s + 1 s)
+    assert _factor(pool) == pytest.approx(0.3)
+    _answer(pool, "http://a.test", 3.0)  # young estimate catches up: p99 3 s
+    clock.advance(0.5)
+    _answer(pool, NEW, 0.5)  # within the second: still the old 0.2 s, no credit
+    assert _factor(pool) == pytest.approx(0.35)
+    clock.advance(0.5)  # exactly one second after the scan
+    _answer(pool, NEW, 0.5)  # rescanned: 0.5 <= 3 s, credit
+    assert _factor(pool) == pytest.approx(0.5)
