@@ -640,3 +640,58 @@ def test_cost_divides_latency_into_seconds_per_unit() -> None:
     zero = taught(0.1, 8.0)
     m.observe(zero, 0.08, NOW, load_at_start=0.0, cost=0.0)
     assert record(zero).service == pytest.approx(0.1 - 0.02 * 0.2)
+
+
+def test_a_learned_zero_or_a_preset_estimate_is_not_reseeded() -> None:
+    """If this fails, peak EWMA reseeds at default_rtt a backend whose estimate decayed to 0 after samples, or overwrites an estimate set without samples."""
+    m = PeakEwmaLatency(default_rtt=0.5)
+    for read in (m.decayed, m.load):
+        zero = make_state()
+        zero.metric_state = RttEstimate(rtt=0.0, stamp=NOW, samples=3)
+        assert read(zero, NOW) == 0.0
+        preset = make_state()
+        preset.metric_state = RttEstimate(rtt=0.2, stamp=NOW, samples=0)
+        assert read(preset, NOW) == pytest.approx(0.2)
+    seen = make_state()
+    seen.metric_state = RttEstimate(rtt=0.0, stamp=NOW, samples=3)
+    m.observe(seen, 0.0, NOW)
+    assert seen.metric_state.rtt == 0.0
+    preset = make_state()
+    preset.metric_state = RttEstimate(rtt=0.2, stamp=NOW, samples=0)
+    m.observe(preset, 0.1, NOW)
+    assert preset.metric_state.rtt == pytest.approx(0.2)
+
+
+def test_each_metric_replaces_a_record_of_another_type() -> None:
+    """If this fails, a metric reads another metric's record as its own (after the pool's metric changes) instead of starting afresh."""
+    p = PeakEwmaLatency(default_rtt=0.5)
+    d = ExpectedDelay()
+    for read in (p.decayed, p.load):
+        s = make_state()
+        s.metric_state = DelayEstimate(service=3.0, samples=3)
+        assert read(s, NOW) == 0.5
+        assert isinstance(s.metric_state, RttEstimate)
+    s = make_state()
+    s.metric_state = DelayEstimate(service=3.0, samples=3)
+    assert p.estimate(s, NOW) is None
+    p.observe(s, 0.1, NOW)
+    assert isinstance(s.metric_state, RttEstimate)
+    t = make_state()
+    t.metric_state = RttEstimate(rtt=3.0, samples=3)
+    assert d.estimate(t, NOW) is None
+    assert d.concurrency(t) is None
+    assert d.delay(t, NOW) == 0.05
+    assert d.assess(t, NOW)[1] == 1.0
+    d.observe(t, 0.1, NOW)
+    assert isinstance(t.metric_state, DelayEstimate)
+    assert record(t).service == 0.1
+
+
+def test_a_timing_hint_at_the_margin_counts_as_no_queue_later() -> None:
+    """If this fails, a later answer whose hinted queueing is exactly the margin is read as queueing (pulling the knee down) instead of as having held everything without a queue."""
+    m = ExpectedDelay()
+    s = taught(0.1, 4.0)
+    m.observe(
+        s, 1.2, NOW, load_at_start=8.0, hints=ServerHints(inference_time=0.1, queue_time=0.02)
+    )
+    assert record(s).slots == 6.0
