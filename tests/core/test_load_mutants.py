@@ -75,16 +75,18 @@ def taught(
 @pytest.mark.parametrize("name", ["retest", "default_delay"])
 def test_expected_delay_rejects_bad_positive_numbers(name: str, value: float) -> None:
     """If this fails, ExpectedDelay accepts a time constant or default that breaks its arithmetic, or its error stops naming the field."""
-    with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
+    with pytest.raises(ValueError) as err:
         ExpectedDelay(**{name: value})  # type: ignore[arg-type]
+    assert str(err.value) == f"{name} must be a finite number > 0, got {value!r}"
 
 
 @pytest.mark.parametrize("value", [0.0, -0.1, 1.01])
 @pytest.mark.parametrize("name", ["better", "worse"])
 def test_expected_delay_rejects_weights_outside_0_1(name: str, value: float) -> None:
     """If this fails, a learning weight outside (0, 1] is accepted, or the error stops naming it."""
-    with pytest.raises(ValueError, match=f"{name} must be > 0 and <= 1"):
+    with pytest.raises(ValueError) as err:
         ExpectedDelay(**{name: value})  # type: ignore[arg-type]
+    assert str(err.value) == f"{name} must be > 0 and <= 1, got {value!r}"
 
 
 def test_expected_delay_accepts_weights_of_exactly_one() -> None:
@@ -97,8 +99,9 @@ def test_expected_delay_accepts_weights_of_exactly_one() -> None:
 @pytest.mark.parametrize("name", ["tau", "default_rtt"])
 def test_peak_ewma_rejects_bad_positive_numbers(name: str, value: float) -> None:
     """If this fails, PeakEwmaLatency accepts a time constant or default rtt that breaks its decay, or the error stops naming it."""
-    with pytest.raises(ValueError, match=f"{name} must be a finite number > 0"):
+    with pytest.raises(ValueError) as err:
         PeakEwmaLatency(**{name: value})  # type: ignore[arg-type]
+    assert str(err.value) == f"{name} must be a finite number > 0, got {value!r}"
 
 
 def test_documented_defaults() -> None:
