@@ -75,7 +75,7 @@ def taught(
 @pytest.mark.parametrize("name", ["retest", "default_delay"])
 def test_expected_delay_rejects_bad_positive_numbers(name: str, value: float) -> None:
     """If this fails, ExpectedDelay accepts a time constant or default that breaks its arithmetic, or its error stops naming the field."""
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=f"^{name} must") as err:
         ExpectedDelay(**{name: value})  # type: ignore[arg-type]
     assert str(err.value) == f"{name} must be a finite number > 0, got {value!r}"
 
@@ -84,7 +84,7 @@ def test_expected_delay_rejects_bad_positive_numbers(name: str, value: float) ->
 @pytest.mark.parametrize("name", ["better", "worse"])
 def test_expected_delay_rejects_weights_outside_0_1(name: str, value: float) -> None:
     """If this fails, a learning weight outside (0, 1] is accepted, or the error stops naming it."""
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=f"^{name} must") as err:
         ExpectedDelay(**{name: value})  # type: ignore[arg-type]
     assert str(err.value) == f"{name} must be > 0 and <= 1, got {value!r}"
 
@@ -99,7 +99,7 @@ def test_expected_delay_accepts_weights_of_exactly_one() -> None:
 @pytest.mark.parametrize("name", ["tau", "default_rtt"])
 def test_peak_ewma_rejects_bad_positive_numbers(name: str, value: float) -> None:
     """If this fails, PeakEwmaLatency accepts a time constant or default rtt that breaks its decay, or the error stops naming it."""
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match=f"^{name} must") as err:
         PeakEwmaLatency(**{name: value})  # type: ignore[arg-type]
     assert str(err.value) == f"{name} must be a finite number > 0, got {value!r}"
 
@@ -687,7 +687,7 @@ def test_each_metric_replaces_a_record_of_another_type() -> None:
     assert d.assess(t, NOW)[1] == 1.0
     d.observe(t, 0.1, NOW)
     assert isinstance(t.metric_state, DelayEstimate)
-    assert record(t).service == 0.1
+    assert (record(t).service, record(t).slots) == (0.1, 1.0)  # defaults: cost 1, alone
 
 
 def test_a_timing_hint_at_the_margin_counts_as_no_queue_later() -> None:
@@ -698,3 +698,73 @@ def test_a_timing_hint_at_the_margin_counts_as_no_queue_later() -> None:
         s, 1.2, NOW, load_at_start=8.0, hints=ServerHints(inference_time=0.1, queue_time=0.02)
     )
     assert record(s).slots == 6.0
+
+
+def test_model_and_assess_edges() -> None:
+    """If this fails, assess() stops using a record with one answer (or starts using one with none), stops scaling a ramping backend's room by its slow-start factor, rounds a fractional room down, or stops dividing room by the penalty."""
+    m = ExpectedDelay()
+    none = make_state()
+    none.metric_state = DelayEstimate(service=9.0, slots=8.0, samples=0)
+    assert m._model(none, NOW, 1.0, (0.2, 4.0)) == (0.2, 1.0)
+    one = make_state()
+    one.metric_state = DelayEstimate(service=0.3, slots=8.0, stamp=NOW, samples=1)
+    assert m._model(one, NOW, 1.0, None) == (0.3, 8.0)
+    r = ramping(5.0)
+    r.metric_state = DelayEstimate(service=0.1, slots=8.0, stamp=NOW, samples=5)
+    assert m.assess(r, NOW)[1] == pytest.approx(8.0 * r.effective_weight(NOW) / r.weight)
+    s = taught(0.1, 4.0)
+    s.outstanding_cost = 3.5
+    assert m.assess(s, NOW)[1] == 0.5
+    p = penalised(taught(0.1, 4.0), 3.0)
+    assert m.assess(p, NOW)[1] == 1.0
+    q = penalised(taught(0.1, 4.0), 1.0)
+    assert m.load(q, NOW) == m.delay(q, NOW)
+
+
+def test_observe_edges_of_cost_hints_and_recovery() -> None:
+    """If this fails, a fractional cost stops dividing latency, a hinted queue factor of 2 stops lowering the first knee, a slightly slow answer older than a recovery is learned from, or a half-second silence stops making the next answer count more."""
+    m = ExpectedDelay()
+    s = make_state()
+    m.observe(s, 0.4, NOW, load_at_start=1.0, cost=0.5)
+    assert record(s).service == pytest.approx(0.8)
+    h = make_state()
+    m.observe(h, 1.0, NOW, load_at_start=8.0, hints=ServerHints(inference_time=0.5, queue_time=0.5))
+    assert record(h).slots == 4.0
+    old = taught(0.1, 4.0)
+    record(old).recovered_from = NOW - 0.1
+    m.observe(old, 0.15, NOW, load_at_start=1.0)
+    assert record(old).samples == 10
+    stale = taught(1.0, 4.0, stamp=NOW - 0.5)
+    m.observe(stale, 0.9, NOW, load_at_start=1.0)
+    assert record(stale).service == pytest.approx(1.0 - 0.1 * (1 - math.exp(-2.0)))
+
+
+def test_observe_edges_of_margin_spread_and_weights() -> None:
+    """If this fails, the noise margin's cap, the spread's running average and cap, the over-twice weight, the de-queued sample's cap at work ÷ cost, or the knee's floor at the request's cost have changed."""
+    m = ExpectedDelay()
+    capped = taught(0.1, 8.0, spread=0.4)  # 2.5 × 0.4 = 1.0, capped at 0.8
+    m.observe(capped, 0.185, NOW, load_at_start=8.0)
+    assert record(capped).slots < 8.0
+    zero = taught(0.0, 8.0)  # no service estimate: a service sample, not queueing
+    m.observe(zero, 0.3, NOW, load_at_start=4.0)
+    assert record(zero).service == pytest.approx(0.03)
+    edge = taught(0.1, 8.0)  # exactly 1 + margin: a clear sample, noise learned
+    m.observe(edge, 0.12, NOW, load_at_start=8.0)
+    assert record(edge).spread == pytest.approx(0.2 * 0.05)
+    costly = taught(0.1, 8.0)
+    m.observe(costly, 1.0, NOW, load_at_start=4.0, cost=2.0)
+    assert record(costly).service == pytest.approx(0.1 + 0.15 * 0.15)
+    mean = taught(0.1, 8.0, spread=0.1)
+    m.observe(mean, 0.12, NOW, load_at_start=2.0)
+    assert record(mean).spread == pytest.approx(0.1 + 0.1 * 0.05)
+    wild = taught(0.1, 8.0)
+    m.observe(wild, 0.25, NOW, load_at_start=1.0)
+    assert record(wild).spread == pytest.approx(0.05)
+    slow = taught(1.0, 8.0)
+    m.observe(slow, 2.5, NOW, load_at_start=1.0)
+    assert record(slow).service == pytest.approx(1.0 + 1.5 * 0.3)
+    floor = taught(0.1, 8.0)
+    m.observe(
+        floor, 1.1, NOW, load_at_start=2.0, hints=ServerHints(inference_time=0.1, queue_time=1.0)
+    )
+    assert record(floor).slots == pytest.approx(8.0 + (1.0 - 8.0) * 0.25)
