@@ -768,3 +768,12 @@ def test_observe_edges_of_margin_spread_and_weights() -> None:
         floor, 1.1, NOW, load_at_start=2.0, hints=ServerHints(inference_time=0.1, queue_time=1.0)
     )
     assert record(floor).slots == pytest.approx(8.0 + (1.0 - 8.0) * 0.25)
+
+
+def test_peak_ewma_clamps_a_negative_latency_to_zero() -> None:
+    """If this fails, a negative latency (a clock step, say) drags the peak-EWMA estimate below zero instead of counting as an instant answer."""
+    m = PeakEwmaLatency(tau=1.0)
+    s = make_state()
+    s.metric_state = RttEstimate(rtt=1.0, stamp=NOW, samples=3)
+    m.observe(s, -5.0, NOW + 1.0)
+    assert s.metric_state.rtt == pytest.approx(math.exp(-1.0))
