@@ -206,3 +206,38 @@ def test_a_lone_backend_is_never_raced() -> None:
     assert step is not None
     assert step.lease.choices == 2
     assert step.hedge_after is not None
+
+
+def test_recent_latency_sample_counts_and_a_draining_backend() -> None:
+    """``min_samples`` answers are enough (20 by default, at least 1), and a backend removed while it still holds work keeps answering for its late copies' hedges."""
+    pool, _ = _pool()
+    _answer(pool, FAST, 0.1, 19)
+    assert pool.recent_latency(FAST, 90) is None
+    _answer(pool, FAST, 0.1, 1)
+    assert pool.recent_latency(FAST, 90) == pytest.approx(0.1)
+    assert pool.recent_latency(FAST, 90, min_samples=20) == pytest.approx(0.1)
+    _answer(pool, SLOW, 0.3, 1)
+    assert pool.recent_latency(SLOW, 90, min_samples=1) == pytest.approx(0.3)
+    assert pool.recent_latency(SLOW, 90, min_samples=0) == pytest.approx(0.3)
+    held = _lease_on(pool, FAST)
+    pool.remove(FAST)  # draining: still holds a request
+    assert pool.recent_latency(FAST, 90) == pytest.approx(0.1)
+    pool.release(held, eb.Outcome.SUCCESS)
+    assert pool.recent_latency(FAST, 90) is None  # gone
+
+
+def test_spare_slots_follow_a_learned_concurrency_above_one() -> None:
+    """A backend that served four at once without slowing has a knee near four: a spare lease goes there while fewer than that are in flight, which an idle-only rule would refuse."""
+    pool, _ = _pool()
+    for _ in range(30):
+        leases = [_lease_on(pool, FAST) for _ in range(4)]
+        for lease in leases:
+            pool.release(lease, eb.Outcome.SUCCESS, latency=0.1)
+    knee = pool.stats().by_url()[FAST].concurrency
+    assert knee is not None
+    assert knee >= 3
+    first = pool.acquire_spare(exclude={SLOW})
+    second = pool.acquire_spare(exclude={SLOW})
+    assert first is not None
+    assert second is not None
+    assert second.backend.url == FAST
