@@ -68,6 +68,11 @@ class AttemptResult:
         return self.outcome is Outcome.SUCCESS or (self.answered and not self.retryable)
 
 
+#: Hedge checks that find no free slot (a quarter of the hedge delay apart) before a
+#: hedge may take a queue place instead: two more hedge delays.
+HEDGE_PATIENCE = 8
+
+
 @attrs.frozen
 class Step:
     """One attempt to start now: where (``lease``), for how long at most (``timeout``,
@@ -191,14 +196,21 @@ class AttemptPolicy:
         return False
 
     def _hedge_lease(
-        self, cost: float, exclude: set[str], model: str | None, bulk: bool
+        self, cost: float, exclude: set[str], model: str | None, bulk: bool, queue: bool
     ) -> Lease | None:
         """A lease for a hedge copy: within the hedge budget, and only onto a free slot
-        (a copy queued behind others adds load to a busy pool and raises everyone's
-        median for one request's tail); the budget is refunded when there is none."""
+        unless ``queue`` (a copy queued behind others adds load to a busy pool and
+        raises everyone's median for one request's tail); the budget is refunded when
+        there is no slot."""
         if not self.hedge_budget.try_withdraw():
             return None
-        lease = self.pool.acquire_spare(cost, exclude, model=model, bulk=bulk)
+        if queue:
+            try:
+                lease: Lease | None = self.pool.acquire(cost, exclude, model=model, bulk=bulk)
+            except NoBackendAvailable:
+                lease = None
+        else:
+            lease = self.pool.acquire_spare(cost, exclude, model=model, bulk=bulk)
         with self._lock:
             if lease is None:
                 self.hedges_declined += 1
@@ -231,6 +243,7 @@ class Flow:
     _stopped: bool = False
     _hedges: int = 0
     _hedge_waits: bool = False
+    _declines: int = 0
 
     def _remaining(self) -> float | None:
         if self.deadline == math.inf:
@@ -319,10 +332,14 @@ class Flow:
         if not self.resendable or self._final is not None:
             return None
         declined = self.policy.hedges_declined
-        lease = self.policy._hedge_lease(self.cost, self.exclude, self.model, self.bulk)
+        # After waiting two more hedge delays for a free slot, the first copy is far
+        # out in its backend's tail (a hung one will never answer): take a queue place.
+        queue = self._declines >= HEDGE_PATIENCE
+        lease = self.policy._hedge_lease(self.cost, self.exclude, self.model, self.bulk, queue)
         if lease is None:
             # No free slot elsewhere (not the budget): look again a little later.
             self._hedge_waits = self.policy.hedges_declined > declined
+            self._declines += self._hedge_waits
             return None
         self._hedges += 1
         lease.attempt = len(self.exclude)

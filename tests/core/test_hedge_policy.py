@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 import embedbalance as eb
-from embedbalance._attempts import AttemptPolicy
+from embedbalance._attempts import HEDGE_PATIENCE, AttemptPolicy
 
 FAST, SLOW = "http://fast.test", "http://slow.test"
 
@@ -133,19 +133,21 @@ def test_acquire_spare_without_a_learned_concurrency_wants_an_idle_backend() -> 
 
 
 def test_a_hedge_with_no_free_slot_is_declined_and_its_budget_refunded() -> None:
-    """When no other backend has room, no hedge is sent, the refusal is counted, and the budget token goes back (else a busy pool would spend its hedge budget on copies never sent)."""
+    """When no other backend has room, no hedge is sent, the refusal is counted, and the budget token goes back (else a busy pool would spend its hedge budget on copies never sent); a slot freed meanwhile takes the hedge."""
     pool, _ = _pool(eb.LeastConnections())
     policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(budget_ratio=0.0), None, None)
+    policy.hedge_budget.policy = attrs.evolve(policy.hedge_budget.policy, min_per_second=0.4)
     busy = pool.acquire(exclude={FAST})  # SLOW holds a request: not a free slot
     flow = policy.begin(1.0, resendable=True)
     step = flow.next_step()
     assert step is not None
     assert step.lease.backend.url == FAST
-    tokens = policy.hedge_budget.policy.min_per_second * policy.hedge_budget.policy.window
-    for _ in range(int(tokens) + 5):
+    tokens = int(policy.hedge_budget.policy.min_per_second * policy.hedge_budget.policy.window)
+    assert tokens < HEDGE_PATIENCE
+    for _ in range(HEDGE_PATIENCE):  # more checks than tokens: each one is refunded
         assert flow.hedge_lease() is None
     assert policy.hedges == 0
-    assert policy.hedges_declined == int(tokens) + 5
+    assert policy.hedges_declined == HEDGE_PATIENCE
     assert policy.hedge_budget.exhausted == 0  # every token was given back
     # declined for want of a slot: look again after a quarter of the hedge delay
     step = attrs.evolve(step, hedge_after=0.4)
@@ -157,6 +159,22 @@ def test_a_hedge_with_no_free_slot_is_declined_and_its_budget_refunded() -> None
     assert hedge.hedge
     assert policy.hedges == 1
     assert flow.next_hedge_check(10.0, step) == math.inf  # one hedge per request
+
+
+def test_after_two_more_hedge_delays_a_hedge_takes_a_queue_place() -> None:
+    """A first copy still unanswered after the hedge delay plus HEDGE_PATIENCE checks (two more delays) without a free slot anywhere is far out in its backend's tail — a hung backend never answers — so the hedge queues on a busy backend rather than wait for a slot."""
+    pool, _ = _pool(eb.LeastConnections())
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
+    pool.acquire(exclude={FAST})  # SLOW is busy
+    flow = policy.begin(1.0, resendable=True)
+    assert flow.next_step() is not None
+    for _ in range(HEDGE_PATIENCE):
+        assert flow.hedge_lease() is None
+    hedge = flow.hedge_lease()
+    assert hedge is not None
+    assert hedge.backend.url == SLOW
+    assert policy.hedges == 1
+    assert policy.hedges_declined == HEDGE_PATIENCE
 
 
 def test_a_hedge_refused_by_its_budget_is_not_tried_again() -> None:
