@@ -69,7 +69,8 @@ class AttemptResult:
 
 
 #: Hedge checks that find no free slot (a quarter of the hedge delay apart) before a
-#: hedge may take a queue place instead: two more hedge delays.
+#: hedge may take a queue place instead, when the first copy's backend has answered
+#: nothing since it was sent: two more hedge delays.
 HEDGE_PATIENCE = 8
 
 
@@ -244,6 +245,7 @@ class Flow:
     _hedges: int = 0
     _hedge_waits: bool = False
     _declines: int = 0
+    _current: Lease | None = None
 
     def _remaining(self) -> float | None:
         if self.deadline == math.inf:
@@ -305,6 +307,7 @@ class Flow:
         lease.attempt = len(self.exclude)
         self.exclude.add(lease.backend.url)
         self._number = n + 1
+        self._current = lease
         if self.policy.attempt_timeout == "auto":
             timeout = self._attempt_timeout(lease)
         if n:
@@ -332,9 +335,16 @@ class Flow:
         if not self.resendable or self._final is not None:
             return None
         declined = self.policy.hedges_declined
-        # After waiting two more hedge delays for a free slot, the first copy is far
-        # out in its backend's tail (a hung one will never answer): take a queue place.
-        queue = self._declines >= HEDGE_PATIENCE
+        # After waiting two more hedge delays for a free slot, a first copy whose
+        # backend has answered nothing at all since it was sent is stuck on a hung
+        # backend: take a queue place. (A backend that is only slow still answers its
+        # other requests; queueing hedges for those kept a busy pool congested.)
+        current = self._current
+        queue = (
+            self._declines >= HEDGE_PATIENCE
+            and current is not None
+            and self.policy.pool.silent_since(current)
+        )
         lease = self.policy._hedge_lease(self.cost, self.exclude, self.model, self.bulk, queue)
         if lease is None:
             # No free slot elsewhere (not the budget): look again a little later.

@@ -1113,6 +1113,12 @@ class BackendPool:
             zone=s.backend.zone,
         )
 
+    def silent_since(self, lease: Lease) -> bool:
+        """Whether ``lease``'s backend has answered nothing since the lease was taken:
+        a request stuck there is on a hung backend, not a slow one (a slow backend
+        still answers its other requests)."""
+        return lease._state.answered_at < lease.started_at
+
     def recent_latency(
         self, backend: BackendLike, percentile: float, min_samples: int = 20
     ) -> float | None:

@@ -162,12 +162,13 @@ def test_a_hedge_with_no_free_slot_is_declined_and_its_budget_refunded() -> None
 
 
 def test_after_two_more_hedge_delays_a_hedge_takes_a_queue_place() -> None:
-    """A first copy still unanswered after the hedge delay plus HEDGE_PATIENCE checks (two more delays) without a free slot anywhere is far out in its backend's tail — a hung backend never answers — so the hedge queues on a busy backend rather than wait for a slot."""
-    pool, _ = _pool(eb.LeastConnections())
+    """A first copy still unanswered after the hedge delay plus HEDGE_PATIENCE checks (two more delays) without a free slot anywhere, on a backend that has answered nothing since, is stuck on a hung backend: the hedge queues on a busy backend rather than wait for a slot."""
+    pool, clock = _pool(eb.LeastConnections())
     policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
     pool.acquire(exclude={FAST})  # SLOW is busy
     flow = policy.begin(1.0, resendable=True)
     assert flow.next_step() is not None
+    clock.advance(1.0)
     for _ in range(HEDGE_PATIENCE):
         assert flow.hedge_lease() is None
     hedge = flow.hedge_lease()
@@ -175,6 +176,25 @@ def test_after_two_more_hedge_delays_a_hedge_takes_a_queue_place() -> None:
     assert hedge.backend.url == SLOW
     assert policy.hedges == 1
     assert policy.hedges_declined == HEDGE_PATIENCE
+
+
+def test_a_backend_that_still_answers_is_slow_not_hung_so_no_queued_hedge() -> None:
+    """If the first copy's backend answered another request after that copy was sent, it is slow, not hung: however long the wait, the hedge still goes only into a free slot (queued hedges for a slow backend kept a busy pool congested after it recovered)."""
+    pool, clock = _pool(eb.LeastConnections())
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
+    pool.acquire(exclude={FAST})  # SLOW is busy
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.url == FAST
+    clock.advance(0.5)
+    other = pool.acquire(exclude={SLOW})  # FAST serves something else meanwhile...
+    clock.advance(0.1)
+    pool.release(other, eb.Outcome.SUCCESS)  # ...and answers it
+    assert not pool.silent_since(step.lease)
+    for _ in range(3 * HEDGE_PATIENCE):
+        assert flow.hedge_lease() is None
+    assert policy.hedges == 0
 
 
 def test_a_hedge_refused_by_its_budget_is_not_tried_again() -> None:
