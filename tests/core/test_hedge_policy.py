@@ -261,3 +261,27 @@ def test_spare_slots_follow_a_learned_concurrency_above_one() -> None:
     assert first is not None
     assert second is not None
     assert second.backend.url == FAST
+
+
+def test_acquire_spare_honours_model_and_bulk() -> None:
+    """A spare lease for a model goes only to a backend serving it, and a bulk one avoids a backend that pushed back on bulk work (a hedge must not land where the first copy could not)."""
+    clock = eb.ManualClock(0.0)
+    pool = eb.BackendPool(
+        [eb.Backend(FAST, model="m1"), eb.Backend(SLOW, model="m2")],
+        balancer=eb.LeastConnections(),
+        clock=clock,
+        outlier_detection=None,
+    )
+    for _ in range(5):
+        lease = pool.acquire_spare(model="m2")
+        assert lease is not None
+        assert lease.backend.url == SLOW
+        pool.release(lease, eb.Outcome.SUCCESS)
+    refused = pool.acquire(exclude={SLOW}, bulk=True)
+    pool.release(refused, eb.Outcome.OVERLOADED, retry_after=60)  # FAST: no bulk for 60 s
+    for _ in range(5):
+        lease = pool.acquire_spare(bulk=True)
+        assert lease is not None
+        assert lease.backend.url == SLOW
+        pool.release(lease, eb.Outcome.SUCCESS)
+    assert pool.acquire_spare(exclude={SLOW}) is not None  # interactive may still go there
