@@ -198,13 +198,14 @@ class AttemptPolicy:
 
     def _hedge_lease(
         self, cost: float, exclude: set[str], model: str | None, bulk: bool, queue: bool
-    ) -> Lease | None:
-        """A lease for a hedge copy: within the hedge budget, and only onto a free slot
-        unless ``queue`` (a copy queued behind others adds load to a busy pool and
-        raises everyone's median for one request's tail); the budget is refunded when
-        there is no slot."""
+    ) -> tuple[Lease | None, bool]:
+        """A lease for a hedge copy, and whether it was refused for want of a free slot
+        (not of budget): within the hedge budget, and only onto a free slot unless
+        ``queue`` (a copy queued behind others adds load to a busy pool and raises
+        everyone's median for one request's tail); the budget is refunded when there
+        is no slot."""
         if not self.hedge_budget.try_withdraw():
-            return None
+            return None, False
         if queue:
             try:
                 lease: Lease | None = self.pool.acquire(cost, exclude, model=model, bulk=bulk)
@@ -219,9 +220,9 @@ class AttemptPolicy:
                 self.hedges += 1
         if lease is None:
             self.hedge_budget.refund()
-            return None
+            return None, True
         self.on_hedge()
-        return lease
+        return lease, False
 
 
 @attrs.define(eq=False)
@@ -334,7 +335,6 @@ class Flow:
         self._hedge_waits = False
         if not self.resendable or self._final is not None:
             return None
-        declined = self.policy.hedges_declined
         # After waiting two more hedge delays for a free slot, a first copy whose
         # backend has answered nothing at all since it was sent is stuck on a hung
         # backend: take a queue place. (A backend that is only slow still answers its
@@ -345,11 +345,13 @@ class Flow:
             and current is not None
             and self.policy.pool.silent_since(current)
         )
-        lease = self.policy._hedge_lease(self.cost, self.exclude, self.model, self.bulk, queue)
+        lease, no_slot = self.policy._hedge_lease(
+            self.cost, self.exclude, self.model, self.bulk, queue
+        )
         if lease is None:
             # No free slot elsewhere (not the budget): look again a little later.
-            self._hedge_waits = self.policy.hedges_declined > declined
-            self._declines += self._hedge_waits
+            self._hedge_waits = no_slot
+            self._declines += no_slot
             return None
         self._hedges += 1
         lease.attempt = len(self.exclude)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -23,6 +24,13 @@ LATENCY_WINDOW = 1024
 PERCENTILE_REFRESH = 32
 #: Relative step of the streaming high-percentile estimate.
 QUANTILE_STEP = 0.1
+
+
+def nearest_rank(samples: Iterable[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``samples`` (at least one) by nearest rank:
+    an observed value, never an interpolation between two."""
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))]
 
 
 @attrs.define(slots=True, eq=False, repr=False)
@@ -152,9 +160,7 @@ class BackendState:
             self.percentile_age = 0
         cached = self.percentiles.get(q)
         if cached is None:
-            ordered = sorted(self.latencies)
-            rank = min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))
-            cached = self.percentiles[q] = ordered[rank]
+            cached = self.percentiles[q] = nearest_rank(self.latencies, q)
         return cached
 
     def effective_weight(self, now: float) -> float:

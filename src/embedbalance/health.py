@@ -10,7 +10,7 @@ Nothing here does I/O or reads a clock: time is always an argument.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -37,14 +37,17 @@ def _non_negative(_: object, attribute: attrs.Attribute[float], value: float) ->
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
-def _count(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{attribute.name} must be an integer >= 0, got {value!r}")
+def _int_at_least(low: int) -> Callable[[object, attrs.Attribute[int], int], None]:
+    """A validator: an ``int`` (not a bool) of at least ``low``."""
+
+    def check(_: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{attribute.name} must be an int >= {low}, got {value!r}")
+
+    return check
 
 
-def _at_least_one(_: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{attribute.name} must be an int >= 1, got {value!r}")
+_at_least_one = _int_at_least(1)
 
 
 def _fraction(_: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -167,7 +170,7 @@ class SlowStart:
     window: float = attrs.field(default=10.0, validator=_non_negative)
     aggression: float = attrs.field(default=1.0, validator=_positive)
     min_weight_percent: float = attrs.field(default=10.0, validator=_positive_percent)
-    warm_answers: int = attrs.field(default=10, validator=_count)
+    warm_answers: int = attrs.field(default=10, validator=_int_at_least(0))
 
     def credit(self) -> float:
         """Seconds of ramp one good answer is worth (0 when ramping by time only)."""

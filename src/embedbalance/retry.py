@@ -13,6 +13,7 @@ from collections import deque
 import attrs
 
 from ._clock import Clock, monotonic
+from ._state import nearest_rank
 
 __all__ = ["Hedge", "LatencyWindow", "Retry", "RetryBudget", "RetryBudgetPolicy"]
 
@@ -207,7 +208,5 @@ class LatencyWindow:
                 return None
             cached = self._cache.get(q)
             if cached is None:
-                ordered = sorted(self._samples)
-                rank = min(len(ordered) - 1, max(0, math.ceil(q / 100.0 * len(ordered)) - 1))
-                cached = self._cache[q] = ordered[rank]
+                cached = self._cache[q] = nearest_rank(self._samples, q)
             return cached

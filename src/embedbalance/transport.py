@@ -881,6 +881,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         self._failure: BaseException | None = None
         #: Raced attempts in flight (hedge losers included), cancelled by aclose().
         self._attempts: set[anyio.CancelScope] = set()
+        self._attempts_gone: anyio.Event | None = None  # set by the last one, on aclose()
 
     @property
     def pool(self) -> BackendPool:
@@ -994,7 +995,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel the background task and wait until it is gone; close connections."""
+        """Cancel the background task and raced attempts still running (hedge losers)
+        and wait until they are gone; close connections."""
         previous, self._state = self._state, "closed"
         if previous in ("starting", "running") and self._stopped is not None:
             if self._started is not None:
@@ -1004,6 +1006,12 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             await self._stopped.wait()
         for scope in list(self._attempts):
             scope.cancel()
+        # They end at their next scheduling point: wait for them (bounded), so that
+        # nothing is left in flight once aclose() returns.
+        if self._attempts:
+            self._attempts_gone = anyio.Event()
+            with anyio.move_on_after(5.0):
+                await self._attempts_gone.wait()
         for inner in self._ainner.all():
             await inner.aclose()
 
@@ -1159,6 +1167,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             raise
         finally:
             self._attempts.discard(scope)
+            if not self._attempts and self._attempts_gone is not None:
+                self._attempts_gone.set()
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         if self._state != "running":
