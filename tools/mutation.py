@@ -83,16 +83,37 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         ["tests/client/test_batching.py", "tests/client/test_batching_edges.py"],
     ),
     "dns": ("src/embedbalance/dns.py", ["tests/dns"]),
-    "health_runner": ("src/embedbalance/health_runner.py", ["tests/transport/test_promises.py"]),
+    "health_runner": (
+        "src/embedbalance/health_runner.py",
+        [
+            "tests/transport/test_promises.py",
+            "tests/transport/test_canary_transport.py",
+            "tests/transport/test_failures.py",
+            "tests/transport/test_models_zones_real.py",
+            "tests/transport/test_info_model.py",
+            "tests/client/test_canary_real.py",
+        ],
+    ),
     "transport": (
         "src/embedbalance/transport.py",
         ["tests/transport/test_routing.py", "tests/transport/test_promises.py"],
     ),
     "client": ("src/embedbalance/client.py", ["tests/client"]),
-    "batcher": ("src/embedbalance_worker/batcher.py", ["tests/worker/test_batcher.py"]),
+    "batcher": (
+        "src/embedbalance_worker/batcher.py",
+        [
+            "tests/worker/test_batcher.py",
+            "tests/worker/test_priority_batcher.py",
+            "tests/worker/test_liveness.py",
+        ],
+    ),
     "parsing": (
         "src/embedbalance_worker/parsing.py",
-        ["tests/worker/test_errors.py", "tests/worker/test_routes.py"],
+        [
+            "tests/worker/test_errors.py",
+            "tests/worker/test_routes.py",
+            "tests/worker/test_malformed.py",
+        ],
     ),
 }
 
