@@ -142,8 +142,18 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
     # A fixed hypothesis seed: a mutant is judged by the same examples as the clean run.
     args = ["-m", "not slow", "-p", "no:cacheprovider", "--hypothesis-seed=0", *tests]
     selection = "\n    ".join(args)
+    # torch's thread pools do not survive a fork of a process that has run a forward
+    # pass (mutmut's default forks its main process, which ran the suite once): the
+    # worker's modules fork from a clean server instead, and loading the model is a
+    # fixed cost that the per-test timings mutmut budgets with leave out.
+    torch = (
+        "process_isolation = forkserver\ntimeout_constant = 5\n"
+        if target.startswith("src/embedbalance_worker/")
+        else ""
+    )
     (work / "setup.cfg").write_text(
         "[mutmut]\n"
+        f"{torch}"
         f"source_paths = {package}\n"
         f"only_mutate = {target}\n"
         "also_copy = tools\n"
