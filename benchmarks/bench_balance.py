@@ -374,10 +374,16 @@ def summarise(
 
 
 def phases(
-    parts: Sequence[dict[str, Any]], window_start: float, ports: Sequence[int]
+    parts: Sequence[dict[str, Any]],
+    window_start: float,
+    ports: Sequence[int],
+    arrivals: Sequence[Sequence[float]] = (),
 ) -> dict[str, dict[str, Any]]:
     """Degrade-and-recover, by when requests *started*: each backend's share of the
-    requests and the p50, before, during, 0-2 s and 2-5 s after the slow spell."""
+    requests (by who answered) and the p50, before, during, 0-2 s and 2-5 s after the
+    slow spell; with ``arrivals`` (each backend's, from ``/admin/arrivals``), also each
+    backend's share of the copies that *arrived* in the phase — where the balancer
+    placed work, hedges included, which the answering backend alone hides."""
     starts = _concat(parts, "starts") - window_start
     lats = _concat(parts, "latencies")
     oks = _concat(parts, "ok", bool)
@@ -394,8 +400,11 @@ def phases(
         sel = (starts >= a) & (starts < b) & oks
         n = int(sel.sum())
         shares = [float((served[sel] == port).sum() / n) if n else float("nan") for port in ports]
+        placed = [sum(1 for t in ts if a <= t - window_start < b) for ts in arrivals]
+        total = sum(placed)
         out[name] = {
             "shares": shares,
+            "placed": [p / total if total else float("nan") for p in placed],
             "p50": float(np.percentile(lats[sel], 50)) if n else float("nan"),
             "requests": n,
         }
@@ -486,7 +495,10 @@ def run_one(name: str, config: str, settings: Settings, seed: int) -> dict[str, 
             timer.join()
         row = summarise(parts, window_start, window)
         if scenario.degrade:
-            row["phases"] = phases(parts, window_start, backends.ports)
+            arrivals = [
+                httpx.get(f"{url}/admin/arrivals", timeout=10).json() for url in backends.urls()
+            ]
+            row["phases"] = phases(parts, window_start, backends.ports, arrivals)
         row["timeline"] = timeline(parts, window_start, window)
         return row
     finally:
@@ -536,17 +548,19 @@ def table(name: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
     out = head + "\n".join(lines) + "\n"
     if any("phases" in r for r in rows.values()):
         out += (
-            "\nPer phase (by start time): the degraded backend's share (the other three's "
-            "range) / p50.\n\n| configuration | before | during | after 0-2 s "
+            "\nPer phase (by start time): the degraded backend's share of the answers (the "
+            "other three's range) / p50 / its share of the copies that arrived (hedges "
+            "included).\n\n| configuration | before | during | after 0-2 s "
             "| after 2-5 s |\n|---|---|---|---|---|\n"
         )
         for config, r in rows.items():
             cells = []
             for phase in r["phases"].values():
                 sh = phase["shares"]
+                placed = phase.get("placed") or [float("nan")]
                 cells.append(
                     f"{100 * sh[0]:.1f}% ({100 * min(sh[1:]):.0f}-{100 * max(sh[1:]):.0f}%) "
-                    f"/ {_fmt_s(phase['p50'])}"
+                    f"/ {_fmt_s(phase['p50'])} / {100 * placed[0]:.1f}%"
                 )
             out += f"| {config} | " + " | ".join(cells) + " |\n"
     return out

@@ -15,7 +15,10 @@ headers); ``GET /health`` answers at once;
 ``POST /admin/slowdown?factor=F`` multiplies every later service time by ``F`` (the
 "latency degrades midway" scenario); ``POST /admin/hang?on=1`` makes every later
 request wait forever (a hung process that still accepts; ``on=0`` ends it);
-``--straggle-p P --straggle-s S`` adds ``S`` seconds to a fraction ``P`` of requests.
+``--straggle-p P --straggle-s S`` adds ``S`` seconds to a fraction ``P`` of requests;
+``GET /admin/arrivals`` lists when (``time.monotonic()``, shared by the machine's
+processes) each served request arrived, hedged copies included: where a balancer
+*placed* work, which the answering backend alone does not show once copies race.
 Answers carry ``X-Served-By: <port>`` so a benchmark can tell who served a request
 even through a proxy. Raw asyncio streams instead of an ASGI stack keep
 the per-request CPU cost small.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import math
@@ -34,6 +38,7 @@ import random
 import signal
 import socket
 import sys
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import attrs
@@ -94,6 +99,10 @@ class ServerState:
     served: int = 0
     #: While set, every request is accepted and never answered (a hung process).
     hung: bool = False
+    #: Arrival times of the POSTs (bounded: a benchmark run is minutes long).
+    arrivals: collections.deque[float] = attrs.field(
+        factory=lambda: collections.deque(maxlen=1_000_000)
+    )
     _sem: asyncio.Semaphore | None = attrs.field(default=None, init=False)
 
     @property
@@ -173,7 +182,10 @@ async def _handle(
                 factor = float(parse_qs(url.query).get("factor", ["1"])[0])
                 state.model.factor = factor
                 out = _response(200, json.dumps({"factor": factor}).encode())
+            elif url.path == "/admin/arrivals" and method == "GET":
+                out = _response(200, json.dumps(list(state.arrivals)).encode())
             elif method == "POST":
+                state.arrivals.append(time.monotonic())
                 served = await state.serve_one()
                 body = b'{"embeddings":[[0.0,0.0,0.0,0.0]],"served_s":%.6f}' % served
                 # The worker's contract (docs/worker.md): requests waiting for a slot,

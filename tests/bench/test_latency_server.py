@@ -81,3 +81,22 @@ def test_health_answers_while_slots_are_busy_and_slowdown_applies() -> None:
     assert health_took < 0.04
     assert slowed >= 0.19
     assert state.model.factor == 4
+
+
+def test_arrivals_list_when_each_post_arrived() -> None:
+    """/admin/arrivals gives one monotonic time per served POST (not for /health), in
+    order, within the span the client saw — the benchmarks' placed-work shares."""
+    state = ServerState(4, LatencyModel(mean=0.001, cv=0.0))
+
+    async def body(client: httpx.AsyncClient) -> tuple[float, list[float], float]:
+        t0 = time.monotonic()
+        for _ in range(3):
+            assert (await client.post("/embed", json={})).status_code == 200
+        assert (await client.get("/health")).status_code == 200
+        arrivals = (await client.get("/admin/arrivals")).json()
+        return t0, arrivals, time.monotonic()
+
+    t0, arrivals, t1 = asyncio.run(_with_server(state, body))
+    assert len(arrivals) == 3
+    assert arrivals == sorted(arrivals)
+    assert t0 <= arrivals[0] and arrivals[-1] <= t1
