@@ -289,6 +289,11 @@ class DelayEstimate:
     #: estimate): slower answers to requests started before it describe the backend
     #: as it was, and are not learned from.
     recovered_from: float = -math.inf
+    #: When the newest request whose answer has arrived was *placed*: how old the
+    #: knowledge is. A slow answer arriving now describes the backend as it was when
+    #: the request went out, so a backend back from a slow spell, still returning the
+    #: slow requests it took during it, is not thereby known to be slow now.
+    news: float = -math.inf
 
 
 #: The least a sample must exceed the service estimate by (relative) to count as
@@ -333,10 +338,13 @@ class ExpectedDelay:
       learned from: a backend back from a slow spell still returns the slow requests it
       took during it, and they would undo the recovery.
     - **Stale knowledge is re-tested, not only decayed**: an estimate worse than the
-      pool's typical one relaxes toward it with time constant ``retest`` while the
-      backend gets no answers, so it is probed again — sooner the longer it has gone
-      unmeasured — and the first answer after ``Δt`` of silence replaces
-      ``1 - exp(-Δt/retest)`` of the old estimate.
+      pool's typical one relaxes toward it with time constant ``retest`` while nothing
+      of ours is in flight there, so it is probed again, a request at a time — sooner
+      the older the news. The news is as old as the newest request *placed* that has
+      been answered: a slow answer arriving now says how the backend was when its
+      request went out, so the slow requests a recovered backend still returns from
+      its slow spell do not keep it shunned. The first answer after ``Δt`` of silence
+      replaces ``1 - exp(-Δt/retest)`` of the old estimate.
     - **Silence bounds the estimate from below**: a backend holding work that has not
       answered anything for ``t`` seconds is expected to take at least ``t`` — a hung
       backend stops looking cheap, while one with a rare straggler but other answers
@@ -385,8 +393,8 @@ class ExpectedDelay:
         est = state.metric_state
         if type(est) is DelayEstimate and est.samples > 0:
             service, slots = est.service, est.slots
-            if prior is not None and service > prior[0]:
-                age = now - est.stamp
+            if prior is not None and service > prior[0] and state.outstanding_cost <= 0.0:
+                age = now - est.news
                 if age > 0.0:  # stale and worse than the pool: relax toward it
                     w = math.exp(-age / self.retest)
                     service = service * w + prior[0] * (1.0 - w)
@@ -430,9 +438,12 @@ class ExpectedDelay:
             slots = est.slots
             if prior is not None:
                 typical = prior[0]
-                if service > typical:
-                    age = now - est.stamp
-                    if age > 0.0:  # stale and worse than the pool: relax toward it
+                # Stale and worse than the pool: relax toward it, so that it is tried
+                # again — one request at a time (nothing of ours in flight there: once
+                # a probe is out, its answer is awaited), sooner the older the news.
+                if service > typical and state.outstanding_cost <= 0.0:
+                    age = now - est.news
+                    if age > 0.0:
                         w = math.exp(-age / self.retest)
                         service = service * w + typical * (1.0 - w)
             if now - state.admitted_at < state.slow_start.window:
@@ -520,6 +531,7 @@ class ExpectedDelay:
                 if serving >= 1.0:
                     est.slots = serving * unit
             est.stamp = now
+            est.news = now - y
             est.samples = 1
             return
         service, slots = est.service, est.slots
@@ -592,4 +604,6 @@ class ExpectedDelay:
             est.slots = slots + (target - slots) * 0.25
         if now > est.stamp:
             est.stamp = now
+        if started > est.news:
+            est.news = started
         est.samples += 1

@@ -25,8 +25,10 @@ def learned(state: object) -> DelayEstimate:
 
 
 def teach(m: ExpectedDelay, state: object, service: float, slots: float, now: float) -> None:
-    """Give ``state`` a learned record directly."""
-    state.metric_state = DelayEstimate(service=service, slots=slots, stamp=now, samples=50)  # type: ignore[attr-defined]
+    """Give ``state`` a learned record directly, its news from a request placed at ``now``."""
+    state.metric_state = DelayEstimate(  # type: ignore[attr-defined]
+        service=service, slots=slots, stamp=now, samples=50, news=now
+    )
 
 
 def test_delay_is_service_time_below_the_knee_and_grows_past_it() -> None:

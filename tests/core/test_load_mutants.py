@@ -63,7 +63,7 @@ def taught(
 ) -> BackendState:
     state = make_state(weight=weight)
     state.metric_state = DelayEstimate(
-        service=service, slots=slots, stamp=stamp, samples=samples, spread=spread
+        service=service, slots=slots, stamp=stamp, samples=samples, spread=spread, news=stamp
     )
     return state
 
