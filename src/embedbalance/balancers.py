@@ -17,7 +17,14 @@ from collections.abc import Callable, Sequence
 from . import strategies
 from ._hints import ServerHints
 from ._state import BackendState, BackendView
-from .load import ExpectedDelay, LoadMetric, OutstandingTokens, PeakEwmaLatency, PendingRequests
+from .load import (
+    DelayEstimate,
+    ExpectedDelay,
+    LoadMetric,
+    OutstandingTokens,
+    PeakEwmaLatency,
+    PendingRequests,
+)
 from .locality import Locality, local_share, prefer_local
 
 __all__ = [
@@ -512,9 +519,20 @@ class ShortestExpectedDelay(Balancer):
     ) -> None:
         metric = self.metric
         assert isinstance(metric, ExpectedDelay)
+        before = state.metric_state
+        recovered = before.recovered_from if type(before) is DelayEstimate else -math.inf
         metric.observe(state, latency, now, load_at_start, cost, hints)
         est = state.metric_state
         prior = self.prior
+        if prior is not None and est.recovered_from > recovered:
+            # The answer showed a recovery from a slow spell: what was learned during
+            # it (a slow service time, a knee read from its queue) is void. Restart
+            # from the pool's typical backend, or this one's sample if slower, so the
+            # recovered backend rejoins the picks at once instead of being re-learned
+            # one probe at a time.
+            sample = latency / cost if cost > 0.0 else latency
+            est.service = min(est.service, max(sample, prior[0]))
+            est.slots = max(est.slots, prior[1])
         if prior is None:
             self.prior = (est.service, est.slots)
         else:

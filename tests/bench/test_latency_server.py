@@ -99,4 +99,5 @@ def test_arrivals_list_when_each_post_arrived() -> None:
     t0, arrivals, t1 = asyncio.run(_with_server(state, body))
     assert len(arrivals) == 3
     assert arrivals == sorted(arrivals)
-    assert t0 <= arrivals[0] and arrivals[-1] <= t1
+    assert t0 <= arrivals[0]
+    assert arrivals[-1] <= t1

@@ -353,10 +353,68 @@ def test_slowed_then_restored_backend_regains_its_fair_share(clock: eb.ManualClo
         pool, clock, slots=[8] * 4, service=service, rate=rate, arrivals=int(rate * 15), seed=9
     )
     during = [r for r in records if start + 5.0 <= r.at < start + 9.0]
+    first = [r for r in records if start + 9.0 <= r.at < start + 11.0]
     after = [r for r in records if start + 11.0 <= r.at][:700]
     assert shares(during, 4)[0] < 0.1
+    # Back within the first 2 s (here without hedging, which brings it back sooner):
+    # its last probe of the spell answers, its news is as old as that probe, and one
+    # fast answer restarts it from the pool's typical backend.
+    assert shares(first, 4)[0] >= 0.5 * 0.25
     assert len(after) == 700
     assert shares(after, 4)[0] >= 0.8 * 0.25
+
+
+def test_slow_answers_arriving_after_a_spell_are_old_news() -> None:
+    """The knowledge is as old as the newest answered request's *placement*: slow answers still arriving from a spell leave a stale, worse estimate relaxed by the time since those requests went out, not reset to fresh."""
+    m = ExpectedDelay(retest=0.25)
+    s = make_state()
+    teach(m, s, service=0.1, slots=8.0, now=0.0)
+    prior = (0.1, 8.0)
+    m.observe(s, 1.0, now=10.0, load_at_start=1.0)  # placed at 9.0, 10x slow
+    assert learned(s).service > 0.3
+    assert learned(s).news == pytest.approx(9.0)
+    assert learned(s).stamp == pytest.approx(10.0)
+    age = 10.0 - 9.0
+    w = math.exp(-age / 0.25)
+    assert m.delay(s, 10.0, 1.0, prior) == pytest.approx(learned(s).service * w + 0.1 * (1 - w))
+    # An older request answered later does not move the news back.
+    m.observe(s, 3.0, now=10.5, load_at_start=1.0)  # placed at 7.5
+    assert learned(s).news == pytest.approx(9.0)
+
+
+def test_a_stale_worse_estimate_is_probed_one_request_at_a_time() -> None:
+    """While a request of ours is in flight on a backend whose estimate is worse than the pool's, its estimate does not relax (its answer is awaited): a slow backend gets one probe at a time, not a queue of them."""
+    m = ExpectedDelay(retest=0.25)
+    s = make_state()
+    teach(m, s, service=0.8, slots=8.0, now=0.0)
+    prior = (0.1, 8.0)
+    assert m.delay(s, 5.0, 1.0, prior) == pytest.approx(0.1, rel=1e-6)
+    s.outstanding_cost = 1.0
+    assert m.delay(s, 5.0, 1.0, prior) == pytest.approx(0.8)
+    assert m.assess(s, 5.0, 1.0, prior)[0] == pytest.approx(0.8)
+
+
+def test_a_recovery_restarts_from_the_pools_typical_backend(clock: eb.ManualClock) -> None:
+    """The default balancer: when an answer shows a recovery (under half the estimate), the slow service time and the low knee learned during the spell are dropped for the pool's typical ones (or the sample, if slower); an ordinary answer changes neither beyond the metric's own step."""
+    b = eb.ShortestExpectedDelay()
+    s, peer = make_state(0), make_state(1)
+    b.observe(peer, 0.1, 1.0, load_at_start=8.0)
+    b.prior = (0.1, 8.0)
+    s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
+    b.observe(s, 0.12, 2.0, load_at_start=1.0)  # a fast answer: recovered
+    assert learned(s).service == pytest.approx(0.12)
+    assert learned(s).slots == pytest.approx(8.0)
+    s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
+    b.prior = (0.1, 8.0)
+    b.observe(s, 0.05, 2.0, load_at_start=1.0)  # faster than the pool's typical
+    w = 1.0 - math.exp(-1.5 / 0.25)  # 1.5 s since its last answer (retest 0.25)
+    assert learned(s).service == pytest.approx(0.8 + (0.05 - 0.8) * w)  # not raised
+    ordinary = DelayEstimate(service=0.2, slots=1.5, stamp=1.99, samples=30, news=1.8)
+    s.metric_state = ordinary
+    b.prior = (0.1, 8.0)
+    b.observe(s, 0.15, 2.0, load_at_start=1.0)  # 0.75x the estimate: no recovery
+    assert learned(s).slots == pytest.approx(1.5)
+    assert learned(s).service == pytest.approx(0.2 + (0.15 - 0.2) * 0.2)
 
 
 def test_slow_start_ramps_and_never_starves_in_an_idle_pool(clock: eb.ManualClock) -> None:
