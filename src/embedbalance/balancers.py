@@ -527,20 +527,27 @@ class ShortestExpectedDelay(Balancer):
         if prior is not None and est.recovered_from > recovered:
             # The answer showed a recovery from a slow spell: what was learned during
             # it (a slow service time, a knee read from its queue) is void. Restart
-            # from the pool's typical backend, or this one's sample if slower, so the
-            # recovered backend rejoins the picks at once instead of being re-learned
-            # one probe at a time.
+            # from the pool's typical backend — from this one's sample only when that
+            # is clearly slower (one sample is noisy) — so the recovered backend
+            # rejoins the picks at once instead of being re-learned a probe at a time.
             sample = latency / cost if cost > 0.0 else latency
-            est.service = min(est.service, max(sample, prior[0]))
+            restart = prior[0] if sample <= prior[0] * self._widen else sample
+            est.service = min(est.service, restart)
             est.slots = max(est.slots, prior[1])
         if prior is None:
             self.prior = (est.service, est.slots)
         else:
+            # Each answer moves the typical backend a tenth of the way toward the one
+            # that answered, but by no more than the tie band: one backend in a slow
+            # spell (8x) would otherwise drag the typical up by most of a service time
+            # per answer, and with it every stale estimate relaxing toward it.
             service, slots = prior
-            self.prior = (
-                service + (est.service - service) * 0.1,
-                slots + (est.slots - slots) * 0.1,
-            )
+            target = est.service
+            if target > service * self._widen:
+                target = service * self._widen
+            elif target * self._widen < service:
+                target = service / self._widen
+            self.prior = (service + (target - service) * 0.1, slots + (est.slots - slots) * 0.1)
 
 
 class LeastOutstandingTokens(Balancer):

@@ -303,6 +303,22 @@ QUEUE_MARGIN = 0.2
 NOISE_SPREADS = 2.5
 
 
+def _news_age(state: BackendState, est: DelayEstimate, now: float) -> float:
+    """How old the latest news of a backend is: since the newest request placed on it
+    (its answer will be news) or, with none placed since, since the newest answered
+    one was placed. Placements are tracked when the balancer asks for them
+    (``needs_oldest``); without, work in flight means news is awaited (age 0)."""
+    since = est.news
+    queue = state.in_flight
+    if queue:
+        placed = queue[-1].started_at
+        if placed > since:
+            since = placed
+    elif state.outstanding_cost > 0.0:
+        return 0.0
+    return now - since
+
+
 @attrs.frozen
 class ExpectedDelay:
     """How long a new request would take here, from a model of the backend with a knee.
@@ -338,12 +354,13 @@ class ExpectedDelay:
       learned from: a backend back from a slow spell still returns the slow requests it
       took during it, and they would undo the recovery.
     - **Stale knowledge is re-tested, not only decayed**: an estimate worse than the
-      pool's typical one relaxes toward it with time constant ``retest`` while nothing
-      of ours is in flight there, so it is probed again, a request at a time — sooner
-      the older the news. The news is as old as the newest request *placed* that has
-      been answered: a slow answer arriving now says how the backend was when its
-      request went out, so the slow requests a recovered backend still returns from
-      its slow spell do not keep it shunned. The first answer after ``Δt`` of silence
+      pool's typical one relaxes toward it with time constant ``retest``, so it is
+      probed again now and then — sooner the older the news. The news is as old as
+      the newest request placed there (each placement starts the relaxing over, so
+      probes are spaced, however slow their answers), or the newest answered one's
+      placement: a slow answer arriving now says how the backend was when its request
+      went out, so the slow requests a recovered backend still returns from its slow
+      spell do not keep it shunned. The first answer after ``Δt`` of silence
       replaces ``1 - exp(-Δt/retest)`` of the old estimate.
     - **Silence bounds the estimate from below**: a backend holding work that has not
       answered anything for ``t`` seconds is expected to take at least ``t`` — a hung
@@ -393,8 +410,8 @@ class ExpectedDelay:
         est = state.metric_state
         if type(est) is DelayEstimate and est.samples > 0:
             service, slots = est.service, est.slots
-            if prior is not None and service > prior[0] and state.outstanding_cost <= 0.0:
-                age = now - est.news
+            if prior is not None and service > prior[0]:
+                age = _news_age(state, est, now)
                 if age > 0.0:  # stale and worse than the pool: relax toward it
                     w = math.exp(-age / self.retest)
                     service = service * w + prior[0] * (1.0 - w)
@@ -433,19 +450,21 @@ class ExpectedDelay:
         scaled by weight and failure penalty like every metric here."""
         # _model() inlined: this runs for every candidate of every pick.
         est = state.metric_state
+        probing = False
         if type(est) is DelayEstimate and est.samples:
             service = est.service
             slots = est.slots
             if prior is not None:
                 typical = prior[0]
                 # Stale and worse than the pool: relax toward it, so that it is tried
-                # again — one request at a time (nothing of ours in flight there: once
-                # a probe is out, its answer is awaited), sooner the older the news.
-                if service > typical and state.outstanding_cost <= 0.0:
-                    age = now - est.news
+                # again now and then — the relaxing starts over at each request
+                # placed there — sooner the older the news.
+                if service > typical:
+                    age = _news_age(state, est, now)
                     if age > 0.0:
                         w = math.exp(-age / self.retest)
                         service = service * w + typical * (1.0 - w)
+                        probing = True
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
         else:
@@ -459,8 +478,11 @@ class ExpectedDelay:
         expected = service * cost
         if work > slots:
             expected *= work / slots
-        if state.pending and state.in_flight:
-            # Silence: how long it has held work without answering anything.
+        if state.in_flight and (state.pending > 1 or (state.pending and not probing)):
+            # Silence: how long it has held work without answering anything. A slow
+            # backend being probed is expected to be silent a while: one probe out
+            # does not bar the next (a probe that went out just before a recovery can
+            # take a slow-spell time to answer), two do.
             since = state.oldest_started()
             if state.answered_at > since:
                 since = state.answered_at

@@ -14,7 +14,7 @@ import embedbalance as eb
 from embedbalance import Backend, SlowStart
 from embedbalance._hints import ServerHints
 from embedbalance._state import BackendState
-from embedbalance.load import ExpectedDelay
+from embedbalance.load import DelayEstimate, ExpectedDelay
 from embedbalance.locality import Locality
 
 from .conftest import make_state
@@ -420,7 +420,25 @@ def test_sed_observe_defaults_and_prior_average() -> None:
     assert (a.metric_state.service, a.metric_state.slots) == (0.1, 1.0)
     assert b.prior == (0.1, 1.0)
     b.observe(c, 0.3, NOW, 5.0, 1.0)  # five in flight: 5 slots
-    assert b.prior == pytest.approx((0.1 + 0.2 * 0.1, 1.0 + 4.0 * 0.1))
+    # 0.3 is past the tie band (1.5x): the typical moves toward 0.15 only.
+    assert b.prior == pytest.approx((0.1 + 0.05 * 0.1, 1.0 + 4.0 * 0.1))
+
+
+@pytest.mark.parametrize(
+    ("service", "target"), [(0.12, 0.12), (0.15, 0.15), (0.9, 0.15), (0.05, 0.1 / 1.5)]
+)
+def test_sed_prior_moves_at_most_to_the_tie_band(service: float, target: float) -> None:
+    """One backend in a slow (or fast) spell moves the pool's typical service time a
+    tenth of the way toward its own, but no further than the tie band (``1 +
+    tolerance`` either way). If this fails, an 8x-slow backend's answers drag the
+    typical up, and every stale estimate relaxing toward it (the recovered backend's
+    included) stays shunned."""
+    b = eb.ShortestExpectedDelay()
+    b.prior = (0.1, 4.0)
+    s = make_state(0)
+    s.metric_state = DelayEstimate(service=service, slots=4.0, stamp=NOW, samples=50, news=NOW)
+    b.observe(s, service, NOW)
+    assert b.prior[0] == pytest.approx(0.1 + (target - 0.1) * 0.1)
 
 
 # -- priority tiers ----------------------------------------------------------------

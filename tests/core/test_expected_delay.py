@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import assume, given, settings
@@ -395,15 +396,19 @@ def test_a_stale_worse_estimate_is_probed_one_request_at_a_time() -> None:
 
 
 def test_a_recovery_restarts_from_the_pools_typical_backend(clock: eb.ManualClock) -> None:
-    """The default balancer: when an answer shows a recovery (under half the estimate), the slow service time and the low knee learned during the spell are dropped for the pool's typical ones (or the sample, if slower); an ordinary answer changes neither beyond the metric's own step."""
+    """The default balancer: when an answer shows a recovery (under half the estimate), the slow service time and the low knee learned during the spell are dropped for the pool's typical ones (or the sample, when clearly slower than typical); an ordinary answer changes neither beyond the metric's own step."""
     b = eb.ShortestExpectedDelay()
     s, peer = make_state(0), make_state(1)
     b.observe(peer, 0.1, 1.0, load_at_start=8.0)
     b.prior = (0.1, 8.0)
     s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
     b.observe(s, 0.12, 2.0, load_at_start=1.0)  # a fast answer: recovered
-    assert learned(s).service == pytest.approx(0.12)
+    assert learned(s).service == pytest.approx(0.1)  # within the tie band: the typical
     assert learned(s).slots == pytest.approx(8.0)
+    s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
+    b.prior = (0.1, 8.0)
+    b.observe(s, 0.2, 2.0, load_at_start=1.0)  # recovered, but clearly slower than typical
+    assert learned(s).service == pytest.approx(0.2)
     s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
     b.prior = (0.1, 8.0)
     b.observe(s, 0.05, 2.0, load_at_start=1.0)  # faster than the pool's typical
@@ -465,3 +470,30 @@ def test_ordinary_reordering_is_still_learned_from() -> None:
     before = learned(s).service
     m.observe(s, 0.3, now=10.52)  # placed at 10.22, before the better one
     assert learned(s).service > before
+
+
+def _placed(state: object, at: float) -> None:
+    """Record one request of ours placed on ``state`` at ``at`` (as the pool does)."""
+    state.in_flight.append(SimpleNamespace(started_at=at, released=False))  # type: ignore[attr-defined]
+    state.pending += 1  # type: ignore[attr-defined]
+    state.outstanding_cost += 1.0  # type: ignore[attr-defined]
+
+
+def test_each_probe_restarts_the_relaxing_and_one_silent_probe_does_not_bar_the_next() -> None:
+    """With placements tracked, a stale worse estimate relaxes from the newest request placed there: a probe just sent puts it back at its estimate, a probe out for a while lets it relax again (its silence does not count against it: a probe sent just before a recovery may take a slow-spell time to answer), and with two probes out the silence does count."""
+    m = ExpectedDelay(retest=0.25)
+    s = make_state()
+    teach(m, s, service=0.8, slots=8.0, now=0.0)
+    prior = (0.1, 8.0)
+    _placed(s, 5.0)
+    assert m.delay(s, 5.0, 1.0, prior) == pytest.approx(0.8)  # just placed
+    w = math.exp(-1.0 / 0.25)
+    assert m.delay(s, 6.0, 1.0, prior) == pytest.approx(0.8 * w + 0.1 * (1 - w))
+    _placed(s, 6.0)
+    # Two out, the older silent for 1.5 s: at least that long.
+    assert m.delay(s, 6.5, 1.0, prior) >= 1.5
+    # A backend not being probed (no worse than the pool) is bound by silence with one out.
+    fast = make_state(1)
+    teach(m, fast, service=0.1, slots=8.0, now=0.0)
+    _placed(fast, 5.0)
+    assert m.delay(fast, 6.0, 1.0, prior) == pytest.approx(1.0)
