@@ -172,12 +172,15 @@ class AttemptPolicy:
     def hedge_delay(self, lease: Lease | None = None) -> float | None:
         """Seconds to wait before hedging an attempt on ``lease``'s backend, or None when
         not hedging now: a multiple of that backend's recent percentile (the transport's
-        while it has too few answers, or without ``per_backend``)."""
+        while it has too few answers, for a probe, or without ``per_backend``)."""
         hedge = self.hedge
         if hedge is None:
             return None
         p = None
-        if hedge.per_backend and lease is not None:
+        # A probe re-tests a backend thought slow: late is late by the pool's measure,
+        # not by the spell it is testing (else a probe of a still-slow backend waits
+        # out its slow time before a copy goes elsewhere).
+        if hedge.per_backend and lease is not None and not lease.probe:
             p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
         if p is None:
             if len(self.latencies) < hedge.min_samples:

@@ -65,6 +65,14 @@ class Balancer:
         """Prefer backends in ``locality.zone`` (the pool calls this once)."""
         self.locality = locality
 
+    def is_probe(self, state: BackendState, now: float) -> bool:
+        """Whether a request placed on ``state`` now is a *probe*: sent to re-test a
+        backend whose own record says it is slower, not because it is expected to be
+        quick. The pool marks its lease (:attr:`Lease.probe`), and hedging then judges
+        its lateness by the pool's latency rather than by the slow spell it tests. The
+        base balancer never probes."""
+        return False
+
     def choose(
         self,
         candidates: Sequence[BackendState],
@@ -507,6 +515,14 @@ class ShortestExpectedDelay(Balancer):
         metric = self.metric
         assert isinstance(metric, ExpectedDelay)
         return metric.delay(backend._state, now, 1.0, self.prior)
+
+    def is_probe(self, state: BackendState, now: float) -> bool:
+        """A pick that the stale estimate's relaxing brought into the tie band: the
+        backend's record is worse than the pool's typical by more than the band, and
+        only its age made it look competitive."""
+        metric = self.metric
+        assert isinstance(metric, ExpectedDelay)
+        return metric.relaxed_by(state, now, self.prior) > self._widen
 
     def observe(
         self,

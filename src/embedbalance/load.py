@@ -501,6 +501,23 @@ class ExpectedDelay:
     def load(self, state: BackendState, now: float) -> float:
         return self.delay(state, now, 1.0)
 
+    def relaxed_by(
+        self, state: BackendState, now: float, prior: tuple[float, float] | None
+    ) -> float:
+        """The factor by which staleness lowers ``state``'s service estimate now (1:
+        not at all — fresh, no worse than ``prior``'s typical, or unmeasured)."""
+        est = state.metric_state
+        if prior is None or type(est) is not DelayEstimate or not est.samples:
+            return 1.0
+        service, typical = est.service, prior[0]
+        if service <= typical:
+            return 1.0
+        age = _news_age(state, est, now)
+        if age <= 0.0:
+            return 1.0
+        w = math.exp(-age / self.retest)
+        return service / (service * w + typical * (1.0 - w))
+
     def estimate(self, state: BackendState, now: float) -> float | None:
         est = state.metric_state
         if type(est) is not DelayEstimate or est.samples == 0:

@@ -103,6 +103,9 @@ class Lease:
     bulk: bool = False
     #: How many backends it was picked among (1: no other could take a copy now).
     choices: int = 1
+    #: Whether it was placed to re-test a backend its balancer's record calls slow
+    #: (see :meth:`Balancer.is_probe`): hedging judges it by the pool's latency.
+    probe: bool = False
 
 
 @attrs.frozen
@@ -269,6 +272,9 @@ class BackendPool:
         # Keep each backend's leases in order only for balancers that read the age of the
         # oldest one: it costs a deque append and pop per request.
         self._track_age = bool(getattr(self.balancer, "needs_oldest", False))
+        # Asked after each pick only of balancers that can probe.
+        probes = type(self.balancer).is_probe is not Balancer.is_probe
+        self._is_probe = self.balancer.is_probe if probes else None
         # Failures are added with the same time constant the balancer reads them with.
         self.failure_decay = getattr(self.balancer.metric, "failure_decay", DEFAULT_FAILURE_DECAY)
         self.clock = clock
@@ -639,6 +645,7 @@ class BackendPool:
                         model=model,
                         bulk=bulk,
                         choices=len(candidates),
+                        probe=self._is_probe is not None and self._is_probe(state, now),
                     )
                     if model is not None:
                         counters = self._models.get(model)
