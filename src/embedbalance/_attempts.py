@@ -172,15 +172,16 @@ class AttemptPolicy:
     def hedge_delay(self, lease: Lease | None = None) -> float | None:
         """Seconds to wait before hedging an attempt on ``lease``'s backend, or None when
         not hedging now: a multiple of that backend's recent percentile (the transport's
-        while it has too few answers, for a probe, or without ``per_backend``)."""
+        while it has too few answers, or without ``per_backend``). A probe (see
+        :attr:`Lease.probe`) is hedged after the transport's percentile itself: it
+        re-tests a backend thought slow, so it is late by the pool's measure, not by the
+        spell it tests, and a copy that goes early keeps the re-testing off the tail."""
         hedge = self.hedge
         if hedge is None:
             return None
         p = None
-        # A probe re-tests a backend thought slow: late is late by the pool's measure,
-        # not by the spell it is testing (else a probe of a still-slow backend waits
-        # out its slow time before a copy goes elsewhere).
-        if hedge.per_backend and lease is not None and not lease.probe:
+        probe = lease is not None and lease.probe
+        if hedge.per_backend and lease is not None and not probe:
             p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
         if p is None:
             if len(self.latencies) < hedge.min_samples:
@@ -188,7 +189,7 @@ class AttemptPolicy:
             p = self.latencies.percentile(hedge.percentile)
             if p is None:
                 return None
-        return max(p * hedge.multiple, hedge.min_delay)
+        return max(p if probe else p * hedge.multiple, hedge.min_delay)
 
     def _allow_retry(self) -> bool:
         if self.budget.try_withdraw():

@@ -633,6 +633,8 @@ class BackendPool:
                     candidates, cost=cost, now=now, rng=self.rng, population=population
                 )
                 if not spare or self._has_room(state, cost):
+                    # Judged before this request counts as the backend's own news.
+                    probe = self._is_probe is not None and self._is_probe(state, now)
                     state.pending += 1
                     state.outstanding_cost += cost
                     state.requests += 1
@@ -645,7 +647,7 @@ class BackendPool:
                         model=model,
                         bulk=bulk,
                         choices=len(candidates),
-                        probe=self._is_probe is not None and self._is_probe(state, now),
+                        probe=probe,
                     )
                     if model is not None:
                         counters = self._models.get(model)

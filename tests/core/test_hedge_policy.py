@@ -285,3 +285,24 @@ def test_acquire_spare_honours_model_and_bulk() -> None:
         assert lease.backend.url == SLOW
         pool.release(lease, eb.Outcome.SUCCESS)
     assert pool.acquire_spare(exclude={SLOW}) is not None  # interactive may still go there
+
+
+def test_a_probe_of_a_backend_thought_slow_is_hedged_by_the_pools_percentile() -> None:
+    """The default balancer marks a pick that only staleness made competitive as a probe, and its hedge goes after the transport's p90 itself, not 2 x the slow backend's own p90 (which would keep each re-test of a still-slow backend on the tail). A pick of the same backend just after another was placed there, or any pick of a fast one, is no probe."""
+    pool, clock = _pool(eb.ShortestExpectedDelay())
+    _answer(pool, SLOW, 1.0, 40)
+    _answer(pool, FAST, 0.1, 100)  # most answers are fast ones: the typical is ~0.1
+    policy = _policy(pool, eb.Hedge(), [0.3] * 100)
+    first = _lease_on(pool, SLOW)  # its news is a second old (the last answer's start)
+    assert first.probe
+    second = _lease_on(pool, SLOW)  # one was placed just now: no probe
+    assert not second.probe
+    assert policy.hedge_delay(second) == pytest.approx(2.0)
+    pool.release(first, eb.Outcome.SUCCESS, latency=1.0)
+    pool.release(second, eb.Outcome.SUCCESS, latency=1.0)
+    assert not _lease_on(pool, FAST).probe
+    clock.advance(5.0)  # no news of the slow one for 5 s: its record relaxes
+    probe = pool.acquire()
+    assert probe.backend.url == SLOW
+    assert probe.probe
+    assert policy.hedge_delay(probe) == pytest.approx(0.3)
