@@ -110,6 +110,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "parsing": (
         "src/embedbalance_worker/parsing.py",
         [
+            "tests/worker/test_parsing.py",
             "tests/worker/test_errors.py",
             "tests/worker/test_routes.py",
             "tests/worker/test_malformed.py",
