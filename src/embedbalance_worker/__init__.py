@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from embedbalance_worker.admission import Admission, Refused
 from embedbalance_worker.app import WorkerState, create_app, worker_version
-from embedbalance_worker.batcher import Batcher, Closed, Overloaded, Progress
+from embedbalance_worker.batcher import Batcher, Closed, Overloaded, Progress, Timing
 from embedbalance_worker.config import WorkerConfig
 from embedbalance_worker.liveness import Liveness
 from embedbalance_worker.metrics import METRIC_NAMES
@@ -33,6 +33,7 @@ __all__ = [
     "Pipeline",
     "Progress",
     "Refused",
+    "Timing",
     "TokenizationFailed",
     "UnsupportedModel",
     "WorkerConfig",

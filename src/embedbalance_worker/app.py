@@ -41,6 +41,7 @@ from embedbalance_worker.batcher import (
     Closed,
     Forward,
     Overloaded,
+    Timing,
 )
 from embedbalance_worker.config import WorkerConfig
 from embedbalance_worker.errors import ApiError, error_response
@@ -308,8 +309,12 @@ class WorkerState:
             out.append(list(item))
         return out
 
-    async def embed(self, request: Request, parse: Parser) -> tuple[FloatArray, int, EmbedRequest]:
-        """Admit, read, parse, tokenize and batch one request: its rows and tokens used."""
+    async def embed(
+        self, request: Request, parse: Parser
+    ) -> tuple[FloatArray, int, EmbedRequest, dict[str, str]]:
+        """Admit, read, parse, tokenize and batch one request: its rows, tokens used,
+        and the headers to answer with (load and TEI's timing headers)."""
+        started = time.perf_counter()
         self.check_auth(request)
         model = self.check_ready()
         cfg = self.config
@@ -340,6 +345,7 @@ class WorkerState:
                     "invalid_field",
                     f"'dimensions' is {req.dimensions}, above the model's {model.dimension}",
                 )
+            tokenizing = time.perf_counter()
             if req.chars <= INLINE_TOKENIZE_CHARS:
                 ids = self._token_ids(model, req)
             else:
@@ -347,10 +353,12 @@ class WorkerState:
                 ids = await loop.run_in_executor(
                     self._tokenizer_threads, self._token_ids, model, req
                 )
+            tokenizing = time.perf_counter() - tokenizing
             ticket.end_intake()
             assert self.batcher is not None
+            timing = Timing()
             try:
-                rows = await self.batcher.submit(ids, priority=priority)
+                rows = await self.batcher.submit(ids, priority=priority, timing=timing)
             except Overloaded as exc:
                 raise ApiError(
                     429,
@@ -371,7 +379,30 @@ class WorkerState:
             rows = np.ascontiguousarray(rows[:, : req.dimensions])
         if req.normalize:
             rows = l2_normalize(rows)
-        return rows, sum(len(x) for x in ids), req
+        tokens = sum(len(x) for x in ids)
+        headers = self.load_headers()
+        total = _ms(time.perf_counter() - started)
+        # TEI's timing headers, same names and meaning (whole milliseconds): dashboards
+        # built for TEI read them, and a balancer (ours, among others) takes the
+        # inference time as an exact service time and the queue time as queueing.
+        headers.update(
+            {
+                "x-compute-type": model.device.type,
+                "x-compute-time": total,
+                "x-compute-characters": str(req.chars),
+                "x-compute-tokens": str(tokens),
+                "x-total-time": total,
+                "x-tokenization-time": _ms(tokenizing),
+                "x-queue-time": _ms(timing.queue),
+                "x-inference-time": _ms(timing.inference),
+            }
+        )
+        return rows, tokens, req, headers
+
+
+def _ms(seconds: float) -> str:
+    """Whole milliseconds, as TEI writes its timing headers."""
+    return str(int(seconds * 1000.0))
 
 
 def _delayed(forward: Forward, delay_s: float) -> Forward:
@@ -403,17 +434,17 @@ async def embed_tei(request: Request) -> Response:
     """POST /embed: TEI shape in, a list of vectors out."""
     state = _state(request)
     try:
-        rows, _, _ = await state.embed(request, parse_tei)
+        rows, _, _, headers = await state.embed(request, parse_tei)
     except ApiError as exc:
         return _with_load(state, exc)
-    return _json(rows, state.load_headers())
+    return _json(rows, headers)
 
 
 async def embed_openai(request: Request) -> Response:
     """POST /v1/embeddings (and /embeddings): OpenAI shape, floats or base64 float32."""
     state = _state(request)
     try:
-        rows, tokens, req = await state.embed(request, parse_openai)
+        rows, tokens, req, headers = await state.embed(request, parse_openai)
     except ApiError as exc:
         return _with_load(state, exc)
     assert state.model is not None
@@ -434,7 +465,7 @@ async def embed_openai(request: Request) -> Response:
         "model": state.model.model_id,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
-    return _json(body, state.load_headers())
+    return _json(body, headers)
 
 
 async def health(request: Request) -> Response:

@@ -55,6 +55,20 @@ class Closed(Exception):
     """The batcher is draining or stopped and takes no new work."""
 
 
+@attrs.define
+class Timing:
+    """Where one request's time went inside the batcher, in seconds, filled in by
+    :meth:`Batcher.submit` when it returns: ``inference`` — the forward passes that
+    carried its texts (a request split over several passes counts each); ``queue`` —
+    the rest of its time in the batcher (waiting for a pass, and between its passes).
+    The worker reports both to clients as TEI's ``x-queue-time`` and
+    ``x-inference-time``: a balancer learns a service time from them exactly, instead
+    of guessing it from the latency."""
+
+    queue: float = 0.0
+    inference: float = 0.0
+
+
 @attrs.define(eq=False, repr=False)
 class _Request:
     """One caller's texts and the rows computed for them so far."""
@@ -66,6 +80,8 @@ class _Request:
     rows: FloatArray | None = None
     remaining: int = 0
     untaken: int = 0
+    #: Seconds of forward passes that carried its texts so far.
+    inference: float = 0.0
 
 
 @attrs.frozen
@@ -261,13 +277,20 @@ class Batcher:
             self._executor.shutdown(wait=False)
 
     # -- admission -------------------------------------------------------------------
-    async def submit(self, ids: list[list[int]], *, priority: str = INTERACTIVE) -> FloatArray:
+    async def submit(
+        self,
+        ids: list[list[int]],
+        *,
+        priority: str = INTERACTIVE,
+        timing: Timing | None = None,
+    ) -> FloatArray:
         """Embed one request's tokenized texts; rows come back in the same order.
 
         ``priority`` is ``"interactive"`` (the default) or ``"bulk"``; another value
         raises ``ValueError``. Raises :class:`Overloaded` at once when the queue bound
         for that priority would be passed and :class:`Closed` while draining.
-        Cancelling the caller drops its untaken texts.
+        Cancelling the caller drops its untaken texts. A ``timing`` record is filled
+        in with where the request's time went (see :class:`Timing`) once rows return.
         """
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {', '.join(PRIORITIES)}, got {priority!r}")
@@ -296,7 +319,11 @@ class Batcher:
         self._requests[priority] += 1
         self._wakeup.set()
         try:
-            return await request.future
+            rows = await request.future
+            if timing is not None:
+                timing.inference = request.inference
+                timing.queue = max(0.0, self._clock() - request.enqueued_at - request.inference)
+            return rows
         finally:
             if not request.future.done():
                 request.future.cancel()
@@ -420,6 +447,8 @@ class Batcher:
         self._tokens_per_s = (
             rate if not self._tokens_per_s else 0.8 * self._tokens_per_s + 0.2 * rate
         )
+        for request in {id(p.request): p.request for p in batch}.values():
+            request.inference += seconds
         for piece, row in zip(batch, rows, strict=True):
             request = piece.request
             if request.future.done():

@@ -190,3 +190,34 @@ def test_auto_truncate_cuts_instead_of_413(make_client: Any) -> None:
     assert client.post("/embed", json={"inputs": "word " * 400}).status_code == 200
     refused = client.post("/embed", json={"inputs": "word " * 400, "truncate": False})
     assert refused.status_code == 413
+
+
+TIMING_HEADERS = (
+    "x-compute-time",
+    "x-total-time",
+    "x-tokenization-time",
+    "x-queue-time",
+    "x-inference-time",
+)
+
+
+def test_answers_carry_teis_timing_headers(client: TestClient) -> None:
+    """Both routes answer with TEI's timing headers: whole milliseconds, the parts no more
+    than the total, characters and tokens of the request (tokens as in the OpenAI usage).
+    If this fails, dashboards built for TEI read nothing, and a balancer loses the exact
+    service time (x-inference-time) it trusts over its own guesses."""
+    text = "the timing headers of one request"
+    tei = client.post("/embed", json={"inputs": [text, text]})
+    openai = client.post("/v1/embeddings", json={"input": [text, text]})
+    for r in (tei, openai):
+        assert r.status_code == 200
+        ms = {name: r.headers[name] for name in TIMING_HEADERS}
+        assert all(v.isdigit() for v in ms.values()), ms
+        parts = sum(int(ms[k]) for k in ("x-tokenization-time", "x-queue-time", "x-inference-time"))
+        assert parts <= int(ms["x-total-time"]) == int(ms["x-compute-time"])
+        assert r.headers["x-compute-type"] == "cpu"
+        assert r.headers["x-compute-characters"] == str(2 * len(text))
+    assert openai.headers["x-compute-tokens"] == str(openai.json()["usage"]["total_tokens"])
+    assert tei.headers["x-compute-tokens"] == openai.headers["x-compute-tokens"]
+    # Errors carry no timing (nothing was computed).
+    assert "x-inference-time" not in client.post("/embed", json={"inputs": []}).headers
