@@ -294,6 +294,9 @@ class DelayEstimate:
     #: the request went out, so a backend back from a slow spell, still returning the
     #: slow requests it took during it, is not thereby known to be slow now.
     news: float = -math.inf
+    #: A slow moving average of ``service``: what this backend is usually like, so a
+    #: slow spell (``service`` far above it) is told from a backend that is simply slow.
+    baseline: float = 0.0
 
 
 #: The least a sample must exceed the service estimate by (relative) to count as
@@ -301,6 +304,11 @@ class DelayEstimate:
 QUEUE_MARGIN = 0.2
 #: How many mean absolute deviations of a backend's service times count as noise.
 NOISE_SPREADS = 2.5
+#: Share of each answer's estimate that moves a backend's ``baseline``.
+BASELINE_WEIGHT = 0.02
+#: A backend whose estimate is within this factor of its own baseline is as it always
+#: is: its stale estimate is re-tested this many times more slowly.
+SETTLED = 4.0
 
 
 def _news_age(state: BackendState, est: DelayEstimate, now: float) -> float:
@@ -396,6 +404,16 @@ class ExpectedDelay:
             if not 0 < value <= 1:
                 raise ValueError(f"{name} must be > 0 and <= 1, got {value!r}")
 
+    def _retest(self, est: DelayEstimate) -> float:
+        """The relaxing time constant for ``est``: ``retest`` while the backend is in a
+        spell (its estimate more than twice its own baseline) — so that its recovery is
+        found quickly — and ``SETTLED`` times longer for a backend that is slower than
+        the pool but as it always is (a small CPU replica beside GPUs), whose probes
+        would only confirm it and cost the tail."""
+        if est.service > 2.0 * est.baseline:
+            return self.retest
+        return self.retest * SETTLED
+
     def record(self, state: BackendState) -> DelayEstimate:
         """This metric's record of ``state``'s backend (created on first use)."""
         est = state.metric_state
@@ -413,7 +431,7 @@ class ExpectedDelay:
             if prior is not None and service > prior[0]:
                 age = _news_age(state, est, now)
                 if age > 0.0:  # stale and worse than the pool: relax toward it
-                    w = math.exp(-age / self.retest)
+                    w = math.exp(-age / self._retest(est))
                     service = service * w + prior[0] * (1.0 - w)
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
@@ -462,7 +480,7 @@ class ExpectedDelay:
                 if service > typical:
                     age = _news_age(state, est, now)
                     if age > 0.0:
-                        w = math.exp(-age / self.retest)
+                        w = math.exp(-age / self._retest(est))
                         service = service * w + typical * (1.0 - w)
                         probing = True
             if now - state.admitted_at < state.slow_start.window:
@@ -515,7 +533,7 @@ class ExpectedDelay:
         age = _news_age(state, est, now)
         if age <= 0.0:
             return 1.0
-        w = math.exp(-age / self.retest)
+        w = math.exp(-age / self._retest(est))
         return service / (service * w + typical * (1.0 - w))
 
     def estimate(self, state: BackendState, now: float) -> float | None:
@@ -571,6 +589,7 @@ class ExpectedDelay:
                     est.slots = serving * unit
             est.stamp = now
             est.news = now - y
+            est.baseline = est.service
             est.samples = 1
             return
         service, slots = est.service, est.slots
@@ -645,4 +664,5 @@ class ExpectedDelay:
             est.stamp = now
         if started > est.news:
             est.news = started
+        est.baseline += (est.service - est.baseline) * BASELINE_WEIGHT
         est.samples += 1
