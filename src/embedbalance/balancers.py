@@ -554,15 +554,15 @@ class ShortestExpectedDelay(Balancer):
             self.prior = (est.service, est.slots)
         else:
             # Each answer moves the typical backend a tenth of the way toward the one
-            # that answered, but by no more than the tie band: one backend in a slow
+            # that answered, but up by no more than the tie band: one backend in a slow
             # spell (8x) would otherwise drag the typical up by most of a service time
-            # per answer, and with it every stale estimate relaxing toward it.
+            # per answer, and with it every stale estimate relaxing toward it. Down it
+            # moves freely: a first answer from a cold start must not keep the typical
+            # (and every unmeasured backend scored by it) slow for long.
             service, slots = prior
             target = est.service
             if target > service * self._widen:
                 target = service * self._widen
-            elif target * self._widen < service:
-                target = service / self._widen
             self.prior = (service + (target - service) * 0.1, slots + (est.slots - slots) * 0.1)
 
 

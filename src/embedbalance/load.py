@@ -309,6 +309,9 @@ BASELINE_WEIGHT = 0.02
 #: A backend whose estimate is within this factor of its own baseline is as it always
 #: is: its stale estimate is re-tested this many times more slowly.
 SETTLED = 4.0
+#: Answers before a baseline is trusted: a first answer is often a cold start (the
+#: connection, the model's first pass) and would pass for the backend's usual speed.
+SETTLE_SAMPLES = 20
 
 
 def _news_age(state: BackendState, est: DelayEstimate, now: float) -> float:
@@ -406,11 +409,11 @@ class ExpectedDelay:
 
     def _retest(self, est: DelayEstimate) -> float:
         """The relaxing time constant for ``est``: ``retest`` while the backend is in a
-        spell (its estimate more than twice its own baseline) — so that its recovery is
-        found quickly — and ``SETTLED`` times longer for a backend that is slower than
-        the pool but as it always is (a small CPU replica beside GPUs), whose probes
-        would only confirm it and cost the tail."""
-        if est.service > 2.0 * est.baseline:
+        spell (its estimate more than twice its own baseline) or too new to have a
+        baseline — so that its recovery is found quickly — and ``SETTLED`` times longer
+        for a backend that is slower than the pool but as it always is (a small CPU
+        replica beside GPUs), whose probes would only confirm it and cost the tail."""
+        if est.samples < SETTLE_SAMPLES or est.service > 2.0 * est.baseline:
             return self.retest
         return self.retest * SETTLED
 

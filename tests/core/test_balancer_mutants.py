@@ -425,14 +425,15 @@ def test_sed_observe_defaults_and_prior_average() -> None:
 
 
 @pytest.mark.parametrize(
-    ("service", "target"), [(0.12, 0.12), (0.15, 0.15), (0.9, 0.15), (0.05, 0.1 / 1.5)]
+    ("service", "target"), [(0.12, 0.12), (0.15, 0.15), (0.9, 0.15), (0.05, 0.05), (0.001, 0.001)]
 )
 def test_sed_prior_moves_at_most_to_the_tie_band(service: float, target: float) -> None:
-    """One backend in a slow (or fast) spell moves the pool's typical service time a
-    tenth of the way toward its own, but no further than the tie band (``1 +
-    tolerance`` either way). If this fails, an 8x-slow backend's answers drag the
-    typical up, and every stale estimate relaxing toward it (the recovered backend's
-    included) stays shunned."""
+    """One backend in a slow spell moves the pool's typical service time a tenth of the
+    way toward its own, but up by no more than the tie band (``1 + tolerance``); down
+    it moves freely. If this fails, either an 8x-slow backend's answers drag the typical
+    up, and every stale estimate relaxing toward it (the recovered backend's included)
+    stays shunned, or a cold first answer keeps the typical slow and every unmeasured
+    backend, scored by it, unpicked."""
     b = eb.ShortestExpectedDelay()
     b.prior = (0.1, 4.0)
     s = make_state(0)
