@@ -390,6 +390,11 @@ class PeakEwma(_P2C):
         return f"PeakEwma(tau={m.tau:g}, default_rtt={m.default_rtt:g})"
 
 
+#: Answers during which the pool's typical backend moves freely (after, within the tie
+#: band per answer): 0.9 ** 50 leaves 0.5% of a cold first answer's error.
+PRIOR_SETTLING = 50
+
+
 class ShortestExpectedDelay(Balancer):
     """Send each request where it is expected to be answered soonest, from a model of
     each backend with a concurrency knee (see :class:`~embedbalance.load.ExpectedDelay`).
@@ -439,6 +444,7 @@ class ShortestExpectedDelay(Balancer):
         #: the estimate for a backend not yet measured and the level a stale, worse
         #: estimate relaxes toward (None until the first answer anywhere).
         self.prior: tuple[float, float] | None = None
+        self._answers = 0
         self.tolerance = tolerance
         self._widen = 1.0 + tolerance
         self.scan_limit = max(scan_limit, choices)
@@ -554,15 +560,22 @@ class ShortestExpectedDelay(Balancer):
             self.prior = (est.service, est.slots)
         else:
             # Each answer moves the typical backend a tenth of the way toward the one
-            # that answered, but up by no more than the tie band: one backend in a slow
+            # that answered, but by no more than the tie band: one backend in a slow
             # spell (8x) would otherwise drag the typical up by most of a service time
-            # per answer, and with it every stale estimate relaxing toward it. Down it
-            # moves freely: a first answer from a cold start must not keep the typical
-            # (and every unmeasured backend scored by it) slow for long.
+            # per answer, and with it every stale estimate relaxing toward it; nor do
+            # the luckiest answers drag it down (slow backends relaxing toward a
+            # typical that is too fast are probed too often). Not for the first
+            # answers: the first may be a cold start, 20x slow, and a clipped typical
+            # would take hundreds of answers to leave it (every unmeasured backend,
+            # scored by it, unpicked meanwhile).
             service, slots = prior
             target = est.service
-            if target > service * self._widen:
-                target = service * self._widen
+            self._answers += 1
+            if self._answers > PRIOR_SETTLING:
+                if target > service * self._widen:
+                    target = service * self._widen
+                elif target * self._widen < service:
+                    target = service / self._widen
             self.prior = (service + (target - service) * 0.1, slots + (est.slots - slots) * 0.1)
 
 

@@ -14,6 +14,7 @@ import embedbalance as eb
 from embedbalance import Backend, SlowStart
 from embedbalance._hints import ServerHints
 from embedbalance._state import BackendState
+from embedbalance.balancers import PRIOR_SETTLING
 from embedbalance.load import DelayEstimate, ExpectedDelay
 from embedbalance.locality import Locality
 
@@ -420,26 +421,41 @@ def test_sed_observe_defaults_and_prior_average() -> None:
     assert (a.metric_state.service, a.metric_state.slots) == (0.1, 1.0)
     assert b.prior == (0.1, 1.0)
     b.observe(c, 0.3, NOW, 5.0, 1.0)  # five in flight: 5 slots
-    # 0.3 is past the tie band (1.5x): the typical moves toward 0.15 only.
-    assert b.prior == pytest.approx((0.1 + 0.05 * 0.1, 1.0 + 4.0 * 0.1))
+    # While the typical settles it moves freely (see the tie-band test for after).
+    assert b.prior == pytest.approx((0.1 + 0.2 * 0.1, 1.0 + 4.0 * 0.1))
 
 
 @pytest.mark.parametrize(
-    ("service", "target"), [(0.12, 0.12), (0.15, 0.15), (0.9, 0.15), (0.05, 0.05), (0.001, 0.001)]
+    ("service", "target"), [(0.12, 0.12), (0.15, 0.15), (0.9, 0.15), (0.05, 0.1 / 1.5)]
 )
 def test_sed_prior_moves_at_most_to_the_tie_band(service: float, target: float) -> None:
-    """One backend in a slow spell moves the pool's typical service time a tenth of the
-    way toward its own, but up by no more than the tie band (``1 + tolerance``); down
-    it moves freely. If this fails, either an 8x-slow backend's answers drag the typical
-    up, and every stale estimate relaxing toward it (the recovered backend's included)
-    stays shunned, or a cold first answer keeps the typical slow and every unmeasured
-    backend, scored by it, unpicked."""
+    """Once settled, one backend in a slow (or fast) spell moves the pool's typical
+    service time a tenth of the way toward its own, but no further than the tie band
+    (``1 + tolerance`` either way). If this fails, an 8x-slow backend's answers drag the
+    typical up, and every stale estimate relaxing toward it (the recovered backend's
+    included) stays shunned."""
     b = eb.ShortestExpectedDelay()
     b.prior = (0.1, 4.0)
+    b._answers = PRIOR_SETTLING
     s = make_state(0)
     s.metric_state = DelayEstimate(service=service, slots=4.0, stamp=NOW, samples=50, news=NOW)
     b.observe(s, service, NOW)
     assert b.prior[0] == pytest.approx(0.1 + (target - 0.1) * 0.1)
+
+
+def test_sed_prior_moves_freely_while_it_settles() -> None:
+    """For the first PRIOR_SETTLING answers the typical follows each answer's estimate
+    a tenth of the way, unclipped. If this fails, a cold first answer (20x slow) keeps
+    the typical slow for hundreds of answers and every unmeasured replica, scored by
+    it, is never picked while a measured one is free."""
+    b = eb.ShortestExpectedDelay()
+    fast = make_state(0)
+    b.observe(make_state(1), 2.0, NOW)  # a cold start: the first typical is 2 s
+    assert b.prior is not None
+    assert b.prior[0] == pytest.approx(2.0)
+    for _ in range(PRIOR_SETTLING - 1):
+        b.observe(fast, 0.1, NOW)
+    assert b.prior[0] < 0.12
 
 
 # -- priority tiers ----------------------------------------------------------------
