@@ -102,6 +102,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "batcher": (
         "src/embedbalance_worker/batcher.py",
         [
+            # First: pure, fast, and every wait bounded, so most mutants die here
+            # before the model-loading tests below run.
+            "tests/worker/test_batcher_logic.py",
             "tests/worker/test_batcher.py",
             "tests/worker/test_priority_batcher.py",
             "tests/worker/test_liveness.py",
