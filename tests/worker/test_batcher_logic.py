@@ -208,9 +208,9 @@ async def test_submit_refuses_bad_priority_first_then_an_unstarted_batcher() -> 
     with pytest.raises(
         ValueError, match=r"^priority must be one of interactive, bulk, got 'urgent'$"
     ):
-        await b.submit([[1]], priority="urgent")
+        await result(b.submit([[1]], priority="urgent"))
     with pytest.raises(Closed, match=r"^the worker is draining$"):
-        await b.submit([[1]])
+        await result(b.submit([[1]]))
     await finish(b)
 
 
@@ -324,7 +324,7 @@ async def test_interactive_admission_counts_interactive_tokens_inclusively() -> 
         four = await enqueue(b, [[7, 7, 7, 7]])
         assert (b.queued_tokens, b.depth_of(INTERACTIVE)) == (40, 2)
         with pytest.raises(Overloaded) as refused:
-            await b.submit([[8]])
+            await result(b.submit([[8]]))
         assert refused.value.retry_after == 1
         assert (b.queued_tokens, b.queue_depth) == (40, 3)
         gate.open()
@@ -348,9 +348,9 @@ async def test_a_request_arriving_at_an_empty_queue_is_always_admitted() -> None
         big_bulk = await enqueue(b, [[2] * 50], priority=BULK)
         big = await enqueue(b, [[3] * 50])
         with pytest.raises(Overloaded):
-            await b.submit([[4] * 11])
+            await result(b.submit([[4] * 11]))
         with pytest.raises(Overloaded):
-            await b.submit([[5]], priority=BULK)
+            await result(b.submit([[5]], priority=BULK))
         gate.open()
         for task in (first, big_bulk, big):
             await result(task)
@@ -372,7 +372,7 @@ async def test_bulk_admission_counts_all_waiting_tokens_inclusively() -> None:
         two = await enqueue(b, [[3, 3]], priority=BULK)
         assert (b.depth_of(BULK), b.queued_tokens) == (2, 6)
         with pytest.raises(Overloaded):
-            await b.submit([[4]], priority=BULK)
+            await result(b.submit([[4]], priority=BULK))
         gate.release(2)  # the two bulk requests share one pass
         for task in (first, one, two):
             await result(task)
@@ -380,7 +380,7 @@ async def test_bulk_admission_counts_all_waiting_tokens_inclusively() -> None:
         mixed = await enqueue(b, [[5, 5, 5]])
         ok = await enqueue(b, [[6, 6, 6]], priority=BULK)
         with pytest.raises(Overloaded):
-            await b.submit([[7]], priority=BULK)
+            await result(b.submit([[7]], priority=BULK))
         gate.open()
         for task in (first, mixed, ok):
             await result(task)
@@ -407,11 +407,11 @@ async def test_retry_after_exact_before_any_pass_finished() -> None:
         assert (b.retry_after(), b.retry_after(BULK)) == (3, 4)
         b.max_queue_tokens = 4001
         with pytest.raises(Overloaded) as refused:
-            await b.submit([[5]])
+            await result(b.submit([[5]]))
         assert refused.value.retry_after == 3
         b.max_bulk_queue_tokens = 6001
         with pytest.raises(Overloaded) as refused:
-            await b.submit([[5]], priority=BULK)
+            await result(b.submit([[5]], priority=BULK))
         assert refused.value.retry_after == 4
         gate.open()
         for task in (first, *tasks):
@@ -856,7 +856,7 @@ async def test_close_refuses_new_work_and_finishes_queued_work_without_waiting()
         queued = await enqueue(b, [[3]])
         b.close()
         with pytest.raises(Closed, match=r"^the worker is draining$"):
-            await b.submit([[4]])
+            await result(b.submit([[4]]))
         gate.open()
         np.testing.assert_array_equal(await result(queued), expected([[3]]))
         await result(first)
