@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import threading
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,28 @@ WAIT = 3.0
 def anyio_backend() -> str:
     """The batcher is asyncio-based, like uvicorn."""
     return "asyncio"
+
+
+class Overran(BaseException):
+    """A test ran past its deadline. A BaseException, so that the batcher's own
+    ``except Exception`` (the loop outliving a batch) cannot swallow it."""
+
+
+@pytest.fixture(autouse=True)
+def deadline() -> Iterator[None]:
+    """Fail any test here that runs past 10 s, even one whose event loop never yields
+    (a batcher spinning on an error): bounded awaits cannot fire then, a signal can."""
+
+    def overran(signum: int, frame: object) -> None:
+        raise Overran("test ran past 10 s")
+
+    previous = signal.signal(signal.SIGALRM, overran)
+    signal.setitimer(signal.ITIMER_REAL, 10.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 class ManualClock:
@@ -646,6 +669,29 @@ async def test_cancelled_callers_texts_are_dropped_wherever_they_wait() -> None:
         assert gate.firsts()[2:] == [[5], [7]]
         await until(lambda: b.idle)
         assert (b.queue_depth, b.queued_tokens) == (0, 0)
+    finally:
+        await finish(b, gate)
+
+
+async def test_abandoned_interactive_texts_do_not_make_bulk_wait_again() -> None:
+    """When the only interactive text waiting was abandoned and its wait for company is
+    over, the bulk text behind it runs at once rather than starting a wait of its own.
+    If this fails, a client hanging up adds max_wait_s to the bulk work queued behind."""
+    clock = ManualClock(0.0)
+    gate = Gate()
+    b = make(gate, max_wait_s=1000.0, clock=clock)
+    b.start()
+    try:
+        gone = await enqueue(b, [[1]])
+        gone.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await result(gone)
+        clock.now = 1000.0
+        bulk = await enqueue(b, [[2]], priority=BULK)
+        await until(lambda: len(gate.calls) == 1)
+        gate.open()
+        await result(bulk)
+        assert gate.firsts() == [[2]]
     finally:
         await finish(b, gate)
 
