@@ -95,6 +95,7 @@ class Gate:
     def __init__(self, clock: ManualClock | None = None) -> None:
         self.calls: list[list[list[int]]] = []
         self.threads: list[str] = []
+        self.returned = 0
         self.clock = clock
         self.step = 0.0
         self._go = threading.Semaphore(0)
@@ -109,11 +110,14 @@ class Gate:
     def __call__(self, batch: Sequence[Sequence[int]]) -> Any:
         self.calls.append([list(x) for x in batch])
         self.threads.append(threading.current_thread().name)
-        if not self._go.acquire(timeout=WAIT * 2):
-            raise TimeoutError("the test never released this pass")
-        if self.clock is not None:
-            self.clock.now += self.step
-        return rows_of(batch)
+        try:
+            if not self._go.acquire(timeout=WAIT * 2):
+                raise TimeoutError("the test never released this pass")
+            if self.clock is not None:
+                self.clock.now += self.step
+            return rows_of(batch)
+        finally:
+            self.returned += 1
 
     def firsts(self) -> list[list[int]]:
         """Each call's texts by first id."""
@@ -564,11 +568,12 @@ async def test_a_full_pass_does_not_wait_for_company(
         await finish(b)
 
 
-async def test_a_pass_that_is_not_full_waits_for_company() -> None:
-    """Texts short of a full pass wait (up to max_wait_s from the oldest) and the next
-    arrivals join them in one pass; an interactive pass is judged by max_batch_tokens,
-    not the smaller bulk bound. If this fails, the batcher runs many small passes
-    instead of batching."""
+@pytest.mark.parametrize("max_wait_s", [1000.0, 0.5])
+async def test_a_pass_that_is_not_full_waits_for_company(max_wait_s: float) -> None:
+    """Texts short of a full pass wait (up to max_wait_s from the oldest, however short)
+    and the next arrivals join them in one pass; an interactive pass is judged by
+    max_batch_tokens, not the smaller bulk bound. If this fails, the batcher runs many
+    small passes instead of batching."""
     clock = ManualClock(0.0)
     gate = Gate()
     b = make(
@@ -576,7 +581,7 @@ async def test_a_pass_that_is_not_full_waits_for_company() -> None:
         max_batch_size=4,
         max_batch_tokens=9,
         max_bulk_batch_tokens=4,
-        max_wait_s=1000.0,
+        max_wait_s=max_wait_s,
         clock=clock,
     )
     b.start()
@@ -594,6 +599,18 @@ async def test_a_pass_that_is_not_full_waits_for_company() -> None:
         assert sorted(gate.firsts()[0]) == [1, 2, 3, 4]
     finally:
         await finish(b, gate)
+
+
+async def test_a_wait_that_times_out_ends_even_if_the_clock_stood_still() -> None:
+    """The wait for company ends when its timer fires, without asking the clock again.
+    If this fails, a lone text can wait forever on a clock that moves slowly or not
+    at all."""
+    b = make(rows_of, max_wait_s=0.05, clock=ManualClock(0.0))
+    b.start()
+    try:
+        np.testing.assert_array_equal(await result(b.submit([[1]])), expected([[1]]))
+    finally:
+        await finish(b)
 
 
 async def test_waiting_ends_at_the_oldest_texts_deadline() -> None:
@@ -838,9 +855,14 @@ async def test_progress_reports_what_the_liveness_check_reads() -> None:
             await result(fail2)
         await until(lambda: b.idle)
         assert b.progress() == Progress(True, None, None, 1, 107.0, 2)
+        clock.now = 108.0
+        gate.release()
+        with pytest.raises(RuntimeError):
+            await result(b.submit([[FAIL]]))
+        assert b.progress() == Progress(True, None, None, 2, 108.0, 2)
     finally:
         await finish(b, gate)
-    assert b.progress() == Progress(False, None, None, 1, 107.0, 2)
+    assert b.progress() == Progress(False, None, None, 2, 108.0, 2)
 
 
 async def test_a_failing_stats_callback_is_logged_and_ignored(
@@ -911,6 +933,27 @@ async def test_close_refuses_new_work_and_finishes_queued_work_without_waiting()
         assert gate.firsts() == [[1, 2], [3]]
     finally:
         await finish(b, gate)
+
+
+async def test_a_cancelled_aclose_does_not_join_a_hung_forward_thread() -> None:
+    """When the caller of aclose() gives up on a pass that never returns, aclose()
+    returns without joining the forward thread. If this fails, a hung model blocks the
+    worker's exit past its drain deadline."""
+    gate = Gate()
+    b = make(gate)
+    b.start()
+    try:
+        first = await running(b, gate, [[1]])
+        closing = spawn(b.aclose())
+        await asyncio.sleep(0.01)
+        closing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await result(closing)
+        assert gate.returned == 0
+        first.cancel()
+    finally:
+        gate.open()
+    await until(lambda: gate.returned == 1)
 
 
 async def test_aclose_drains_the_queue_before_returning() -> None:
