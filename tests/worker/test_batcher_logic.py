@@ -308,6 +308,22 @@ async def test_passes_are_chunked_and_stats_are_exact() -> None:
         await finish(b, gate)
 
 
+async def test_a_pass_in_three_chunks_keeps_every_row() -> None:
+    """A pass split into three chunks sends each text to the model exactly once, in its
+    chunk, and each row back to its text. If this fails, a long mixed pass embeds some
+    texts twice and hands their rows to others."""
+    stats: list[BatchStats] = []
+    b = make(rows_of, max_batch_size=32, on_batch=stats.append)
+    b.start()
+    try:
+        ids = [[10] * 10] + [[i + 1] for i in range(8)] + [[i + 20, 0] for i in range(8)]
+        np.testing.assert_array_equal(await result(b.submit(ids)), expected(ids))
+        await until(lambda: len(stats) == 1)
+        assert (stats[0].size, stats[0].real_tokens, stats[0].padded_tokens) == (17, 34, 34)
+    finally:
+        await finish(b)
+
+
 async def test_queue_time_counts_when_a_requests_last_text_is_taken() -> None:
     """A request split over two passes reports its queue time once, with the pass that
     takes its last text. If this fails, queue times are double-counted or cut short."""
