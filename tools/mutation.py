@@ -102,6 +102,9 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "batcher": (
         "src/embedbalance_worker/batcher.py",
         [
+            # First: pure, fast, and every wait bounded, so most mutants die here
+            # before the model-loading tests below run.
+            "tests/worker/test_batcher_logic.py",
             "tests/worker/test_batcher.py",
             "tests/worker/test_priority_batcher.py",
             "tests/worker/test_liveness.py",
@@ -146,9 +149,11 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
     # torch's thread pools do not survive a fork of a process that has run a forward
     # pass (mutmut's default forks its main process, which ran the suite once): the
     # worker's modules fork from a clean server instead, and loading the model is a
-    # fixed cost that the per-test timings mutmut budgets with leave out.
+    # fixed cost that the per-test timings mutmut budgets with leave out. A mutant that
+    # hangs waits (timings + constant) x multiplier: 5 x, not mutmut's 15 x, leaves the
+    # model load ample room and keeps each hang under a minute.
     torch = (
-        "process_isolation = forkserver\ntimeout_constant = 5\n"
+        "process_isolation = forkserver\ntimeout_constant = 5\ntimeout_multiplier = 5\n"
         if target.startswith("src/embedbalance_worker/")
         else ""
     )
