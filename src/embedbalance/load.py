@@ -419,6 +419,17 @@ class ExpectedDelay:
             return self.retest
         return self.retest * SETTLED
 
+    def _relaxed(
+        self, state: BackendState, est: DelayEstimate, now: float, typical: float
+    ) -> float:
+        """``est``'s service time, worse than ``typical``, relaxed toward it by the age of
+        its news (unchanged while news is awaited)."""
+        age = _news_age(state, est, now)
+        if age <= 0.0:
+            return est.service
+        w = math.exp(-age / self._retest(est))
+        return est.service * w + typical * (1.0 - w)
+
     def record(self, state: BackendState) -> DelayEstimate:
         """This metric's record of ``state``'s backend (created on first use)."""
         est = state.metric_state
@@ -434,10 +445,7 @@ class ExpectedDelay:
         if type(est) is DelayEstimate and est.samples > 0:
             service, slots = est.service, est.slots
             if prior is not None and service > prior[0]:
-                age = _news_age(state, est, now)
-                if age > 0.0:  # stale and worse than the pool: relax toward it
-                    w = math.exp(-age / self._retest(est))
-                    service = service * w + prior[0] * (1.0 - w)
+                service = self._relaxed(state, est, now, prior[0])
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
         else:
@@ -477,17 +485,12 @@ class ExpectedDelay:
         if type(est) is DelayEstimate and est.samples:
             service = est.service
             slots = est.slots
-            if prior is not None:
-                typical = prior[0]
-                # Stale and worse than the pool: relax toward it, so that it is tried
-                # again now and then — the relaxing starts over at each request
-                # placed there — sooner the older the news.
-                if service > typical:
-                    age = _news_age(state, est, now)
-                    if age > 0.0:
-                        w = math.exp(-age / self._retest(est))
-                        service = service * w + typical * (1.0 - w)
-                        probing = True
+            # Stale and worse than the pool: relax toward it, so that it is tried
+            # again now and then — the relaxing starts over at each request placed
+            # there — sooner the older the news.
+            if prior is not None and service > prior[0]:
+                service = self._relaxed(state, est, now, prior[0])
+                probing = service < est.service
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
         else:
@@ -532,14 +535,9 @@ class ExpectedDelay:
         est = state.metric_state
         if prior is None or type(est) is not DelayEstimate or not est.samples:
             return 1.0
-        service, typical = est.service, prior[0]
-        if service <= typical:
+        if est.service <= prior[0]:
             return 1.0
-        age = _news_age(state, est, now)
-        if age <= 0.0:
-            return 1.0
-        w = math.exp(-age / self._retest(est))
-        return service / (service * w + typical * (1.0 - w))
+        return est.service / self._relaxed(state, est, now, prior[0])
 
     def estimate(self, state: BackendState, now: float) -> float | None:
         est = state.metric_state
