@@ -399,7 +399,12 @@ class Batcher:
                 oldest = self.progress().waiting_since
                 assert oldest is not None
                 deadline = oldest + self.max_wait_s
-                while not self._batch_full() and (left := deadline - self._clock()) > 0:
+                # close() ends the wait too: no company can come once draining.
+                while (
+                    not self._closed
+                    and not self._batch_full()
+                    and (left := deadline - self._clock()) > 0
+                ):
                     self._wakeup.clear()
                     try:
                         await asyncio.wait_for(self._wakeup.wait(), left)

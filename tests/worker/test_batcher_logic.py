@@ -958,6 +958,27 @@ async def test_close_refuses_new_work_and_finishes_queued_work_without_waiting()
         await finish(b, gate)
 
 
+async def test_close_ends_a_wait_for_company_already_under_way() -> None:
+    """A text already waiting for company when close() comes goes at once: no more
+    company can come. If this fails, a draining worker sits out max_wait_s (here 1000 s
+    on a clock that never moves) before its last pass, and SIGTERM's drain deadline
+    cuts the request off."""
+    gate = Gate()
+    b = make(gate, max_batch_size=4, max_wait_s=1000.0, clock=ManualClock(0.0))
+    b.start()
+    try:
+        waiting = await enqueue(b, [[5]])
+        await asyncio.sleep(0.05)
+        assert gate.calls == []  # waiting for company
+        b.close()
+        await until(lambda: len(gate.calls) == 1)
+        gate.open()
+        np.testing.assert_array_equal(await result(waiting), expected([[5]]))
+        await asyncio.wait_for(b.aclose(), WAIT)
+    finally:
+        await finish(b, gate)
+
+
 async def test_a_cancelled_aclose_does_not_join_a_hung_forward_thread() -> None:
     """When the caller of aclose() gives up on a pass that never returns, aclose()
     returns without joining the forward thread. If this fails, a hung model blocks the
