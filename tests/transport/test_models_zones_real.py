@@ -149,7 +149,9 @@ def test_a_zone_killed_mid_run_spills_without_loss_and_traffic_returns(
     client = eb.EmbeddingClient(
         [eb.Backend(a.url, zone="a"), eb.Backend(b.url, zone="b")],
         zone="a",
-        health_check=eb.HealthCheck(interval=0.1, fall=1, rise=1, timeout=0.5),
+        # A killed worker refuses connections at once, so fall=1 sees it without a short
+        # timeout; a short one made a busy machine's slow check spill traffic to b.
+        health_check=eb.HealthCheck(interval=0.1, fall=1, rise=1, timeout=5.0),
         slow_start=None,
         batch_size=4,
         retry=eb.Retry(attempts=3),
