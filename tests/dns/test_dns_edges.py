@@ -67,6 +67,39 @@ def test_refresh_thread_is_a_named_daemon_and_restartable(dnsmasq: Dnsmasq) -> N
         assert "embedbalance-dns" not in {t.name for t in threading.enumerate()}
 
 
+class FailingOncePool(Pool):
+    """A pool whose first update raises (an app's bug), then behaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    def update(self, backends: object) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise ValueError("the app's pool refused the update")
+        super().update(backends)
+
+
+def test_a_start_that_failed_can_be_stopped_and_started_again(dnsmasq: Dnsmasq) -> None:
+    """start() whose first refresh raises leaves no thread and no 'running' mark: stop()
+    is a no-op and the next start() runs. If this fails, one failed start leaves the
+    discovery unusable ('already running') or stop() crashes on the thread never made."""
+    dnsmasq.set_hosts({GPU: ["127.0.0.2"], CPU: ["127.0.0.4"]})
+    source = _discovery(dnsmasq)
+    pool = FailingOncePool()
+    with pytest.raises(ValueError, match="refused the update"):
+        source.start(pool)
+    assert "embedbalance-dns" not in {t.name for t in threading.enumerate()}
+    source.stop()
+    source.start(pool)
+    try:
+        assert pool.urls == {"http://127.0.0.2:8000", "http://127.0.0.4:8000"}
+        assert "embedbalance-dns" in {t.name for t in threading.enumerate()}
+    finally:
+        source.stop()
+
+
 @pytest.mark.anyio
 async def test_async_loop_waits_a_ttl_between_lookups(dnsmasq: Dnsmasq) -> None:
     """With a long TTL the async loop looks up once and then sleeps, instead of spinning on lookups."""
