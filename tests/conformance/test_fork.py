@@ -5,10 +5,6 @@ child is killed by its PID."""
 
 from __future__ import annotations
 
-import json
-import os
-import select
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from tei_stub import TeiStub
+from tests.helpers.forked import in_child
 
 import embedbalance as eb
 
@@ -26,48 +23,6 @@ pytestmark = [
 ]
 
 Stubs = Callable[..., list[TeiStub]]
-
-
-def _in_child(work: Callable[[], Any], limit: float = 20.0) -> Any:
-    """Run ``work`` in a forked child and return what it reported (or raise)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            os.close(read)
-            try:
-                report = {"ok": work()}
-            except BaseException as exc:
-                report = {"error": f"{type(exc).__name__}: {exc}"}
-            os.write(write, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + limit
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([read], [], [], max(0.0, deadline - time.monotonic()))
-            if not ready:
-                break
-            chunk = os.read(read, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-    finally:
-        os.close(read)
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == 0:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-    if not chunks:
-        raise AssertionError(f"the forked child reported nothing within {limit:g}s")
-    report = json.loads(b"".join(chunks))
-    if "error" in report:
-        raise AssertionError(f"the forked child failed: {report['error']}")
-    return report["ok"]
 
 
 def _statuses(transport: eb.BalancingTransport, n: int) -> list[int]:
@@ -95,7 +50,7 @@ def test_forked_child_serves_through_dns_discovery(stubs: Stubs, dnsmasq: Any) -
     transport = eb.BalancingTransport(discovery, health_check=eb.HealthCheck(interval=0.2))
     try:
         assert _statuses(transport, 2) == [200, 200]  # the parent's threads now run
-        child = _in_child(lambda: _statuses(transport, 6))
+        child = in_child(lambda: _statuses(transport, 6))
         assert child == [200] * 6
         assert _statuses(transport, 2) == [200, 200]  # the parent is unharmed
     finally:
@@ -118,7 +73,7 @@ def test_forked_child_serves_through_a_hedged_transport(stubs: Stubs) -> None:
         busy = threading.Thread(target=_statuses, args=(transport, 1), daemon=True)
         busy.start()
         time.sleep(0.1)  # fork with the parent's attempt thread mid-request
-        child = _in_child(lambda: _statuses(transport, 4))
+        child = in_child(lambda: _statuses(transport, 4))
         busy.join(timeout=10)
         assert child == [200] * 4
         assert sum(s.embed_requests for s in replicas) >= 5 + 1 + 4
