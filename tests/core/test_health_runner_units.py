@@ -1,5 +1,6 @@
-"""The health runners' parts that need no network: how a check and a canary are
-written, how their answers are read, and how the runners survive probes that raise.
+"""The health runners' parts that need no server: how a check and a canary are
+written, how their answers are read, how the runners survive probes that raise, and
+how probes treat a loopback port that refuses or an exchange that never ends.
 
 Why apart from the real-server tests (``tests/transport/test_promises.py``,
 ``tests/client/test_canary_real.py``): those show the checks work end to end; these
@@ -13,9 +14,11 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 
 import anyio
+import httpx
 import numpy as np
 import pytest
 
@@ -23,9 +26,15 @@ import embedbalance as eb
 from embedbalance.health_runner import (
     CanaryAnswer,
     HealthChecker,
+    async_http_canary_probe,
+    async_http_info,
+    async_http_probe,
     canary_answer,
     canary_request,
     check_request,
+    http_canary_probe,
+    http_info,
+    http_probe,
     run_async_checks,
     speaking_as,
     verdict,
@@ -403,3 +412,70 @@ async def test_the_async_runner_reports_started_at_once_without_a_canary() -> No
             )
         assert not gate.is_set()
         tg.cancel_scope.cancel()
+
+
+# -- probes over sockets that refuse or never answer -------------------------------------
+
+
+def _refusing_url() -> str:
+    """A loopback address with nothing listening (a port bound once, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
+
+
+class Hanging(httpx.AsyncBaseTransport):
+    """An inner transport whose exchange never ends: a hung server, without a socket."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("maker", [http_canary_probe, async_http_canary_probe])
+def test_a_canary_probe_needs_a_canary(maker: object) -> None:
+    with pytest.raises(ValueError, match=r"^this health check has no canary$"):
+        maker(eb.HealthCheck(), lambda backend: None)  # type: ignore[operator]
+
+
+def test_probes_of_a_refusing_backend_say_no_answer(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused connection is a failed check, an unanswered ``/info`` (asked again
+    later) and a canary with no answer, not a wrong one. If this fails, a dead replica's
+    canary counts as a disagreement (or a pass), or a refused ``/info`` is taken as
+    "this server has no /info" and never asked again."""
+    backend = eb.Backend(_refusing_url())
+    policy = eb.HealthCheck(timeout=2.0, canary=eb.Canary(timeout=2.0))
+    with httpx.HTTPTransport() as inner, caplog.at_level(logging.DEBUG, "embedbalance.health"):
+        assert http_probe(policy, lambda b: inner)(backend) is False
+        assert http_info(policy, lambda b: inner)(backend) == (False, None)
+        answer = http_canary_probe(policy, lambda b: inner)(backend)
+    assert (answer.rows, answer.error, answer.wrong) == (None, "ConnectError", False)
+    assert f"GET /info of {backend.url} failed: ConnectError" in caplog.text
+    assert f"canary of {backend.url} got no answer: ConnectError" in caplog.text
+
+
+@pytest.mark.anyio
+async def test_async_probes_of_a_refusing_backend_say_no_answer() -> None:
+    backend = eb.Backend(_refusing_url())
+    policy = eb.HealthCheck(timeout=2.0, canary=eb.Canary(timeout=2.0))
+    async with httpx.AsyncHTTPTransport() as inner:
+        assert await async_http_probe(policy, lambda b: inner)(backend) is False
+        assert await async_http_info(policy, lambda b: inner)(backend) == (False, None)
+        answer = await async_http_canary_probe(policy, lambda b: inner)(backend)
+    assert (answer.rows, answer.error, answer.wrong) == (None, "ConnectError", False)
+
+
+@pytest.mark.anyio
+async def test_async_probes_are_bounded_by_their_timeouts_as_a_whole() -> None:
+    """A server that accepts and never answers fails the check after the policy's
+    timeout, leaves ``/info`` unanswered after it, and gives the canary no answer after
+    the canary's. If this fails, one hung replica stalls every async health round."""
+    backend = eb.Backend(A)
+    policy = eb.HealthCheck(timeout=0.05, canary=eb.Canary(timeout=0.05))
+    hung = Hanging()
+    with anyio.fail_after(5):
+        assert await async_http_probe(policy, lambda b: hung)(backend) is False
+        assert await async_http_info(policy, lambda b: hung)(backend) == (False, None)
+        answer = await async_http_canary_probe(policy, lambda b: hung)(backend)
+    assert (answer.rows, answer.error, answer.wrong) == (None, "TimeoutError", False)
