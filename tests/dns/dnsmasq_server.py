@@ -48,6 +48,8 @@ class Dnsmasq:
         self.hosts.write_text("")
         self.conf.write_text("")
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Names given A/AAAA records so far: a later set without them must see them gone.
+        self._names: set[str] = set()
 
     @property
     def nameservers(self) -> list[tuple[str, int]]:
@@ -57,9 +59,13 @@ class Dnsmasq:
         """Replace the A/AAAA records ({name: [address, ...]}) and make dnsmasq reread them."""
         lines = [f"{a} {name}" for name, addresses in records.items() for a in addresses]
         self.hosts.write_text("\n".join(lines) + "\n")
+        # Names dropped since the last set are waited for too (to answer nothing): a set
+        # that only removes records would otherwise return before dnsmasq reread them.
+        expected = {name: list(records.get(name, ())) for name in self._names | set(records)}
+        self._names |= set(records)
         if self.proc is not None:
             self.proc.send_signal(signal.SIGHUP)
-            self._wait_for(lambda: self._answers(records))
+            self._wait_for(lambda: self._answers(expected))
 
     def set_srv(self, records: Mapping[str, Sequence[tuple[str, int]]]) -> None:
         """Replace the SRV records ({name: [(target, port), ...]}); restarts a running server."""

@@ -192,10 +192,11 @@ def test_one_failing_name_keeps_its_backends_while_others_update(dnsmasq: Dnsmas
 
 
 def test_a_name_without_records_loses_its_backends_but_the_pool_is_never_emptied(
-    dnsmasq: Dnsmasq,
+    dnsmasq: Dnsmasq, caplog: pytest.LogCaptureFixture
 ) -> None:
     """NXDOMAIN for one tier removes that tier's backends; an answer that would empty the pool is
-    refused unless allow_empty."""
+    refused unless allow_empty, and the refusal is logged with the names and the way out.
+    Each change of membership is logged once, with what was added and removed."""
     dnsmasq.set_hosts({GPU: ["127.0.0.2"], CPU: ["127.0.0.3"]})
     targets = [DnsTarget(GPU, tier=0), DnsTarget(CPU, tier=1)]
     guarded, permissive = RecordingPool(), RecordingPool()
@@ -206,12 +207,27 @@ def test_a_name_without_records_loses_its_backends_but_the_pool_is_never_emptied
     for source, pool in sources:
         source.refresh(pool)
     dnsmasq.set_hosts({GPU: ["127.0.0.2"]})
-    for source, pool in sources:
-        source.refresh(pool)
-        assert pool.updates[-1] == {"http://127.0.0.2:8000"}
+    with caplog.at_level(logging.INFO, logger="embedbalance.dns"):
+        for source, pool in sources:
+            source.refresh(pool)
+            assert pool.updates[-1] == {"http://127.0.0.2:8000"}
+        changes = [r.getMessage() for r in caplog.records if r.name == "embedbalance.dns"]
+        assert changes == ["DNS discovery: 1 backends (+0 -1)"] * 2
+        caplog.clear()
+        for source, pool in sources:
+            source.refresh(pool)  # the same answer: nothing to log
+        assert [r for r in caplog.records if r.name == "embedbalance.dns"] == []
     dnsmasq.set_hosts({})
-    for source, pool in sources:
-        source.refresh(pool)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="embedbalance.dns"):
+        for source, pool in sources:
+            source.refresh(pool)
+    messages = [r.getMessage() for r in caplog.records if r.name == "embedbalance.dns"]
+    assert (
+        f"DNS answers for {GPU}, {CPU} would remove all 1 backends; keeping them "
+        "(pass allow_empty=True to allow scaling to zero)"
+    ) in messages
+    assert "DNS discovery: 0 backends (+0 -1)" in messages
     assert guarded.updates[-1] == {"http://127.0.0.2:8000"}
     assert sources[0][0].backends
     assert not sources[1][0].backends
