@@ -100,11 +100,37 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/client/test_canary_real.py",
         ],
     ),
+    # The transports' and clients' tests start real servers; these are the ones that
+    # finish in seconds (the hedging and deadline conformance suites take minutes and
+    # would be rerun in full for every surviving mutant).
     "transport": (
         "src/embedbalance/transport.py",
-        ["tests/transport/test_routing.py", "tests/transport/test_promises.py"],
+        [
+            "tests/transport/test_routing.py",
+            "tests/transport/test_fork_locks.py",
+            "tests/transport/test_runner.py",
+            "tests/transport/test_request_model.py",
+            "tests/transport/test_routing_real.py",
+            "tests/transport/test_bulk_overload.py",
+            "tests/transport/test_tracing.py",
+            "tests/transport/test_promises.py",
+            "tests/test_config.py",
+            "tests/conformance/test_errors.py",
+        ],
     ),
-    "client": ("src/embedbalance/client.py", ["tests/client"]),
+    "client": (
+        "src/embedbalance/client.py",
+        [
+            "tests/client/test_batching.py",
+            "tests/client/test_batching_edges.py",
+            "tests/client/test_priority_client.py",
+            "tests/client/test_cache.py",
+            "tests/client/test_server_semantics.py",
+            "tests/client/test_sync_client.py",
+            "tests/client/test_async_client.py",
+            "tests/test_config.py",
+        ],
+    ),
     "batcher": (
         "src/embedbalance_worker/batcher.py",
         [
