@@ -777,3 +777,53 @@ def test_peak_ewma_clamps_a_negative_latency_to_zero() -> None:
     s.metric_state = RttEstimate(rtt=1.0, stamp=NOW, samples=3)
     m.observe(s, -5.0, NOW + 1.0)
     assert s.metric_state.rtt == pytest.approx(math.exp(-1.0))
+
+
+@pytest.mark.parametrize(
+    ("samples", "service", "baseline", "tau"),
+    [
+        (3, 0.5, 0.5, 4.0),  # three answers, as slow as it always is: settled
+        (2, 0.5, 0.5, 1.0),  # too new to have a baseline
+        (10, 0.2, 0.1, 4.0),  # exactly twice its baseline: still as it always is
+        (10, 0.25, 0.1, 1.0),  # 2.5 times its baseline: in a spell
+        (10, 0.5, 0.0, 1.0),  # no baseline yet
+    ],
+)
+def test_retest_is_settled_times_slower_for_a_backend_as_slow_as_always(
+    samples: int, service: float, baseline: float, tau: float
+) -> None:
+    """A backend slower than the pool but within twice its own baseline (after three
+    answers) relaxes toward the pool SETTLED (4) times more slowly than one in a spell.
+    If this fails, a small CPU replica beside GPUs is probed as often as a GPU in a slow
+    spell (its probes cost the tail), or a spell is re-tested at the settled pace."""
+    m = ExpectedDelay(retest=1.0)
+    prior = (0.1, 4.0)
+    state = taught(service, 4.0, stamp=NOW - 1.0, samples=samples)
+    record(state).baseline = baseline
+    w = math.exp(-1.0 / tau)
+    assert m.delay(state, NOW, prior=prior) == pytest.approx(service * w + 0.1 * (1 - w))
+    assert m.relaxed_by(state, NOW, prior) == pytest.approx(service / (service * w + 0.1 * (1 - w)))
+
+
+def test_relaxed_by_is_one_without_a_prior_a_sample_or_a_worse_estimate() -> None:
+    """If this fails, a backend never measured (or no worse than the pool) counts as a
+    stale one being probed, and its hedges go out early."""
+    m = ExpectedDelay(retest=1.0)
+    prior = (0.1, 4.0)
+    assert m.relaxed_by(make_state(), NOW, prior) == 1.0
+    assert m.relaxed_by(taught(0.5, stamp=NOW - 5.0), NOW, None) == 1.0
+    assert m.relaxed_by(taught(0.1, stamp=NOW - 5.0), NOW, prior) == 1.0
+    assert m.relaxed_by(taught(0.5, stamp=NOW), NOW, prior) == 1.0  # fresh news
+
+
+def test_a_worse_estimate_with_fresh_news_is_no_probe_and_keeps_the_silence_bound() -> None:
+    """A backend slower than the pool whose news is fresh (age 0, nothing relaxed) is not
+    being probed: one request held in silence still bounds its delay. If this fails, a
+    slow backend that has gone quiet on its only request keeps getting work as if it
+    were a probe awaiting a slow answer."""
+    m = ExpectedDelay(retest=1.0)
+    state = taught(0.5, 4.0, stamp=NOW)
+    state.pending = 1
+    state.outstanding_cost = 1.0
+    state.in_flight.append(SimpleNamespace(started_at=NOW - 3.0, released=False))
+    assert m.delay(state, NOW, prior=(0.1, 4.0)) == pytest.approx(3.0)
