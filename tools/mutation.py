@@ -9,6 +9,13 @@ writes ``build/mutation/scores.json``.
 Usage: ``python tools/mutation.py [module ...]`` (default: every module in ``MODULES``);
 ``MUTATION_COMMIT`` picks the commit whose ``src/`` is mutated (default ``HEAD``),
 ``MUTATION_CHILDREN`` the number of parallel test processes (default 2).
+
+``python tools/mutation.py --rejudge <module> [mutant ...]`` judges a finished run's
+survivors again (or the mutants named) by the work tree's tests as they are now:
+each mutant is applied to the run's exported ``src`` and the module's tests run
+against it. Why: a full run of a module whose tests start servers takes an hour;
+after tests were added for some survivors, only those need judging again. Writes
+``rejudged`` (mutant -> killed / survived) into ``scores.json``.
 """
 
 from __future__ import annotations
@@ -226,7 +233,68 @@ def run(name: str, commit: str) -> dict[str, object]:
     return stats
 
 
+def rejudge(name: str, mutants: list[str]) -> dict[str, str]:
+    """Apply each mutant to the finished run's ``src`` and run the module's tests (the
+    work tree's, as they are now) against it; the run's ``src`` is restored after each."""
+    target, tests = MODULES[name]
+    work = WORK / name
+    mutmut = [sys.executable, "-m", "mutmut"]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    if not mutants:
+        listing = subprocess.run(
+            [*mutmut, "results"], cwd=work, env=env, capture_output=True, text=True, check=True
+        ).stdout
+        mutants = [
+            line.split(":")[0].strip() for line in listing.splitlines() if "survived" in line
+        ]
+    source = work / target
+    pristine = source.read_bytes()
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    args = [*pytest, "-m", "not slow", "--hypothesis-seed=0", *tests]
+    verdicts: dict[str, str] = {}
+    try:
+        for mutant in mutants:
+            subprocess.run([*mutmut, "apply", mutant], cwd=work, env=env, check=True)
+            try:
+                done = subprocess.run(
+                    args,
+                    cwd=ROOT,
+                    env={**env, "PYTHONPATH": str(work / "src")},
+                    capture_output=True,
+                    timeout=900,
+                    check=False,
+                )
+                verdict = "survived" if done.returncode == 0 else "killed"
+            except subprocess.TimeoutExpired:
+                verdict = "timeout"
+            finally:
+                source.write_bytes(pristine)
+            verdicts[mutant] = verdict
+            print(f"{mutant}: {verdict}", flush=True)
+    finally:
+        source.write_bytes(pristine)
+    return verdicts
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--rejudge"]:
+        if len(argv) < 2 or argv[1] not in MODULES:
+            print("usage: --rejudge <module> [mutant ...]", file=sys.stderr)
+            return 2
+        verdicts = rejudge(argv[1], argv[2:])
+        scores_file = WORK / "scores.json"
+        scores = json.loads(scores_file.read_text()) if scores_file.exists() else {}
+        entry = scores.setdefault(argv[1], {})
+        entry.setdefault("rejudged", {}).update(verdicts)
+        scores_file.write_text(json.dumps(scores, indent=2, sort_keys=True))
+        killed = sum(v != "survived" for v in verdicts.values())
+        print(f"{argv[1]}: {killed} of {len(verdicts)} rejudged mutants caught", flush=True)
+        return 0
     names = argv or list(MODULES)
     unknown = [n for n in names if n not in MODULES]
     if unknown:

@@ -1,0 +1,50 @@
+"""The canary probes over a real socket: an answer that is not embeddings is judged
+wrong, naming the replica that gave it.
+
+Why here and not only through a client (``tests/client/test_canary_real.py``): the
+probe's own verdict, exactly as it reaches the pool, including the URL in the reason
+operators read in stats and logs.
+"""
+
+from __future__ import annotations
+
+import anyio
+import httpx
+import pytest
+from echo_server import echo_servers
+
+import embedbalance as eb
+from embedbalance.health_runner import async_http_canary_probe, http_canary_probe
+
+POLICY = eb.HealthCheck(timeout=5.0, canary=eb.Canary(texts=["x", "y"], timeout=5.0))
+
+
+def test_a_json_object_is_a_wrong_canary_answer_naming_the_replica() -> None:
+    """The echo server answers 200 with a JSON object, not rows. If this fails, a
+    replica answering nonsense is admitted, or the reason names no replica."""
+    with echo_servers(1) as (server,), httpx.HTTPTransport() as inner:
+        answer = http_canary_probe(POLICY, lambda b: inner)(eb.Backend(server.url))
+    assert answer.rows is None
+    assert answer.wrong is True
+    assert answer.error == f"backend {server.url} answered dict, not a list"
+
+
+def test_the_async_probe_judges_the_same_answer_the_same_way() -> None:
+    async def main() -> None:
+        async with httpx.AsyncHTTPTransport() as inner:
+            probe = async_http_canary_probe(POLICY, lambda b: inner)
+            answer = await probe(eb.Backend(server.url))
+        assert answer.rows is None
+        assert answer.wrong is True
+        assert answer.error == f"backend {server.url} answered dict, not a list"
+
+    with echo_servers(1) as (server,):
+        anyio.run(main)
+
+
+@pytest.mark.parametrize("status", [404, 503])
+def test_an_http_error_is_no_answer_not_a_wrong_one(status: int) -> None:
+    with echo_servers(1) as (server,), httpx.HTTPTransport() as inner:
+        server.answer(status)
+        answer = http_canary_probe(POLICY, lambda b: inner)(eb.Backend(server.url))
+    assert (answer.rows, answer.wrong, answer.error) == (None, False, f"HTTP {status}")
