@@ -179,7 +179,8 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
     ).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(work, filter="data")
-    for link in ("tests", "tools", "pyproject.toml"):  # tests/helpers read tools/
+    # tests/helpers read tools/; the config tests read docs/config.md
+    for link in ("tests", "tools", "docs", "pyproject.toml"):
         (work / link).symlink_to(ROOT / link)
     package = "/".join(target.split("/")[:2])
     # A fixed hypothesis seed: a mutant is judged by the same examples as the clean run.
@@ -201,7 +202,7 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
         f"{torch}"
         f"source_paths = {package}\n"
         f"only_mutate = {target}\n"
-        "also_copy = tools\n"
+        "also_copy =\n    tools\n    docs\n"
         f"pytest_add_cli_args_test_selection =\n    {selection}\n"
     )
     return work
