@@ -105,6 +105,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/transport/test_failures.py",
             "tests/transport/test_models_zones_real.py",
             "tests/client/test_canary_real.py",
+            "tests/transport/test_health_probes_real.py",
         ],
     ),
     # The transports' and clients' tests start real servers; these are the ones that
@@ -114,6 +115,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "src/embedbalance/transport.py",
         [
             "tests/transport/test_routing.py",
+            "tests/transport/test_inner_transports.py",
             "tests/transport/test_fork_locks.py",
             "tests/transport/test_runner.py",
             "tests/transport/test_request_model.py",
@@ -123,6 +125,13 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/transport/test_promises.py",
             "tests/test_config.py",
             "tests/conformance/test_errors.py",
+            # hedging, hung backends, kills and the async background: seconds each
+            "tests/transport/test_load.py",
+            "tests/transport/test_failures.py",
+            "--deselect",
+            "tests/transport/test_load.py::test_32_threads_share_one_transport_with_exact_counts",
+            "--deselect",
+            "tests/transport/test_load.py::test_peak_ewma_learns_a_slow_backend_round_robin_does_not",
         ],
     ),
     "client": (

@@ -1,0 +1,167 @@
+"""Per-backend inner transports: one per replica from a factory, each closed when its
+replica leaves the pool (sync at once, async at the next chance), over real sockets.
+
+Why: connections are per backend, and pods come and go by the thousand over a
+cluster's life; an inner transport kept after its replica left is a leak that grows
+with every rollout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import anyio
+import httpx
+import pytest
+from echo_server import EchoServer, echo_servers
+
+import embedbalance as eb
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def two() -> Iterator[list[EchoServer]]:
+    with echo_servers(2) as started:
+        yield started
+
+
+class Recording(httpx.HTTPTransport):
+    """A real HTTP transport that remembers whether it was closed."""
+
+    closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        super().close()
+
+
+class ARecording(httpx.AsyncHTTPTransport):
+    closed = False
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await super().aclose()
+
+
+def test_a_factory_gives_each_backend_its_own_transport_closed_when_it_leaves(
+    two: list[EchoServer],
+) -> None:
+    """If this fails, replicas share (or never get) their own connections, or a replica
+    that left the pool keeps its connections open for the transport's lifetime."""
+    made: dict[str, Recording] = {}
+
+    def factory(backend: eb.Backend) -> httpx.BaseTransport:
+        made[backend.url] = inner = Recording()
+        return inner
+
+    urls = [s.url for s in two]
+    transport = eb.BalancingTransport(
+        urls, transport=factory, health_check=None, balancer=eb.RoundRobin()
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        for _ in range(4):
+            assert client.get("/x").status_code == 200
+        assert sorted(made) == sorted(urls)
+        assert all(s.hits == 2 for s in two)
+        transport.pool.update([urls[0]])
+        assert made[urls[1]].closed
+        assert not made[urls[0]].closed
+        assert client.get("/x").status_code == 200
+    assert made[urls[0]].closed  # closing the transport closes the rest
+
+
+def test_one_shared_transport_serves_every_backend(two: list[EchoServer]) -> None:
+    inner = Recording()
+    transport = eb.BalancingTransport([s.url for s in two], transport=inner, health_check=None)
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        for _ in range(4):
+            assert client.get("/x").status_code == 200
+        transport.pool.update([two[0].url])
+        assert not inner.closed  # shared: still serving the others
+    assert inner.closed
+
+
+@pytest.mark.parametrize("given", [42, "http://x"])
+def test_a_transport_that_is_neither_a_transport_nor_a_factory_is_refused(given: object) -> None:
+    with pytest.raises(TypeError, match=r"^transport must be an httpx transport or a factory"):
+        eb.BalancingTransport(["http://127.0.0.1:9"], transport=given, health_check=None)  # type: ignore[arg-type]
+
+
+def test_the_async_twin_closes_a_leaving_backends_transport_at_the_next_request(
+    two: list[EchoServer],
+) -> None:
+    """A pool event may come from any thread and closing is async: the async transport
+    parks the inner transport and closes it at its next chance. If this fails, async
+    apps leak a connection pool per departed replica."""
+    made: dict[str, ARecording] = {}
+
+    def factory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
+        made[backend.url] = inner = ARecording()
+        return inner
+
+    urls = [s.url for s in two]
+
+    async def main() -> None:
+        transport = eb.AsyncBalancingTransport(
+            urls, transport=factory, health_check=None, balancer=eb.RoundRobin()
+        )
+        async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+            for _ in range(4):
+                assert (await client.get("/x")).status_code == 200
+            assert sorted(made) == sorted(urls)
+            transport.pool.update([urls[0]])
+            assert not made[urls[1]].closed  # parked, not yet closed
+            assert (await client.get("/x")).status_code == 200
+            assert made[urls[1]].closed
+            assert not made[urls[0]].closed
+        assert made[urls[0]].closed
+
+    anyio.run(main)
+
+
+def test_the_async_twin_closes_parked_transports_during_health_rounds(
+    two: list[EchoServer],
+) -> None:
+    """With no request coming, the health-check round closes a parked transport."""
+    made: dict[str, ARecording] = {}
+
+    def factory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
+        made[backend.url] = inner = ARecording()
+        return inner
+
+    urls = [s.url for s in two]
+
+    async def main() -> None:
+        transport = eb.AsyncBalancingTransport(
+            urls, transport=factory, health_check=eb.HealthCheck(interval=0.05, jitter=0.0)
+        )
+        async with transport:
+            with anyio.fail_after(10):
+                while len(made) < 2:
+                    await anyio.sleep(0.02)
+            transport.pool.update([urls[0]])
+            with anyio.fail_after(10):
+                while not made[urls[1]].closed:
+                    await anyio.sleep(0.02)
+            assert not made[urls[0]].closed
+
+    anyio.run(main)
+
+
+def test_a_backend_named_for_tls_carries_its_name_as_sni(two: list[EchoServer]) -> None:
+    """The attempt asks the inner transport to verify the certificate's name (SNI), not
+    the address. If this fails, TLS pods reached by address fail verification."""
+    seen: list[httpx.Request] = []
+
+    class Spy(httpx.HTTPTransport):
+        def handle_request(self, request: httpx.Request) -> httpx.Response:
+            seen.append(request)
+            return super().handle_request(request)
+
+    backend = eb.Backend(two[0].url, tls_server_name="gpu.example")
+    transport = eb.BalancingTransport([backend], transport=Spy(), health_check=None)
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        assert client.get("/x").status_code == 200
+    assert seen[0].extensions["sni_hostname"] == "gpu.example"
+    assert two[0].seen[-1].host == "gpu.example:" + str(two[0].url.rsplit(":", 1)[1])
