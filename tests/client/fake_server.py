@@ -38,7 +38,8 @@ class FakeBackend:
     ``wrong_rows`` (one row short), ``not_json``, ``ragged`` (rows of unequal size),
     ``no_data`` (OpenAI shape without ``data``), ``nan`` / ``null`` / ``string`` (one
     value of each row is NaN, null or a string), ``424`` (TEI's answer when its model
-    fails: ``{"error", "error_type": "Backend"}``). ``delay``: seconds before each embed
+    fails: ``{"error", "error_type": "Backend"}``), ``info_missing`` / ``info_list``
+    (``/info`` answers 404, or a JSON list). ``delay``: seconds before each embed
     answer. ``max_batch``: like TEI's ``--max-client-batch-size``: stated in ``/info``
     and enforced with TEI's 413. Records every request as ``(method, path, body)`` and
     the highest number of embed requests it held at once.
@@ -112,7 +113,11 @@ class FakeBackend:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.requests.append(("GET", self.path, None))
-                if self.path == "/info":
+                if self.path == "/info" and fake.mode == "info_missing":
+                    self._send(404, {"error": "no route", "error_type": "not_found"})
+                elif self.path == "/info" and fake.mode == "info_list":
+                    self._send(200, [fake.dim])
+                elif self.path == "/info":
                     info: dict[str, Any] = {"dimension": fake.dim, "model_id": "fake"}
                     if fake.max_batch is not None:
                         info["max_client_batch_size"] = fake.max_batch

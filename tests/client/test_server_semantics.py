@@ -176,3 +176,53 @@ def test_concurrency_follows_the_live_membership() -> None:
     finally:
         for backend in backends:
             backend.close()
+
+
+def test_info_is_one_backends_info_or_a_documented_error() -> None:
+    """``info()`` returns a backend's ``/info`` object; a 404 is an EmbeddingRequestError
+    naming the backend and the server's message, a body that is not an object a
+    ResponseFormatError. If this fails, callers get a bare KeyError or a list where the
+    docs promise a dict, or an error that does not say which replica."""
+    with (
+        FakeBackend(dim=5) as ok,
+        FakeBackend(mode="info_missing") as missing,
+        FakeBackend(mode="info_list") as listed,
+    ):
+        with EmbeddingClient([ok.url], probe_info=False, **QUIET) as client:
+            assert client.info() == {"dimension": 5, "model_id": "fake"}
+        with (
+            EmbeddingClient([missing.url], probe_info=False, **QUIET) as client,
+            pytest.raises(EmbeddingRequestError) as refused,
+        ):
+            client.info()
+        assert (refused.value.url, refused.value.status) == (missing.url, 404)
+        assert refused.value.detail == "no route"
+        with (
+            EmbeddingClient([listed.url], probe_info=False, **QUIET) as client,
+            pytest.raises(eb.ResponseFormatError, match=r"/info is not an object$") as bad,
+        ):
+            client.info()
+        assert str(bad.value) == f"backend {listed.url}: /info is not an object"
+
+
+@pytest.mark.anyio
+async def test_async_info_is_the_same() -> None:
+    with (
+        FakeBackend(dim=5) as ok,
+        FakeBackend(mode="info_missing") as missing,
+        FakeBackend(mode="info_list") as listed,
+    ):
+        async with eb.AsyncEmbeddingClient([ok.url], probe_info=False, **QUIET) as client:
+            assert await client.info() == {"dimension": 5, "model_id": "fake"}
+        async with eb.AsyncEmbeddingClient([missing.url], probe_info=False, **QUIET) as client:
+            with pytest.raises(EmbeddingRequestError) as refused:
+                await client.info()
+        assert (refused.value.url, refused.value.status, refused.value.detail) == (
+            missing.url,
+            404,
+            "no route",
+        )
+        async with eb.AsyncEmbeddingClient([listed.url], probe_info=False, **QUIET) as client:
+            with pytest.raises(eb.ResponseFormatError) as bad:
+                await client.info()
+        assert str(bad.value) == f"backend {listed.url}: /info is not an object"
