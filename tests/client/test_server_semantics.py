@@ -226,3 +226,66 @@ async def test_async_info_is_the_same() -> None:
             with pytest.raises(eb.ResponseFormatError) as bad:
                 await client.info()
         assert str(bad.value) == f"backend {listed.url}: /info is not an object"
+
+
+@pytest.mark.parametrize(
+    ("mode", "dim", "why"),
+    [
+        ("ok", 1, None),
+        ("ok", 5, None),
+        ("info_missing", 5, "HTTP 404"),
+        ("info_list", 5, "no positive integer 'dimension'"),
+    ],
+)
+def test_an_empty_input_asks_info_for_the_dimension(mode: str, dim: int, why: str | None) -> None:
+    """Embedding nothing gives a (0, dimension) array, the dimension read from ``/info``;
+    when ``/info`` cannot tell, a ResponseFormatError says which replica and what to do.
+    If this fails, an empty batch crashes downstream code that expects a 2-D array."""
+    with (
+        FakeBackend(mode=mode, dim=dim) as server,
+        EmbeddingClient([server.url], probe_info=False, **QUIET) as client,
+    ):
+        if why is None:
+            assert client.embed([]).shape == (0, dim)
+            return
+        with pytest.raises(eb.ResponseFormatError) as error:
+            client.embed([])
+    assert str(error.value) == (
+        f"cannot tell the embedding dimension for an empty input: GET /info on "
+        f"{server.url} gave {why}; pass dimension= to the client"
+    )
+
+
+def test_an_empty_input_asks_a_replica_of_the_clients_model() -> None:
+    """If this fails, the dimension of an empty answer is another model's."""
+    with FakeBackend(dim=5) as small, FakeBackend(dim=7) as large:
+        backends = [eb.Backend(small.url, model="small"), eb.Backend(large.url, model="large")]
+        for _ in range(4):
+            with EmbeddingClient(backends, model="large", probe_info=False, **QUIET) as client:
+                assert client.embed([]).shape == (0, 7)
+
+
+@pytest.mark.anyio
+async def test_async_empty_input_asks_a_replica_of_the_clients_model() -> None:
+    with FakeBackend(dim=5) as small, FakeBackend(dim=7) as large:
+        backends = [eb.Backend(small.url, model="small"), eb.Backend(large.url, model="large")]
+        for _ in range(4):
+            async with eb.AsyncEmbeddingClient(
+                backends, model="large", probe_info=False, **QUIET
+            ) as client:
+                assert (await client.embed([])).shape == (0, 7)
+
+
+def test_a_request_error_built_without_a_response_still_reads_like_one() -> None:
+    """EmbeddingRequestError made by hand (or from a failed attempt without a response)
+    carries a POST request to the backend and a response of its status. If this fails,
+    code that catches httpx.HTTPStatusError crashes reading ``.request``/``.response``."""
+    error = EmbeddingRequestError("http://10.0.0.1:8000", 413, "too many inputs")
+    assert str(error) == "backend http://10.0.0.1:8000 answered HTTP 413: too many inputs"
+    assert (error.request.method, str(error.request.url)) == ("POST", "http://10.0.0.1:8000")
+    assert error.response.status_code == 413
+    assert error.response.request is error.request
+    real = httpx.Response(404, request=httpx.Request("GET", "http://10.0.0.2/info"))
+    wrapped = EmbeddingRequestError("http://10.0.0.2", 404, "no route", real)
+    assert wrapped.response is real
+    assert wrapped.request is real.request
