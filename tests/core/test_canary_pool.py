@@ -298,3 +298,64 @@ def test_a_pending_replicas_old_answer_no_longer_votes() -> None:
     )
     assert URLS[2] not in rounds.latest
     assert "vs majority of 2" in (pool.stats().by_url()["http://d:1"].canary or "")
+
+
+def test_a_member_without_an_answer_keeps_its_state_and_the_round_goes_on() -> None:
+    """A healthy member whose canary gets no answer keeps its state and its last
+    verdict's reason; answers after it in the same round are still judged. If this
+    fails, one silent replica stops the round's verdicts on the others."""
+    pool = _pool(URLS)
+    rounds = CanaryRounds(CANARY)
+    rounds.settle(pool, pool.backends, {u: CanaryAnswer(rows=RIGHT) for u in URLS}, set(URLS))
+    answers = {
+        URLS[0]: CanaryAnswer(error="ReadTimeout"),
+        URLS[1]: CanaryAnswer(rows=RIGHT),
+        URLS[2]: CanaryAnswer(rows=WRONG),
+    }
+    rounds.settle(pool, pool.backends, answers, set())
+    rows = pool.stats().by_url()
+    assert (rows[URLS[0]].state, rows[URLS[0]].canary) == (
+        "healthy",
+        "canary: cosine 1.000 >= 0.99 vs majority of 3",
+    )
+    assert rows[URLS[2]].state == "ejected"
+
+
+def test_a_round_goes_on_past_a_member_whose_model_is_not_known() -> None:
+    """In a pool of several models, a member whose model is unknown gets no verdict; the
+    members answering after it in the same round still do."""
+    policy = eb.HealthCheck(canary=CANARY)
+    pool = eb.BackendPool(
+        [eb.Backend(URLS[0]), eb.Backend(URLS[1], model="m"), eb.Backend(URLS[2], model="n")],
+        health_check=policy,
+        clock=eb.ManualClock(),
+    )
+    rounds = CanaryRounds(CANARY)
+    awaiting = {b.url for b in pool.awaiting_canary()}
+    answers = {URLS[0]: CanaryAnswer(rows=RIGHT), URLS[1]: CanaryAnswer(rows=RIGHT)}
+    rounds.settle(pool, pool.backends, answers, awaiting)
+    rows = pool.stats().by_url()
+    assert (rows[URLS[0]].state, rows[URLS[0]].canary) == (
+        "pending",
+        "canary: pending, model not known yet",
+    )
+    assert rows[URLS[1]].state == "healthy"  # a lone replica of its model: admitted
+
+
+def test_a_garbage_answer_withdraws_the_members_earlier_vote() -> None:
+    """A member that answers garbage no longer votes with its earlier good rows. If this
+    fails, a replica that turned broken keeps outvoting healthy ones (here it would make
+    a 2-to-1 majority against the member that disagrees; without it, a tie ejects no one)."""
+    pool = _pool(URLS)
+    rounds = CanaryRounds(CANARY)
+    rounds.settle(pool, pool.backends, {u: CanaryAnswer(rows=RIGHT) for u in URLS}, set(URLS))
+    answers = {
+        URLS[0]: CanaryAnswer(error="invalid JSON", wrong=True),
+        URLS[1]: CanaryAnswer(rows=WRONG),
+        URLS[2]: CanaryAnswer(rows=RIGHT),
+    }
+    rounds.settle(pool, pool.backends, answers, set())
+    assert URLS[0] not in rounds.latest
+    rows = pool.stats().by_url()
+    assert rows[URLS[0]].state == "ejected"
+    assert rows[URLS[1]].state == "healthy"

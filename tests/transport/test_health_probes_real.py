@@ -14,7 +14,12 @@ import pytest
 from echo_server import echo_servers
 
 import embedbalance as eb
-from embedbalance.health_runner import async_http_canary_probe, http_canary_probe
+from embedbalance.health_runner import (
+    HealthChecker,
+    async_http_canary_probe,
+    http_canary_probe,
+    run_async_checks,
+)
 
 POLICY = eb.HealthCheck(timeout=5.0, canary=eb.Canary(texts=["x", "y"], timeout=5.0))
 
@@ -48,3 +53,42 @@ def test_an_http_error_is_no_answer_not_a_wrong_one(status: int) -> None:
         server.answer(status)
         answer = http_canary_probe(POLICY, lambda b: inner)(eb.Backend(server.url))
     assert (answer.rows, answer.wrong, answer.error) == (None, False, f"HTTP {status}")
+
+
+def _canary_pool(url: str) -> eb.BackendPool:
+    return eb.BackendPool([url], health_check=POLICY, clock=eb.ManualClock())
+
+
+def test_a_checker_given_only_a_liveness_probe_sends_its_canary_through_the_transport() -> None:
+    """With a canary in the policy and no canary probe given, the checker builds one over
+    its transport. If this fails, a custom liveness probe silently turns the canary off
+    (or crashes every round)."""
+    with echo_servers(1) as (server,), httpx.HTTPTransport() as inner:
+        pool = _canary_pool(server.url)
+        checker = HealthChecker(pool, POLICY, transport=inner, probe=lambda b: True)
+        checker.run_round()
+    row = pool.stats().by_url()[server.url]
+    assert row.state == "ejected"
+    assert row.canary == f"canary: wrong answer (backend {server.url} answered dict, not a list)"
+
+
+def test_the_async_runner_given_only_a_liveness_probe_sends_its_canary_too() -> None:
+    async def alive(backend: eb.Backend) -> bool:
+        return True
+
+    async def main(pool: eb.BackendPool) -> None:
+        async with httpx.AsyncHTTPTransport() as inner, anyio.create_task_group() as tg:
+            with anyio.fail_after(10):
+                await tg.start(
+                    lambda task_status: run_async_checks(
+                        pool, POLICY, transport=inner, probe=alive, task_status=task_status
+                    )
+                )
+            tg.cancel_scope.cancel()
+
+    with echo_servers(1) as (server,):
+        pool = _canary_pool(server.url)
+        anyio.run(main, pool)
+    row = pool.stats().by_url()[server.url]
+    assert row.state == "ejected"
+    assert row.canary == f"canary: wrong answer (backend {server.url} answered dict, not a list)"
