@@ -8,7 +8,9 @@ writes ``build/mutation/scores.json``.
 
 Usage: ``python tools/mutation.py [module ...]`` (default: every module in ``MODULES``);
 ``MUTATION_COMMIT`` picks the commit whose ``src/`` is mutated (default ``HEAD``),
-``MUTATION_CHILDREN`` the number of parallel test processes (default 2).
+``MUTATION_CHILDREN`` the number of parallel test processes (default 2),
+``MUTATION_RESUME=1`` carries on an interrupted run of the same commit (the work
+folder is kept; without it each run starts afresh).
 
 ``python tools/mutation.py --rejudge <module> [mutant ...]`` judges a finished run's
 survivors again (or the mutants named) by the work tree's tests as they are now:
@@ -180,9 +182,13 @@ def _workdir(name: str, target: str, tests: list[str], commit: str) -> Path:
     """A fresh folder: ``src`` exported from ``commit`` (the score belongs to a commit,
     not to whatever is half-edited in the work tree), the work tree's tests."""
     work = WORK / name
+    marker = work / "COMMIT"
+    if os.environ.get("MUTATION_RESUME") and marker.exists() and marker.read_text() == commit:
+        return work  # mutmut carries on with the mutants not judged yet
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    marker.write_text(commit)
     archive = subprocess.run(
         ["git", "archive", commit, "src"], cwd=ROOT, capture_output=True, check=True
     ).stdout
