@@ -4,6 +4,7 @@ within a TTL, failures keep the last good set, and traffic follows without loss.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections import Counter
@@ -145,16 +146,44 @@ def test_server_gone_keeps_the_last_good_set_and_logs(
     assert delays == pytest.approx([0.2, 0.4, 0.8])
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    message = warnings[0].getMessage()
-    assert message.startswith(f"DNS lookup of {GPU} failed (")
-    assert message.endswith("); keeping its 2 last known backends")
-    # Back again, with a change: picked up on the next round, and the log says so.
+    failed = (
+        rf"^DNS lookup of {re.escape(GPU)} failed \(A: \w+.*\); keeping its 2 last known backends$"
+    )
+    assert re.match(failed, warnings[0].getMessage(), re.DOTALL), warnings[0].getMessage()
+    debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    still = [
+        m for m in debug if re.match(rf"^DNS lookup of {re.escape(GPU)} still failing: A: \w+", m)
+    ]
+    assert len(still) == 2, debug
+    # Back again, with a change: picked up on the next round, and the log says so, once.
     dnsmasq.set_hosts({GPU: ["127.0.0.3"]})
     dnsmasq.start()
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="embedbalance.dns"):
         assert source.refresh(pool) == pytest.approx(TTL)
-    assert pool.updates[-1] == {"http://127.0.0.3:8000"}
-    assert any("recovered" in r.getMessage() for r in caplog.records)
+        assert pool.updates[-1] == {"http://127.0.0.3:8000"}
+        assert f"DNS lookup of {GPU} recovered: 1 backends" in [
+            r.getMessage() for r in caplog.records
+        ]
+        caplog.clear()
+        source.refresh(pool)
+        assert not any("recovered" in r.getMessage() for r in caplog.records)
+
+
+def test_a_name_that_never_resolved_fails_with_nothing_kept(
+    dnsmasq: Dnsmasq, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first lookup that fails leaves that name with no backends and says so (0 kept);
+    nothing crashes. If this fails, a discovery started while DNS is down raises instead
+    of waiting for it."""
+    dnsmasq.stop()
+    pool = RecordingPool()
+    source = discovery(dnsmasq, GPU, port=8000, min_ttl=0.2, max_ttl=1.0, timeout=0.3)
+    with caplog.at_level(logging.WARNING, logger="embedbalance.dns"):
+        assert source.refresh(pool) == pytest.approx(0.2)
+    message = next(r.getMessage() for r in caplog.records)
+    assert message.endswith("; keeping its 0 last known backends"), message
+    assert source.backends == ()
 
 
 class FlakyResolver(dns.resolver.Resolver):
