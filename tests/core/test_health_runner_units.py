@@ -491,3 +491,37 @@ async def test_async_probes_are_bounded_by_their_timeouts_as_a_whole() -> None:
         assert await async_http_info(policy, lambda b: hung)(backend) == (False, None)
         answer = await async_http_canary_probe(policy, lambda b: hung)(backend)
     assert (answer.rows, answer.error, answer.wrong) == (None, "TimeoutError", False)
+
+
+@pytest.mark.anyio
+async def test_the_async_runner_spaces_full_canary_rounds_by_its_clock() -> None:
+    """Full canary rounds come one canary interval apart on the runner's clock (frozen
+    here: after the first round nobody is asked again, however many liveness rounds
+    run). If this fails, tests and simulations cannot drive canary timing, and the
+    runner's canary cadence follows another clock than the pool's."""
+    asked: list[str] = []
+    rounds = 0
+
+    async def alive(backend: eb.Backend) -> bool:
+        nonlocal rounds
+        rounds += 1
+        return True
+
+    async def canary(backend: eb.Backend) -> CanaryAnswer:
+        asked.append(backend.url)
+        return CanaryAnswer(rows=np.eye(2, 3, dtype=np.float32))
+
+    clock = eb.ManualClock()
+    policy = eb.HealthCheck(interval=0.01, jitter=0.0, canary=eb.Canary(interval=0.05))
+    pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(
+            lambda task_status: run_async_checks(
+                pool, policy, probe=alive, canary_probe=canary, clock=clock, task_status=task_status
+            )
+        )
+        with anyio.fail_after(5):
+            while rounds < 2 * 20:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert sorted(asked) == [A, B]
