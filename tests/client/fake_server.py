@@ -39,7 +39,8 @@ class FakeBackend:
     ``no_data`` (OpenAI shape without ``data``), ``nan`` / ``null`` / ``string`` (one
     value of each row is NaN, null or a string), ``424`` (TEI's answer when its model
     fails: ``{"error", "error_type": "Backend"}``), ``info_missing`` / ``info_list``
-    (``/info`` answers 404, or a JSON list). ``delay``: seconds before each embed
+    (``/info`` answers 404, or a JSON list), ``413_plain`` (over ``max_batch``, a 413
+    that states no limit, as a proxy's). ``delay``: seconds before each embed
     answer. ``max_batch``: like TEI's ``--max-client-batch-size``: stated in ``/info``
     and enforced with TEI's 413. Records every request as ``(method, path, body)`` and
     the highest number of embed requests it held at once.
@@ -159,6 +160,8 @@ class FakeBackend:
                     message = (
                         f"batch size {len(texts)} > maximum allowed batch size {fake.max_batch}"
                     )
+                    if fake.mode == "413_plain":  # a proxy's refusal: no limit stated
+                        message = "request entity too large"
                     self._send(413, {"error": message, "error_type": "Validation"})
                     return
                 if self.path == "/embed":

@@ -6,6 +6,8 @@ server on loopback (``FakeBackend``), so requests cross a socket."""
 
 from __future__ import annotations
 
+import logging
+
 import httpx
 import numpy as np
 import pytest
@@ -69,7 +71,7 @@ def test_413_splits_the_sub_batch_and_remembers_the_limit() -> None:
     """TEI's 413 for too many inputs halves the sub-batch until it fits, keeps every row in
     order, and later calls start at the server's stated limit."""
     with (
-        FakeBackend(max_batch=4) as server,
+        FakeBackend(max_batch=3) as server,
         EmbeddingClient([server.url], batch_size=16, probe_info=False, **QUIET) as client,
     ):
         rows = client.embed(TEXTS[:16])
@@ -77,11 +79,12 @@ def test_413_splits_the_sub_batch_and_remembers_the_limit() -> None:
         sizes = [len(b["inputs"]) for b in server.embed_requests]
         assert sizes[0] == 16  # refused
         assert max(sizes[1:]) <= 8
-        served = [n for n in sizes if n <= 4]
+        served = [n for n in sizes if n <= 3]
         assert sum(served) == 16
         server.requests.clear()
         client.embed(TEXTS[:16])
-        assert all(len(b["inputs"]) <= 4 for b in server.embed_requests)
+        # The stated limit (3), not a halving of the refused size (which gives 2).
+        assert max(len(b["inputs"]) for b in server.embed_requests) == 3
 
 
 def test_info_limits_cap_sub_batches_before_any_413() -> None:
@@ -197,6 +200,7 @@ def test_info_is_one_backends_info_or_a_documented_error() -> None:
             client.info()
         assert (refused.value.url, refused.value.status) == (missing.url, 404)
         assert refused.value.detail == "no route"
+        assert refused.value.request.method == "GET"  # the server's own answer is kept
         with (
             EmbeddingClient([listed.url], probe_info=False, **QUIET) as client,
             pytest.raises(eb.ResponseFormatError, match=r"/info is not an object$") as bad,
@@ -222,6 +226,7 @@ async def test_async_info_is_the_same() -> None:
             404,
             "no route",
         )
+        assert refused.value.request.method == "GET"
         async with eb.AsyncEmbeddingClient([listed.url], probe_info=False, **QUIET) as client:
             with pytest.raises(eb.ResponseFormatError) as bad:
                 await client.info()
@@ -274,6 +279,7 @@ async def test_async_empty_input_asks_a_replica_of_the_clients_model() -> None:
                 backends, model="large", probe_info=False, **QUIET
             ) as client:
                 assert (await client.embed([])).shape == (0, 7)
+                assert (await client.info())["dimension"] == 7
 
 
 def test_a_request_error_built_without_a_response_still_reads_like_one() -> None:
@@ -289,3 +295,33 @@ def test_a_request_error_built_without_a_response_still_reads_like_one() -> None
     wrapped = EmbeddingRequestError("http://10.0.0.2", 404, "no route", real)
     assert wrapped.response is real
     assert wrapped.request is real.request
+
+
+def test_a_413_that_states_no_limit_halves_until_the_batch_fits(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 413 without TEI's stated limit (a proxy's) halves the refused size each time and
+    remembers the smallest; every row comes back in order. If this fails, a client
+    behind a body-size limit retries the same size forever or drops rows."""
+    with (
+        FakeBackend(max_batch=3, mode="413_plain", dim=7) as server,
+        EmbeddingClient([server.url], batch_size=16, probe_info=False, **QUIET) as client,
+        caplog.at_level(logging.INFO, logger="embedbalance"),
+    ):
+        np.testing.assert_array_equal(client.embed(TEXTS[:16]), _expected(7, TEXTS[:16]))
+        messages = [r.getMessage() for r in caplog.records]
+        assert "a backend refused 16 texts at once: sub-batches now hold at most 8" in messages
+        assert "a backend refused 4 texts at once: sub-batches now hold at most 2" in messages
+        server.requests.clear()
+        np.testing.assert_array_equal(client.embed(TEXTS[:16]), _expected(7, TEXTS[:16]))
+        sizes = [len(b["inputs"]) for b in server.embed_requests]
+        assert (max(sizes), sum(sizes)) == (2, 16), sizes  # the remembered limit, no 413
+
+
+def test_info_asks_a_replica_of_the_clients_model() -> None:
+    """If this fails, ``info()`` of a client for one model describes another."""
+    with FakeBackend(dim=5) as small, FakeBackend(dim=7) as large:
+        backends = [eb.Backend(small.url, model="small"), eb.Backend(large.url, model="large")]
+        for _ in range(4):
+            with EmbeddingClient(backends, model="large", probe_info=False, **QUIET) as client:
+                assert client.info()["dimension"] == 7
