@@ -325,3 +325,37 @@ def test_info_asks_a_replica_of_the_clients_model() -> None:
         for _ in range(4):
             with EmbeddingClient(backends, model="large", probe_info=False, **QUIET) as client:
                 assert client.info()["dimension"] == 7
+
+
+@pytest.mark.anyio
+async def test_the_bulk_limit_counts_only_replicas_of_the_clients_model() -> None:
+    """A bulk client's per-replica floor and ceiling count the replicas it may use: those
+    of its model. If this fails, a bulk client for a model with one replica in a pool of
+    many sizes its work for all of them and floods that one."""
+    backends = [
+        eb.Backend("http://127.0.0.1:9", model="small"),
+        eb.Backend("http://127.0.0.2:9", model="large"),
+        eb.Backend("http://127.0.0.3:9", model="large"),
+    ]
+    with EmbeddingClient(backends, model="large", priority="bulk", **QUIET) as client:
+        assert client._usable_backends() == 2
+    async with eb.AsyncEmbeddingClient(
+        backends, model="large", priority="bulk", **QUIET
+    ) as aclient:
+        assert aclient._usable_backends() == 2
+
+
+@pytest.mark.anyio
+async def test_async_embed_iter_chunks_by_1024_by_default_and_refuses_zero() -> None:
+    """If this fails, the async twin's chunks differ from the documented default (1024)
+    or a chunk size of 1 is refused (or 0 accepted and looping forever)."""
+    texts = [f"t{i}" for i in range(1025)]
+    with FakeBackend(dim=3) as server:
+        async with eb.AsyncEmbeddingClient([server.url], probe_info=False, **QUIET) as client:
+            shapes = [c.shape for c in [c async for c in client.embed_iter(texts)]]
+            assert shapes == [(1024, 3), (1, 3)]
+            ones = [c.shape for c in [c async for c in client.embed_iter(texts[:2], chunk_size=1)]]
+            assert ones == [(1, 3), (1, 3)]
+            with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
+                async for _ in client.embed_iter(texts, chunk_size=0):
+                    pass
