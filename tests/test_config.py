@@ -413,6 +413,9 @@ def test_classmethods_build_all_four_classes_and_overrides_win() -> None:
     async def main() -> None:
         async with AsyncBalancingTransport.from_env(environ=env) as atransport:
             assert isinstance(atransport.pool.balancer, PeakEwma)
+        async with AsyncBalancingTransport.from_config(mapping, balancer=RoundRobin()) as atr:
+            assert isinstance(atr.pool.balancer, RoundRobin)  # the keyword wins
+            assert [b.url for b in atr.pool.backends] == ["http://127.0.0.1:9"]
         async with AsyncEmbeddingClient.from_env(environ=env, dimension=384) as aclient:
             assert isinstance(aclient.transport.pool.balancer, PeakEwma)
             assert aclient.dimension == 384  # the keyword wins beside the environment

@@ -8,12 +8,14 @@ with every rollout.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
 from echo_server import EchoServer, echo_servers
+from tests.helpers.forked import in_child
 
 import embedbalance as eb
 
@@ -165,3 +167,45 @@ def test_a_backend_named_for_tls_carries_its_name_as_sni(two: list[EchoServer]) 
         assert client.get("/x").status_code == 200
     assert seen[0].extensions["sni_hostname"] == "gpu.example"
     assert two[0].seen[-1].host == "gpu.example:" + str(two[0].url.rsplit(":", 1)[1])
+
+
+def test_the_async_twin_runs_a_discovery_in_its_background(two: list[EchoServer]) -> None:
+    """A Discovery given instead of URLs fills the async transport's pool before the
+    first request. If this fails, async apps with discovery start with no backends."""
+
+    async def main() -> None:
+        discovery = eb.StaticDiscovery([s.url for s in two])
+        async with (
+            eb.AsyncBalancingTransport(discovery, health_check=None) as transport,
+            httpx.AsyncClient(transport=transport, base_url="http://e") as client,
+        ):
+            assert sorted(b.url for b in transport.pool.backends) == sorted(s.url for s in two)
+            assert (await client.get("/x")).status_code == 200
+
+    anyio.run(main)
+
+
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+def test_a_forked_child_builds_its_own_inner_transports(two: list[EchoServer]) -> None:
+    """After a fork (gunicorn --preload), the child makes fresh inner transports: the
+    parent's connections must not be shared across processes. If this fails, parent
+    and child write to the same sockets, or the child deadlocks on a copied lock."""
+    made: list[tuple[int, str]] = []
+
+    def factory(backend: eb.Backend) -> httpx.BaseTransport:
+        made.append((os.getpid(), backend.url))
+        return httpx.HTTPTransport()
+
+    transport = eb.BalancingTransport(
+        [two[0].url], transport=factory, health_check=None, balancer=eb.RoundRobin()
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        assert client.get("/x").status_code == 200
+
+        def child() -> list[object]:
+            status = client.get("/x").status_code
+            return [status, sum(pid == os.getpid() for pid, _ in made)]
+
+        assert in_child(child) == [200, 1]
+        assert client.get("/x").status_code == 200
+    assert [url for _, url in made] == [two[0].url]  # the parent made one, and kept it

@@ -229,3 +229,50 @@ def test_sync_client_sub_batches_keep_the_callers_trace(
         assert span.context.trace_id == caller.context.trace_id
         assert span.parent is not None
         assert span.parent.span_id == caller.context.span_id
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_an_attempt_past_its_timeout_is_a_failure_named_in_the_error_and_its_span(
+    spans: Callable[[], list[ReadableSpan]], twin: str
+) -> None:
+    """An attempt abandoned at ``attempt_timeout`` fails with a ReadTimeout that says so,
+    is listed in AllAttemptsFailed, counts as its backend's failure, and its span ends
+    with ``error.type`` "timeout". If this fails, a hung replica's attempts look like
+    successes or cancellations in traces, or the error does not say what happened."""
+    import anyio
+    from echo_server import echo_servers
+
+    with echo_servers(1) as (server,):
+        server.hang = True
+        kwargs: dict[str, Any] = {
+            "health_check": None,
+            "attempt_timeout": 0.2,
+            "retry": eb.Retry(attempts=1),
+        }
+        if twin == "sync":
+            transport = eb.BalancingTransport([server.url], **kwargs)
+            with (
+                httpx.Client(transport=transport, base_url="http://e") as client,
+                pytest.raises(eb.AllAttemptsFailed) as failed,
+            ):
+                client.post("/embed", json={"inputs": ["x"]})
+        else:
+            atransport = eb.AsyncBalancingTransport([server.url], **kwargs)
+
+            async def main() -> None:
+                async with httpx.AsyncClient(transport=atransport, base_url="http://e") as client:
+                    await client.post("/embed", json={"inputs": ["x"]})
+
+            with pytest.raises(eb.AllAttemptsFailed) as failed:
+                anyio.run(main)
+            transport = atransport  # type: ignore[assignment]
+        server.hang = False
+    assert [str(a) for a in failed.value.attempts] == [
+        f"{server.url}: attempt timed out after 0.2s"
+    ]
+    assert isinstance(failed.value.__cause__, httpx.ReadTimeout)
+    assert transport.stats().pool.by_url()[server.url].failures == 1
+    attempts = [s for s in spans() if "embedbalance.backend" in (s.attributes or {})]
+    assert len(attempts) == 1
+    attrs = dict(attempts[0].attributes or {})
+    assert (attrs["embedbalance.outcome"], attrs["error.type"]) == ("failure", "timeout")
