@@ -359,3 +359,23 @@ async def test_async_embed_iter_chunks_by_1024_by_default_and_refuses_zero() -> 
             with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
                 async for _ in client.embed_iter(texts, chunk_size=0):
                     pass
+
+
+@pytest.mark.anyio
+async def test_async_embed_iter_draws_a_bar_with_the_known_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A sized corpus gives the progress bar its total (so a large job shows one without
+    being asked); an unsized stream does not. If this fails, async corpus jobs show no
+    bar, or a bar without an end."""
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) draws the bar")
+    texts = [f"t{i}" for i in range(60)]
+    with FakeBackend(dim=3) as server:
+        async with eb.AsyncEmbeddingClient(
+            [server.url], probe_info=False, progress_threshold=50, **QUIET
+        ) as client:
+            assert len([c async for c in client.embed_iter(texts, chunk_size=25)]) == 3
+            assert "60/60" in capsys.readouterr().err
+            streamed = [c async for c in client.embed_iter(iter(texts), chunk_size=25)]
+            assert len(streamed) == 3
+            assert "embedding" not in capsys.readouterr().err  # size unknown: below threshold
