@@ -140,3 +140,28 @@ async def test_async_streamed_request_body_arrives_whole(server: EchoServer) -> 
     assert response.status_code == 200
     assert server.seen[0].body == b"".join(parts)
     assert response.json()["body"] == "alpha beta gamma"
+
+
+def test_a_timed_out_post_to_a_route_not_marked_idempotent_is_not_resent() -> None:
+    """An attempt that timed out was sent: a POST the server may have acted on is not
+    sent again elsewhere (embedding routes are idempotent; ``/orders`` is not). If this
+    fails, a timed-out non-idempotent request is executed twice."""
+    with echo_servers(2) as (hung, good):
+        hung.hang = True
+        transport = eb.BalancingTransport(
+            [hung.url, good.url],
+            health_check=None,
+            balancer=eb.RoundRobin(),
+            attempt_timeout=0.2,
+            retry=eb.Retry(attempts=3),
+        )
+        outcomes: list[str] = []
+        with httpx.Client(transport=transport, base_url="http://e") as client:
+            for _ in range(2):  # round-robin: one of the two starts on the hung server
+                try:
+                    outcomes.append(str(client.post("/orders", json={}).status_code))
+                except eb.AllAttemptsFailed as exc:
+                    outcomes.append(" | ".join(str(a) for a in exc.attempts))
+        hung.hang = False
+    assert sorted(outcomes) == sorted(["200", f"{hung.url}: attempt timed out after 0.2s"])
+    assert good.hits == 1

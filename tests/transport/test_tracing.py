@@ -276,30 +276,3 @@ def test_an_attempt_past_its_timeout_is_a_failure_named_in_the_error_and_its_spa
     assert len(attempts) == 1
     attrs = dict(attempts[0].attributes or {})
     assert (attrs["embedbalance.outcome"], attrs["error.type"]) == ("failure", "timeout")
-
-
-def test_a_timed_out_post_to_a_route_not_marked_idempotent_is_not_resent() -> None:
-    """An attempt that timed out was sent: a POST the server may have acted on is not
-    sent again elsewhere (embedding routes are idempotent; ``/orders`` is not). If this
-    fails, a timed-out non-idempotent request is executed twice."""
-    from echo_server import echo_servers
-
-    with echo_servers(2) as (hung, good):
-        hung.hang = True
-        transport = eb.BalancingTransport(
-            [hung.url, good.url],
-            health_check=None,
-            balancer=eb.RoundRobin(),
-            attempt_timeout=0.2,
-            retry=eb.Retry(attempts=3),
-        )
-        outcomes: list[str] = []
-        with httpx.Client(transport=transport, base_url="http://e") as client:
-            for _ in range(2):  # round-robin: one of the two starts on the hung server
-                try:
-                    outcomes.append(str(client.post("/orders", json={}).status_code))
-                except eb.AllAttemptsFailed as exc:
-                    outcomes.append(" | ".join(str(a) for a in exc.attempts))
-        hung.hang = False
-    assert sorted(outcomes) == sorted(["200", f"{hung.url}: attempt timed out after 0.2s"])
-    assert good.hits == 1
