@@ -43,6 +43,10 @@ class Runner:
         self._tasks = queue.SimpleQueue()
         self._idle = 0  # threads waiting for a task and not yet claimed by a submit
         self._threads: set[threading.Thread] = set()
+        # Set by shutdown until the next submit: a thread that ends its task meanwhile
+        # exits instead of waiting for more work (shutdown could not tell it to stop:
+        # it was busy when shutdown counted the idle ones).
+        self._stopping = False
 
     @property
     def idle(self) -> int:
@@ -55,6 +59,7 @@ class Runner:
         future: Future[T] = Future()
         task = (future, fn, args)
         with self._lock:
+            self._stopping = False
             reuse = self._idle > 0
             if reuse:
                 self._idle -= 1
@@ -75,6 +80,7 @@ class Runner:
             self._reset()
             return
         with self._lock:
+            self._stopping = True
             idle, self._idle = self._idle, 0
             threads = list(self._threads)
         for _ in range(idle):
@@ -96,6 +102,9 @@ class Runner:
                     future.set_result(result)
             del task, future, fn, args
             with self._lock:
+                if self._stopping:
+                    self._threads.discard(threading.current_thread())
+                    return
                 self._idle += 1
             task = None
             while task is None:

@@ -80,3 +80,22 @@ def test_shutdown_joins_idle_threads_and_later_submits_still_run() -> None:
     assert not [t for t in threading.enumerate() if t.name == "runner-under-test"]
     assert runner.submit(lambda: 5).result(timeout=5) == 5
     runner.shutdown()
+
+
+def test_a_thread_busy_at_shutdown_exits_as_soon_as_its_task_ends() -> None:
+    """Shutdown waits for a busy thread only as long as its task runs: a thread that ends
+    its task during shutdown exits instead of waiting for more work. If this fails,
+    closing a transport right after an attempt timed out (its thread still finishing)
+    blocks for the whole join timeout."""
+    runner = Runner(name="runner-busy")
+    release = threading.Event()
+    busy = runner.submit(release.wait, 10.0)
+    closer = threading.Thread(target=runner.shutdown, kwargs={"timeout": 30.0})
+    closer.start()
+    release.set()
+    closer.join(timeout=5.0)
+    assert not closer.is_alive(), "shutdown waited for a thread that had finished its task"
+    assert busy.result(timeout=1) is True
+    assert not [t for t in threading.enumerate() if t.name == "runner-busy"]
+    assert runner.submit(lambda: 7).result(timeout=5) == 7  # later submits still run
+    runner.shutdown()
