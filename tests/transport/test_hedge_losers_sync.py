@@ -72,10 +72,11 @@ def _until(predicate: Callable[[], bool], limit: float = 10.0) -> bool:
     return False
 
 
-def _hedged(good: str) -> eb.BalancingTransport:
+def _hedged(good: str, **kwargs: object) -> eb.BalancingTransport:
     """A transport that hedges after 50 ms, starting with ``good`` alone."""
     return eb.BalancingTransport(
         [good],
+        **kwargs,  # type: ignore[arg-type]
         health_check=None,
         outlier_detection=None,
         slow_start=None,
@@ -123,9 +124,13 @@ def test_a_loser_still_running_when_the_transport_closes_is_released_as_cancelle
 ) -> None:
     """If this fails, closing a transport books its hedge losers as their replicas'
     failures (a clean shutdown that ejects healthy replicas), or leaves them in flight."""
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from embedbalance.metrics import PrometheusMetrics
+
+    registry = prometheus_client.CollectorRegistry()
     breaker = Breaker()
     try:
-        transport = _hedged(good.url)
+        transport = _hedged(good.url, metrics=PrometheusMetrics(registry))
         with httpx.Client(transport=transport, base_url="http://e") as client:
             _first_copy_on(transport, client, breaker.url)
             # The loser's connection breaks while the client's exit is closing the
@@ -134,5 +139,7 @@ def test_a_loser_still_running_when_the_transport_closes_is_released_as_cancelle
         assert _until(lambda: transport.stats().pool.by_url()[breaker.url].pending == 0)
         row = transport.stats().pool.by_url()[breaker.url]
         assert (row.failures, row.cancelled) == (0, 1)
+        labels = {"backend": breaker.url, "outcome": "cancelled"}
+        assert registry.get_sample_value("embedbalance_requests_total", labels) == 1
     finally:
         breaker.close()
