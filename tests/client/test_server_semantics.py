@@ -379,3 +379,34 @@ async def test_async_embed_iter_draws_a_bar_with_the_known_total(
             streamed = [c async for c in client.embed_iter(iter(texts), chunk_size=25)]
             assert len(streamed) == 3
             assert "embedding" not in capsys.readouterr().err  # size unknown: below threshold
+
+
+def test_sync_embed_iter_chunks_by_1024_by_default_and_refuses_zero(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The sync twin of the chunking rules, and its progress bar's known total."""
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) draws the bar")
+    texts = [f"t{i}" for i in range(1025)]
+    with (
+        FakeBackend(dim=3) as server,
+        EmbeddingClient([server.url], probe_info=False, progress_threshold=1000, **QUIET) as client,
+    ):
+        assert [c.shape for c in client.embed_iter(texts)] == [(1024, 3), (1, 3)]
+        assert "1025/1025" in capsys.readouterr().err
+        assert [c.shape for c in client.embed_iter(texts[:2], chunk_size=1)] == [(1, 3), (1, 3)]
+        with pytest.raises(ValueError, match=r"^chunk_size must be >= 1, got 0$"):
+            next(client.embed_iter(texts, chunk_size=0))
+
+
+@pytest.mark.anyio
+async def test_embed_iter_sends_each_chunk_to_the_model_named() -> None:
+    """``embed_iter(model=...)`` routes every chunk to that model's replicas, sync and
+    async. If this fails, a corpus job for one model is embedded by another."""
+    with FakeBackend(dim=5) as small, FakeBackend(dim=7) as large:
+        backends = [eb.Backend(small.url, model="small"), eb.Backend(large.url, model="large")]
+        with EmbeddingClient(backends, probe_info=False, **QUIET) as client:
+            shapes = {c.shape for c in client.embed_iter(TEXTS, chunk_size=5, model="large")}
+            assert shapes <= {(5, 7), (4, 7)}
+        async with eb.AsyncEmbeddingClient(backends, probe_info=False, **QUIET) as aclient:
+            chunks = [c async for c in aclient.embed_iter(TEXTS, chunk_size=5, model="small")]
+            assert {c.shape[1] for c in chunks} == {5}
