@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import dns.name
 import pytest
 from dnsmasq_server import DOMAIN, Dnsmasq
 
@@ -74,6 +75,8 @@ def test_the_resolver_asks_only_the_given_nameservers_uncached_within_the_timeou
     assert [(str(n.address), n.port) for n in resolver.nameservers] == [("127.0.0.1", 5353)]  # type: ignore[union-attr]
     assert resolver.cache is None
     assert (resolver.timeout, resolver.lifetime) == (0.7, 0.7)
+    # Nothing read from the system's resolv.conf: no search list, the root as domain.
+    assert (resolver.search, resolver.domain) == ([], dns.name.root)
 
 
 def test_without_nameservers_the_systems_are_used() -> None:
@@ -115,8 +118,9 @@ def test_a_name_with_only_aaaa_records_gives_bracketed_ipv6_urls(dnsmasq: Dnsmas
     never found, or their URLs do not parse."""
     dnsmasq.set_hosts({GPU: ["::1", "::2"]})
     source = DnsDiscovery(
-        DnsTarget(GPU, port=8000, path="/v1/"), nameservers=dnsmasq.nameservers, timeout=2.0
+        DnsTarget(GPU, port=8000, path="/v1-X/"), nameservers=dnsmasq.nameservers, timeout=2.0
     )
     pool = Pool()
     source.refresh(pool)
-    assert pool.urls == {"http://[::1]:8000/v1", "http://[::2]:8000/v1"}
+    # Only the trailing slash goes (not a character of the path before it).
+    assert pool.urls == {"http://[::1]:8000/v1-X", "http://[::2]:8000/v1-X"}
