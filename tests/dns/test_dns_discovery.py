@@ -18,6 +18,7 @@ import dns.resolver
 import httpx
 import pytest
 from dnsmasq_server import DOMAIN, TTL, Dnsmasq, free_port, system_binary
+from tests.helpers.waiting import wait_until
 
 from embedbalance._backend import Backend
 from embedbalance._clock import ManualClock
@@ -48,15 +49,6 @@ class RecordingPool:
 
     def update(self, backends: object) -> None:
         self.updates.append({b.url for b in backends})  # type: ignore[attr-defined]
-
-
-def wait_until(condition: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_records_become_backends_on_the_given_port(dnsmasq: Dnsmasq) -> None:

@@ -12,6 +12,7 @@ import anyio
 import pytest
 from dnsmasq_server import DOMAIN, Dnsmasq
 from tests.helpers.forked import in_child
+from tests.helpers.waiting import wait_until
 
 from embedbalance.dns import DnsDiscovery, DnsTarget
 
@@ -119,15 +120,6 @@ class CountingPool(Pool):
         super().update(backends)
 
 
-def _until(predicate: object, limit: float = 5.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_a_refresh_that_raises_in_the_thread_is_logged_and_retried_after_max_ttl(
     dnsmasq: Dnsmasq, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -141,7 +133,7 @@ def test_a_refresh_that_raises_in_the_thread_is_logged_and_retried_after_max_ttl
     with caplog.at_level(logging.ERROR, logger="embedbalance.dns"):
         source.start(pool)
         try:
-            assert _until(lambda: pool.updates >= 4), "the thread stopped refreshing"
+            assert wait_until(lambda: pool.updates >= 4, 5.0), "the thread stopped refreshing"
             seen = pool.updates
             time.sleep(0.2)
             # About four more at one per 50 ms; a thread that does not wait makes hundreds.
@@ -164,7 +156,7 @@ def test_a_refresh_that_is_due_runs_at_once(dnsmasq: Dnsmasq) -> None:
     try:
         # Every clock read is 1000 s later, so every refresh is overdue: five take
         # milliseconds; with a one-second floor on each wait they would take four.
-        assert _until(lambda: pool.updates >= 5, limit=3.0)
+        assert wait_until(lambda: pool.updates >= 5, 3.0)
     finally:
         source.stop()
 

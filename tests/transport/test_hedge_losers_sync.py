@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
 from echo_server import EchoServer, echo_servers
+from tests.helpers.waiting import wait_until
 
 import embedbalance as eb
 
@@ -63,15 +63,6 @@ def good() -> Iterator[EchoServer]:
         yield server
 
 
-def _until(predicate: Callable[[], bool], limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def _hedged(good: str, **kwargs: object) -> eb.BalancingTransport:
     """A transport that hedges after 50 ms, starting with ``good`` alone."""
     return eb.BalancingTransport(
@@ -112,7 +103,9 @@ def test_a_loser_whose_connection_breaks_settles_as_its_backends_failure(
             row = transport.stats().pool.by_url()[breaker.url]
             assert row.pending == 1  # the loser, still held by the breaker
             breaker.break_all()
-            assert _until(lambda: transport.stats().pool.by_url()[breaker.url].pending == 0)
+            assert wait_until(
+                lambda: transport.stats().pool.by_url()[breaker.url].pending == 0, 10.0
+            )
             row = transport.stats().pool.by_url()[breaker.url]
             assert (row.failures, row.cancelled) == (1, 0)
     finally:
@@ -136,7 +129,7 @@ def test_a_loser_still_running_when_the_transport_closes_is_released_as_cancelle
             # The loser's connection breaks while the client's exit is closing the
             # transport (close() waits a while for attempts still running).
             threading.Timer(0.3, breaker.break_all).start()
-        assert _until(lambda: transport.stats().pool.by_url()[breaker.url].pending == 0)
+        assert wait_until(lambda: transport.stats().pool.by_url()[breaker.url].pending == 0, 10.0)
         row = transport.stats().pool.by_url()[breaker.url]
         assert (row.failures, row.cancelled) == (0, 1)
         labels = {"backend": breaker.url, "outcome": "cancelled"}

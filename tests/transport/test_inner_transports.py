@@ -9,7 +9,7 @@ with every rollout.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import anyio
 import httpx
@@ -44,6 +44,17 @@ class ARecording(httpx.AsyncHTTPTransport):
     async def aclose(self) -> None:
         self.closed = True
         await super().aclose()
+
+
+def _arecording() -> tuple[dict[str, ARecording], Callable[[eb.Backend], ARecording]]:
+    """A factory of async inner transports, and what it made, by backend URL."""
+    made: dict[str, ARecording] = {}
+
+    def factory(backend: eb.Backend) -> ARecording:
+        made[backend.url] = inner = ARecording()
+        return inner
+
+    return made, factory
 
 
 def test_a_factory_gives_each_backend_its_own_transport_closed_when_it_leaves(
@@ -96,12 +107,7 @@ def test_the_async_twin_closes_a_leaving_backends_transport_at_the_next_request(
     """A pool event may come from any thread and closing is async: the async transport
     parks the inner transport and closes it at its next chance. If this fails, async
     apps leak a connection pool per departed replica."""
-    made: dict[str, ARecording] = {}
-
-    def factory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
-        made[backend.url] = inner = ARecording()
-        return inner
-
+    made, factory = _arecording()
     urls = [s.url for s in two]
 
     async def main() -> None:
@@ -126,12 +132,7 @@ def test_the_async_twin_closes_parked_transports_during_health_rounds(
     two: list[EchoServer],
 ) -> None:
     """With no request coming, the health-check round closes a parked transport."""
-    made: dict[str, ARecording] = {}
-
-    def factory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
-        made[backend.url] = inner = ARecording()
-        return inner
-
+    made, factory = _arecording()
     urls = [s.url for s in two]
 
     async def main() -> None:
