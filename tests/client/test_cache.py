@@ -134,12 +134,14 @@ async def test_per_call_model_is_part_of_the_key_and_repeats_fold_per_call() -> 
             await client.embed(["x", "y", "x"], model="m2")
             await client.embed(["y", "x"], model="m2")
             await client.embed(["x"])
+            await client.embed(["z"])
+            await client.embed(["z"], model="m1")  # the client's own model, named: a hit
             stats = client.stats()
-    assert _sent(server) == ["x", "y", "x", "y"]
-    assert [body["model"] for body in server.embed_requests] == ["m1", "m2"]
+    assert _sent(server) == ["x", "y", "x", "y", "z"]
+    assert [body["model"] for body in server.embed_requests] == ["m1", "m2", "m1"]
     assert stats.duplicates == 2
     assert stats.cache is not None
-    assert (stats.cache.hits, stats.cache.misses) == (3, 4)
+    assert (stats.cache.hits, stats.cache.misses) == (4, 5)
 
 
 def test_per_call_model_repeats_fold_in_the_sync_client_without_a_cache() -> None:

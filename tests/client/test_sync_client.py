@@ -60,7 +60,8 @@ def test_embed_iter_yields_chunks_in_order(
 
 
 def test_embed_iter_reads_its_input_lazily(fake: FakeBackend) -> None:
-    """Only about two chunks of an endless input are read before the first is yielded."""
+    """Only about two chunks of an endless input are read before the first is yielded:
+    the second is already on its way while the caller holds the first."""
     pulled = 0
 
     def endless() -> Iterator[str]:
@@ -75,7 +76,7 @@ def test_embed_iter_reads_its_input_lazily(fake: FakeBackend) -> None:
         stream.close()
     assert first.shape == (10, 7)
     assert first[:, 0].tolist() == [len(f"text number {i}") for i in range(1, 11)]
-    assert pulled <= 21
+    assert 20 <= pulled <= 21
 
 
 def test_killed_worker_loses_no_rows(
