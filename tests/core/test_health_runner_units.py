@@ -518,3 +518,105 @@ async def test_the_async_runner_spaces_full_canary_rounds_by_its_clock() -> None
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     assert sorted(asked) == [A, B]
+
+
+class FailingOncePool(eb.BackendPool):
+    """A pool whose first ``report_check`` raises: a bug somewhere in a round."""
+
+    failed = False
+
+    def report_check(self, backend: eb.BackendLike, ok: bool) -> None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("a bug in the round")
+        super().report_check(backend, ok)
+
+
+@pytest.mark.anyio
+async def test_the_async_runner_logs_a_failed_round_and_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If this fails, one bug in a round ends async health checking silently, or is
+    logged without saying what failed."""
+    checked: list[str] = []
+
+    async def alive(backend: eb.Backend) -> bool:
+        checked.append(backend.url)
+        return True
+
+    policy = eb.HealthCheck(interval=0.01, jitter=0.0)
+    pool = FailingOncePool([A], health_check=policy, clock=eb.ManualClock())
+    with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
+        async with anyio.create_task_group() as tg:
+            await tg.start(
+                lambda task_status: run_async_checks(
+                    pool, policy, probe=alive, task_status=task_status
+                )
+            )
+            with anyio.fail_after(5):
+                while len(checked) < 3:
+                    await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()
+    assert [r.getMessage() for r in caplog.records] == ["health check round failed"]
+
+
+@pytest.mark.anyio
+async def test_the_async_runner_learns_the_next_models_after_an_info_that_raised() -> None:
+    """A raising ``/info`` of one backend skips that backend only. If this fails, one
+    replica's broken ``/info`` leaves every replica after it with an unknown model."""
+    learned = anyio.Event()
+
+    async def alive(backend: eb.Backend) -> bool:
+        return True
+
+    async def info(backend: eb.Backend) -> tuple[bool, str | None]:
+        if backend.url == A:
+            raise RuntimeError("info bug")
+        learned.set()
+        return True, "m-b"
+
+    policy = eb.HealthCheck(interval=0.01, jitter=0.0)
+    pool = _pool([A, B], health_check=policy)
+    async with anyio.create_task_group() as tg:
+        await tg.start(
+            lambda task_status: run_async_checks(
+                pool, policy, probe=alive, info=info, task_status=task_status
+            )
+        )
+        with anyio.fail_after(5):
+            await learned.wait()
+        tg.cancel_scope.cancel()
+    assert pool.model_of(eb.Backend(B)) == "m-b"
+
+
+@pytest.mark.anyio
+async def test_the_async_runner_sends_a_newcomer_its_canary_between_full_rounds() -> None:
+    """A backend that joins between full canary rounds is asked in the next liveness
+    round, not at the next full one. If this fails, a scaled-up replica waits a whole
+    canary interval (minutes, in production) before it gets traffic."""
+    asked: list[str] = []
+    c = "http://10.0.0.3:8000"
+
+    async def alive(backend: eb.Backend) -> bool:
+        return True
+
+    async def canary(backend: eb.Backend) -> CanaryAnswer:
+        asked.append(backend.url)
+        return CanaryAnswer(rows=np.eye(2, 3, dtype=np.float32))
+
+    clock = eb.ManualClock()  # frozen: no second full round comes
+    policy = eb.HealthCheck(interval=0.01, jitter=0.0, canary=eb.Canary(interval=60.0))
+    pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
+    async with anyio.create_task_group() as tg:
+        await tg.start(
+            lambda task_status: run_async_checks(
+                pool, policy, probe=alive, canary_probe=canary, clock=clock, task_status=task_status
+            )
+        )
+        assert sorted(asked) == [A, B]
+        pool.add(c)
+        with anyio.fail_after(5):
+            while c not in asked:
+                await anyio.sleep(0.01)
+        tg.cancel_scope.cancel()
+    assert sorted(asked) == [A, B, c]
