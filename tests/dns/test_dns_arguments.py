@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 
 import dns.name
+import dns.nameserver
+import dns.resolver
 import pytest
 from dnsmasq_server import DOMAIN, Dnsmasq
 
@@ -124,3 +126,39 @@ def test_a_name_with_only_aaaa_records_gives_bracketed_ipv6_urls(dnsmasq: Dnsmas
     source.refresh(pool)
     # Only the trailing slash goes (not a character of the path before it).
     assert pool.urls == {"http://[::1]:8000/v1-X", "http://[::2]:8000/v1-X"}
+
+
+def test_each_backend_carries_its_targets_tls_name_model_and_zone(dnsmasq: Dnsmasq) -> None:
+    """If this fails, TLS pods found by DNS are verified against their address, or
+    requests naming a model (or a zone) find none of the discovered replicas."""
+    dnsmasq.set_hosts({GPU: ["127.0.0.2"]})
+    target = DnsTarget(GPU, port=8443, scheme="https", tls_server_name=True, model="bge", zone="z1")
+    source = DnsDiscovery(target, nameservers=dnsmasq.nameservers, timeout=2.0)
+    (backend,) = source.resolve().backends
+    assert backend.url == "https://127.0.0.2:8443"
+    assert (backend.tls_server_name, backend.model, backend.zone) == (GPU.rstrip("."), "bge", "z1")
+    assert dict(backend.labels) == {"dns_name": GPU}
+
+
+def test_a_name_without_srv_records_has_no_backends(dnsmasq: Dnsmasq) -> None:
+    """A portless name with no SRV records resolves to nothing, without an error."""
+    dnsmasq.set_hosts({GPU: ["127.0.0.2"]})
+    source = DnsDiscovery(GPU, nameservers=dnsmasq.nameservers, timeout=2.0)
+    resolution = source.resolve()
+    assert (resolution.backends, resolution.errors) == ((), ())
+
+
+def test_a_relative_name_is_completed_by_the_resolvers_search_list(dnsmasq: Dnsmasq) -> None:
+    """With a resolver of the app's own (say one reading the pod's resolv.conf), a short
+    name such as a Service's is completed by its search domains, as the system
+    resolver would. If this fails, ``DnsTarget("embed-workers")`` finds nothing in a
+    cluster where ``getent hosts embed-workers`` does."""
+    dnsmasq.set_hosts({GPU: ["127.0.0.2"]})
+    resolver = dns.resolver.Resolver(configure=False)
+    resolver.nameservers = [
+        dns.nameserver.Do53Nameserver(host, port) for host, port in dnsmasq.nameservers
+    ]
+    resolver.search = [dns.name.from_text(DOMAIN)]
+    resolver.cache = None
+    source = DnsDiscovery(DnsTarget("gpu", port=8000), resolver=resolver, timeout=2.0)
+    assert [b.url for b in source.resolve().backends] == ["http://127.0.0.2:8000"]
