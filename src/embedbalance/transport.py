@@ -955,7 +955,7 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
                     self._started.set()
         except Exception as exc:  # discovery failed before it could start
             log.exception("background tasks of the transport failed")
-            self._failure = exc
+            self._failure = _single_error(exc)
         finally:
             self._started.set()
             self._stopped.set()
@@ -1208,6 +1208,16 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         from .config import from_config
 
         return cls(**{**from_config(mapping).transport_kwargs(), **overrides})
+
+
+def _single_error(exc: Exception) -> Exception:
+    """The one error inside task-group wrappers: ``start()`` raises what the discovery
+    raised (a ``ValueError`` naming a wrong Service, say), not an exception group."""
+    inner = getattr(exc, "exceptions", None)
+    while isinstance(inner, tuple) and len(inner) == 1 and isinstance(inner[0], Exception):
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
 
 
 async def _run_discovery(discovery: Discovery, pool: BackendPool, *, task_status: Any) -> None:

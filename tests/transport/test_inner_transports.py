@@ -8,6 +8,7 @@ with every rollout.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 
@@ -210,3 +211,34 @@ def test_a_forked_child_builds_its_own_inner_transports(two: list[EchoServer]) -
         assert in_child(child) == [200, 1]
         assert client.get("/x").status_code == 200
     assert [url for _, url in made] == [two[0].url]  # the parent made one, and kept it
+
+
+class BrokenDiscovery:
+    """A discovery that fails before it can report itself started."""
+
+    def start(self, pool: eb.BackendPool) -> None:
+        raise ValueError("no such Service")
+
+    def stop(self) -> None:
+        return None
+
+    async def arun(self, pool: eb.BackendPool, *, task_status: object = None) -> None:
+        raise ValueError("no such Service")
+
+
+def test_the_async_twin_raises_a_discovery_that_fails_to_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If this fails, an async app whose discovery cannot start runs on with an empty
+    pool (every request: no backend) instead of failing at start-up with the reason."""
+
+    async def main() -> None:
+        transport = eb.AsyncBalancingTransport(BrokenDiscovery(), health_check=None)
+        with pytest.raises(ValueError, match=r"^no such Service$"):
+            await transport.start()
+        with pytest.raises(RuntimeError, match="closed"):
+            await transport.start()
+
+    with caplog.at_level(logging.ERROR, logger="embedbalance"):
+        anyio.run(main)
+    assert [r.getMessage() for r in caplog.records] == ["background tasks of the transport failed"]
