@@ -410,3 +410,35 @@ async def test_embed_iter_sends_each_chunk_to_the_model_named() -> None:
         async with eb.AsyncEmbeddingClient(backends, probe_info=False, **QUIET) as aclient:
             chunks = [c async for c in aclient.embed_iter(TEXTS, chunk_size=5, model="small")]
             assert {c.shape[1] for c in chunks} == {5}
+
+
+def _answer(status: int, **kwargs: object) -> httpx.Response:
+    return httpx.Response(status, request=httpx.Request("POST", "http://10.0.0.1/embed"), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("response", "detail"),
+    [
+        (
+            _answer(413, json={"error": "batch too large", "error_type": "Validation"}),
+            "batch too large",
+        ),
+        (_answer(400, json={"error": {"message": "bad input", "type": "invalid"}}), "bad input"),
+        (_answer(422, json={"message": "no such model"}), "no such model"),
+        (_answer(422, json={"detail": [1]}), "{'detail': [1]}"),
+        (_answer(400, json=["a"]), "['a']"),
+        (_answer(400, text="x" * 600), "x" * 500),
+        (_answer(400, text=""), "(empty body)"),
+        (_answer(404, json={"error": 3}), "{'error': 3}"),
+    ],
+    ids=["tei", "openai", "message", "other", "list", "long-text", "empty", "odd-error"],
+)
+def test_a_4xx_detail_is_the_servers_message_in_any_of_the_usual_shapes(
+    response: httpx.Response, detail: str
+) -> None:
+    """EmbeddingRequestError.detail is what the server said: TEI's ``error``, OpenAI's
+    ``error.message``, a bare ``message``, else the body itself (cut at 500 characters).
+    If this fails, users read a Python repr or nothing where the server explained."""
+    from embedbalance.client import _error_detail
+
+    assert _error_detail(response) == detail

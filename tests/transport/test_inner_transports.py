@@ -242,3 +242,28 @@ def test_the_async_twin_raises_a_discovery_that_fails_to_start(
     with caplog.at_level(logging.ERROR, logger="embedbalance"):
         anyio.run(main)
     assert [r.getMessage() for r in caplog.records] == ["background tasks of the transport failed"]
+
+
+def test_the_async_twin_learns_each_replicas_model_through_its_own_transport() -> None:
+    """The async transport's health rounds read ``/info`` through the inner transport
+    the replica's requests use. If this fails, async apps route requests naming a model
+    only to replicas whose model was given by hand."""
+    from tei_stub import tei_stubs
+
+    made: list[str] = []
+
+    def factory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
+        made.append(backend.url)
+        return httpx.AsyncHTTPTransport()
+
+    async def main(url: str) -> None:
+        policy = eb.HealthCheck(interval=0.05, jitter=0.0)
+        async with eb.AsyncBalancingTransport([url], transport=factory, health_check=policy) as t:
+            with anyio.fail_after(10):
+                while t.pool.model_of(eb.Backend(url)) is None:
+                    await anyio.sleep(0.02)
+            assert t.pool.model_of(eb.Backend(url)) == "stub/tei-minilm"
+
+    with tei_stubs(1) as (stub,):
+        anyio.run(main, stub.url)
+    assert made == [stub.url]  # one inner transport, shared by checks and /info
