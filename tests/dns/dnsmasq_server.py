@@ -96,6 +96,7 @@ class Dnsmasq:
             # Answer NXDOMAIN/NODATA for our domain instead of REFUSED.
             f"--local=/{DOMAIN}/",
             "--log-facility=-",
+            "--log-queries",  # the log shows which lookups were made (see ``queries``)
             # Stay the user we are: dropping to "nobody" would lose read access to the
             # test's private temp folder, and so the SIGHUP reread.
             f"--user={getpass.getuser()}",
@@ -103,6 +104,11 @@ class Dnsmasq:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         self._wait_for(self._responding)
+
+    def queries(self, rdtype: str, name: str) -> int:
+        """How many ``rdtype`` queries for ``name`` this server has logged."""
+        needle = f"query[{rdtype}] {name.rstrip('.')} "
+        return sum(needle in line for line in self.log.read_text(errors="replace").splitlines())
 
     def stop(self) -> None:
         """Terminate our process by its PID and wait for it (the 'server gone' case)."""

@@ -162,3 +162,21 @@ def test_a_relative_name_is_completed_by_the_resolvers_search_list(dnsmasq: Dnsm
     resolver.cache = None
     source = DnsDiscovery(DnsTarget("gpu", port=8000), resolver=resolver, timeout=2.0)
     assert [b.url for b in source.resolve().backends] == ["http://127.0.0.2:8000"]
+
+
+def test_srv_targets_use_the_answers_addresses_and_look_up_only_the_rest(
+    dnsmasq: Dnsmasq,
+) -> None:
+    """A target whose addresses came with the SRV answer is not looked up again; one
+    without is (here it has none); a "." target (no service) is skipped, not the end.
+    If this fails, each refresh sends a query per pod (thousands in a large Service),
+    or one "." record hides every pod listed after it."""
+    srv = f"_http._tcp.mixed.{DOMAIN}"
+    dnsmasq.set_hosts({f"w1.{DOMAIN}": ["127.0.0.2"]})
+    dnsmasq.set_srv({srv: [(f"w1.{DOMAIN}", 8001), (f"gone.{DOMAIN}", 8002), (".", 0)]})
+    before = dnsmasq.queries("A", f"w1.{DOMAIN}"), dnsmasq.queries("A", f"gone.{DOMAIN}")
+    resolution = DnsDiscovery(srv, nameservers=dnsmasq.nameservers, timeout=2.0).resolve()
+    assert [b.url for b in resolution.backends] == ["http://127.0.0.2:8001"]
+    assert resolution.errors == ()
+    after = dnsmasq.queries("A", f"w1.{DOMAIN}"), dnsmasq.queries("A", f"gone.{DOMAIN}")
+    assert (after[0] - before[0], after[1] - before[1]) == (0, 1)
