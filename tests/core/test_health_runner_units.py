@@ -16,6 +16,7 @@ import logging
 import random
 import socket
 import threading
+import time
 
 import anyio
 import httpx
@@ -620,3 +621,65 @@ async def test_the_async_runner_sends_a_newcomer_its_canary_between_full_rounds(
                 await anyio.sleep(0.01)
         tg.cancel_scope.cancel()
     assert sorted(asked) == [A, B, c]
+
+
+def test_a_round_checks_at_most_eight_backends_at_once() -> None:
+    """The sync checker's round runs its checks on eight threads: enough that a few
+    hanging backends do not delay the verdict on the rest, few enough that a pool of
+    hundreds does not start hundreds of threads. If this fails, the bound changed."""
+    lock = threading.Lock()
+    inside = peak = 0
+    release = threading.Event()
+
+    def probe(backend: eb.Backend) -> bool:
+        nonlocal inside, peak
+        with lock:
+            inside += 1
+            peak = max(peak, inside)
+        release.wait(0.3)
+        with lock:
+            inside -= 1
+        return True
+
+    urls = [f"http://10.0.1.{i}:8000" for i in range(12)]
+    checker = HealthChecker(_pool(urls), eb.HealthCheck(interval=60.0), probe=probe)
+    checker.start()
+    try:
+        deadline = time.monotonic() + 5
+        while peak < 8 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # a ninth would have started by now
+        assert peak == 8
+    finally:
+        release.set()
+        checker.stop()
+
+
+def test_a_first_canary_round_that_failed_is_run_again_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With a canary, ``start()`` runs the first round itself; if that round fails, the
+    thread runs one at once instead of waiting an interval. If this fails, replicas
+    wait a whole interval (and get no traffic) after one failed first round."""
+    rounds: list[str] = []
+
+    def probe(backend: eb.Backend) -> bool:
+        rounds.append(backend.url)
+        return True
+
+    def canary(backend: eb.Backend) -> CanaryAnswer:
+        return CanaryAnswer(rows=np.eye(2, 3, dtype=np.float32))
+
+    policy = eb.HealthCheck(interval=60.0, canary=eb.Canary())
+    pool = FailingOncePool([A], health_check=policy, clock=eb.ManualClock())
+    checker = HealthChecker(pool, policy, probe=probe, canary_probe=canary)
+    with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
+        checker.start()
+        try:
+            deadline = time.monotonic() + 5
+            while len(rounds) < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(rounds) == 2
+        finally:
+            checker.stop()
+    assert [r.getMessage() for r in caplog.records] == ["health check round failed"]

@@ -17,7 +17,9 @@ import embedbalance as eb
 from embedbalance.health_runner import (
     HealthChecker,
     async_http_canary_probe,
+    async_http_probe,
     http_canary_probe,
+    http_probe,
     run_async_checks,
 )
 
@@ -92,3 +94,29 @@ def test_the_async_runner_given_only_a_liveness_probe_sends_its_canary_too() -> 
     row = pool.stats().by_url()[server.url]
     assert row.state == "ejected"
     assert row.canary == f"canary: wrong answer (backend {server.url} answered dict, not a list)"
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_a_check_answered_503_is_a_failure_logged_with_the_status(
+    twin: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """If this fails, a draining replica's 503 counts as healthy, or the log does not
+    say which replica answered what."""
+    import logging
+
+    with echo_servers(1) as (server,), caplog.at_level(logging.DEBUG, "embedbalance.health"):
+        server.health_status = 503
+        backend = eb.Backend(server.url)
+        if twin == "sync":
+            with httpx.HTTPTransport() as inner:
+                assert http_probe(POLICY, lambda b: inner)(backend) is False
+        else:
+
+            async def check() -> bool:
+                async with httpx.AsyncHTTPTransport() as inner:
+                    return await async_http_probe(POLICY, lambda b: inner)(backend)
+
+            assert anyio.run(check) is False
+    assert f"health check of {server.url} answered HTTP 503" in [
+        r.getMessage() for r in caplog.records
+    ]
