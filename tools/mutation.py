@@ -95,19 +95,19 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "health_runner": (
         "src/embedbalance/health_runner.py",
         [
-            # Fast and exact first (no sockets): most mutants die here in milliseconds
-            # instead of in the real-server tests below.
+            # Fast and exact first (no sockets): most mutants die here in milliseconds.
             "tests/core/test_health_runner_units.py",
             "tests/core/test_canary_pool.py",
             "tests/core/test_canary_models.py",
             "tests/transport/test_info_model.py",
-            "tests/transport/test_tracing.py",
+            # Real sockets, seconds each: probes, both checkers against a real server,
+            # canaries through the transports, probes kept out of traces. The failure
+            # suites (kills, hangs, zones; a minute and more) are left out: every
+            # surviving mutant would run them in full.
+            "tests/transport/test_health_probes_real.py",
             "tests/transport/test_promises.py",
             "tests/transport/test_canary_transport.py",
-            "tests/transport/test_failures.py",
-            "tests/transport/test_models_zones_real.py",
-            "tests/client/test_canary_real.py",
-            "tests/transport/test_health_probes_real.py",
+            "tests/transport/test_tracing.py",
         ],
     ),
     # The transports' and clients' tests start real servers; these are the ones that
