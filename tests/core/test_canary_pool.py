@@ -359,3 +359,17 @@ def test_a_garbage_answer_withdraws_the_members_earlier_vote() -> None:
     rows = pool.stats().by_url()
     assert rows[URLS[0]].state == "ejected"
     assert rows[URLS[1]].state == "healthy"
+
+
+def test_an_answer_from_a_backend_that_left_during_the_round_is_ignored() -> None:
+    """A canary answer from a backend removed while its round ran gets no verdict, and
+    the members answering after it still do. If this fails, a scale-down during a
+    round leaves the remaining replicas unjudged (a new one stays pending)."""
+    pool = _pool(URLS)
+    rounds = CanaryRounds(CANARY)
+    awaiting = {b.url for b in pool.awaiting_canary()}
+    answers = {"http://gone:1": CanaryAnswer(rows=RIGHT)}
+    answers.update({u: CanaryAnswer(rows=RIGHT) for u in URLS})
+    rounds.settle(pool, pool.backends, answers, awaiting)
+    assert {b.state for b in pool.stats().backends} == {"healthy"}
+    assert "http://gone:1" not in pool.stats().by_url()

@@ -17,8 +17,10 @@ import embedbalance as eb
 from embedbalance.health_runner import (
     HealthChecker,
     async_http_canary_probe,
+    async_http_info,
     async_http_probe,
     http_canary_probe,
+    http_info,
     http_probe,
     run_async_checks,
 )
@@ -120,3 +122,23 @@ def test_a_check_answered_503_is_a_failure_logged_with_the_status(
     assert f"health check of {server.url} answered HTTP 503" in [
         r.getMessage() for r in caplog.records
     ]
+
+
+def test_info_probes_read_the_model_a_server_names() -> None:
+    """``GET /info`` through the backend's own inner transport (looked up by backend)
+    reads TEI's ``model_id``, sync and async. If this fails, replicas' models are never
+    learned, so requests naming a model find none of them."""
+    from tei_stub import tei_stubs
+
+    with tei_stubs(1, model_id="org/small") as (stub,):
+        backend = eb.Backend(stub.url)
+        with httpx.HTTPTransport() as inner:
+            by_url = {stub.url: inner}
+            assert http_info(POLICY, lambda b: by_url[b.url])(backend) == (True, "org/small")
+
+        async def ask() -> tuple[bool, str | None]:
+            async with httpx.AsyncHTTPTransport() as ainner:
+                aby_url = {stub.url: ainner}
+                return await async_http_info(POLICY, lambda b: aby_url[b.url])(backend)
+
+        assert anyio.run(ask) == (True, "org/small")
