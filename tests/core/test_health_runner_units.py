@@ -17,6 +17,7 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
 import httpx
@@ -680,6 +681,61 @@ def test_a_first_canary_round_that_failed_is_run_again_at_once(
             while len(rounds) < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert len(rounds) == 2
+        finally:
+            checker.stop()
+    assert [r.getMessage() for r in caplog.records] == ["health check round failed"]
+
+
+def _counting_probe() -> tuple[list[float], Callable[[eb.Backend], bool]]:
+    rounds: list[float] = []
+
+    def probe(backend: eb.Backend) -> bool:
+        rounds.append(time.monotonic())
+        return True
+
+    return rounds, probe
+
+
+def _ok_canary(backend: eb.Backend) -> CanaryAnswer:
+    return CanaryAnswer(rows=np.eye(2, 3, dtype=np.float32))
+
+
+def test_after_a_first_canary_round_the_thread_waits_an_interval() -> None:
+    """``start()`` ran the first round itself, so the thread's first round comes an
+    interval later, not at once; then rounds go on, one per interval (jittered). If
+    this fails, every start checks twice in a row, or the thread never checks again."""
+    rounds, probe = _counting_probe()
+    policy = eb.HealthCheck(interval=0.3, jitter=0.1, canary=eb.Canary())
+    pool = eb.BackendPool([A], health_check=policy, clock=eb.ManualClock())
+    checker = HealthChecker(pool, policy, probe=probe, canary_probe=_ok_canary)
+    started = time.monotonic()
+    checker.start()
+    try:
+        assert len(rounds) == 1  # the first round, run by start()
+        deadline = time.monotonic() + 5
+        while len(rounds) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(rounds) == 3
+        assert rounds[1] - started >= 0.25  # an interval (less its jitter) after start
+    finally:
+        checker.stop()
+
+
+def test_a_round_that_fails_in_the_thread_is_logged_and_the_next_one_runs(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """If this fails, one bug in a round ends sync health checking silently."""
+    rounds, probe = _counting_probe()
+    policy = eb.HealthCheck(interval=0.02)
+    pool = FailingOncePool([A], health_check=policy, clock=eb.ManualClock())
+    checker = HealthChecker(pool, policy, probe=probe)
+    with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
+        checker.start()
+        try:
+            deadline = time.monotonic() + 5
+            while len(rounds) < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert len(rounds) >= 3
         finally:
             checker.stop()
     assert [r.getMessage() for r in caplog.records] == ["health check round failed"]

@@ -22,6 +22,9 @@ from embedbalance.health_runner import model_from_info
         (200, b"not json", (True, None)),
         (200, b"\xff\xfe", (True, None)),
         (404, b'{"model_id": "x"}', (True, None)),
+        (300, b'{"model_id": "x"}', (True, None)),
+        (299, b'{"model_id": "x"}', (True, "x")),
+        (200, b'{"model_id": "x"}', (True, "x")),
     ],
     ids=[
         "tei",
@@ -32,6 +35,9 @@ from embedbalance.health_runner import model_from_info
         "not-json",
         "bytes",
         "404",
+        "300",
+        "299",
+        "200",
     ],
 )
 def test_info_names_a_model_or_none(
