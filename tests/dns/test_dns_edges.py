@@ -96,13 +96,18 @@ def test_a_start_that_failed_can_be_stopped_and_started_again(dnsmasq: Dnsmasq) 
     with pytest.raises(ValueError, match="refused the update"):
         source.start(pool)
     assert "embedbalance-dns" not in {t.name for t in threading.enumerate()}
-    source.stop()
-    source.start(pool)
+    source.start(pool)  # at once, without a stop() in between
     try:
         assert pool.urls == {"http://127.0.0.2:8000", "http://127.0.0.4:8000"}
         assert "embedbalance-dns" in {t.name for t in threading.enumerate()}
     finally:
         source.stop()
+    pool.failures = 1
+    with pytest.raises(ValueError, match="refused the update"):
+        source.start(pool)
+    source.stop()  # nothing to stop: no error
+    source.start(pool)
+    source.stop()
 
 
 class CountingPool(Pool):
