@@ -739,3 +739,28 @@ def test_a_round_that_fails_in_the_thread_is_logged_and_the_next_one_runs(
         finally:
             checker.stop()
     assert [r.getMessage() for r in caplog.records] == ["health check round failed"]
+
+
+def test_sync_rounds_follow_the_checkers_clock_and_ask_newcomers_at_once() -> None:
+    """The sync twin of the canary cadence: full canary rounds one canary interval apart
+    on the checker's clock (frozen here: asked once), and a backend that joins between
+    them asked in the next round. If this fails, the canary cadence follows another
+    clock than the pool's, or a scaled-up replica waits a whole interval for traffic."""
+    asked: list[str] = []
+    c = "http://10.0.0.3:8000"
+
+    def canary(backend: eb.Backend) -> CanaryAnswer:
+        asked.append(backend.url)
+        return _ok_canary(backend)
+
+    clock = eb.ManualClock()
+    policy = eb.HealthCheck(canary=eb.Canary(interval=0.01))
+    pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
+    checker = HealthChecker(pool, policy, probe=lambda b: True, canary_probe=canary, clock=clock)
+    checker.run_round()
+    time.sleep(0.05)  # five canary intervals of wall time; the checker's clock stands still
+    checker.run_round()
+    assert sorted(asked) == [A, B]
+    pool.add(c)
+    checker.run_round()
+    assert sorted(asked) == [A, B, c]
