@@ -20,9 +20,11 @@ import time
 from collections.abc import Callable
 
 import anyio
+import anyio.abc
 import httpx
 import numpy as np
 import pytest
+from tests.helpers.waiting import wait_until
 
 import embedbalance as eb
 from embedbalance.health_runner import (
@@ -342,6 +344,15 @@ def test_start_is_idempotent_and_stop_leaves_no_thread() -> None:
 # -- the async runner with plain-function probes -----------------------------------------
 
 
+async def _started(
+    tg: anyio.abc.TaskGroup, pool: eb.BackendPool, policy: eb.HealthCheck, **kwargs: object
+) -> None:
+    """``run_async_checks`` started in ``tg`` (reported started, as a transport starts it)."""
+    await tg.start(
+        lambda task_status: run_async_checks(pool, policy, task_status=task_status, **kwargs)  # type: ignore[arg-type]
+    )
+
+
 @pytest.mark.anyio
 async def test_the_async_runner_survives_probes_and_info_that_raise(
     caplog: pytest.LogCaptureFixture,
@@ -368,16 +379,7 @@ async def test_the_async_runner_survives_probes_and_info_that_raise(
     pool = _pool([A, B], health_check=policy)
     with caplog.at_level(logging.DEBUG, logger="embedbalance.health"):
         async with anyio.create_task_group() as tg:
-            await tg.start(
-                lambda task_status: run_async_checks(
-                    pool,
-                    policy,
-                    probe=probe,
-                    info=info,
-                    canary_probe=canary,
-                    task_status=task_status,
-                )
-            )
+            await _started(tg, pool, policy, probe=probe, info=info, canary_probe=canary)
             with anyio.fail_after(5):
                 while rounds < 3:
                     await anyio.sleep(0.01)
@@ -404,11 +406,7 @@ async def test_the_async_runner_reports_started_at_once_without_a_canary() -> No
     pool = _pool([A])
     async with anyio.create_task_group() as tg:
         with anyio.fail_after(2):
-            await tg.start(
-                lambda task_status: run_async_checks(
-                    pool, eb.HealthCheck(), probe=probe, task_status=task_status
-                )
-            )
+            await _started(tg, pool, eb.HealthCheck(), probe=probe)
         assert not gate.is_set()
         tg.cancel_scope.cancel()
 
@@ -510,11 +508,7 @@ async def test_the_async_runner_spaces_full_canary_rounds_by_its_clock() -> None
     policy = eb.HealthCheck(interval=0.01, jitter=0.0, canary=eb.Canary(interval=0.05))
     pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
     async with anyio.create_task_group() as tg:
-        await tg.start(
-            lambda task_status: run_async_checks(
-                pool, policy, probe=alive, canary_probe=canary, clock=clock, task_status=task_status
-            )
-        )
+        await _started(tg, pool, policy, probe=alive, canary_probe=canary, clock=clock)
         with anyio.fail_after(5):
             while rounds < 2 * 20:
                 await anyio.sleep(0.01)
@@ -550,11 +544,7 @@ async def test_the_async_runner_logs_a_failed_round_and_goes_on(
     pool = FailingOncePool([A], health_check=policy, clock=eb.ManualClock())
     with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
         async with anyio.create_task_group() as tg:
-            await tg.start(
-                lambda task_status: run_async_checks(
-                    pool, policy, probe=alive, task_status=task_status
-                )
-            )
+            await _started(tg, pool, policy, probe=alive)
             with anyio.fail_after(5):
                 while len(checked) < 3:
                     await anyio.sleep(0.01)
@@ -580,11 +570,7 @@ async def test_the_async_runner_learns_the_next_models_after_an_info_that_raised
     policy = eb.HealthCheck(interval=0.01, jitter=0.0)
     pool = _pool([A, B], health_check=policy)
     async with anyio.create_task_group() as tg:
-        await tg.start(
-            lambda task_status: run_async_checks(
-                pool, policy, probe=alive, info=info, task_status=task_status
-            )
-        )
+        await _started(tg, pool, policy, probe=alive, info=info)
         with anyio.fail_after(5):
             await learned.wait()
         tg.cancel_scope.cancel()
@@ -610,11 +596,7 @@ async def test_the_async_runner_sends_a_newcomer_its_canary_between_full_rounds(
     policy = eb.HealthCheck(interval=0.01, jitter=0.0, canary=eb.Canary(interval=60.0))
     pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
     async with anyio.create_task_group() as tg:
-        await tg.start(
-            lambda task_status: run_async_checks(
-                pool, policy, probe=alive, canary_probe=canary, clock=clock, task_status=task_status
-            )
-        )
+        await _started(tg, pool, policy, probe=alive, canary_probe=canary, clock=clock)
         assert sorted(asked) == [A, B]
         pool.add(c)
         with anyio.fail_after(5):
@@ -646,9 +628,7 @@ def test_a_round_checks_at_most_eight_backends_at_once() -> None:
     checker = HealthChecker(_pool(urls), eb.HealthCheck(interval=60.0), probe=probe)
     checker.start()
     try:
-        deadline = time.monotonic() + 5
-        while peak < 8 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: peak >= 8, 5.0)
         time.sleep(0.1)  # a ninth would have started by now
         assert peak == 8
     finally:
@@ -677,9 +657,7 @@ def test_a_first_canary_round_that_failed_is_run_again_at_once(
     with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
         checker.start()
         try:
-            deadline = time.monotonic() + 5
-            while len(rounds) < 2 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            assert wait_until(lambda: len(rounds) >= 2, 5.0)
             assert len(rounds) == 2
         finally:
             checker.stop()
@@ -712,9 +690,7 @@ def test_after_a_first_canary_round_the_thread_waits_an_interval() -> None:
     checker.start()
     try:
         assert len(rounds) == 1  # the first round, run by start()
-        deadline = time.monotonic() + 5
-        while len(rounds) < 3 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert wait_until(lambda: len(rounds) >= 3, 5.0)
         assert len(rounds) == 3
         assert rounds[1] - started >= 0.25  # an interval (less its jitter) after start
     finally:
@@ -732,9 +708,7 @@ def test_a_round_that_fails_in_the_thread_is_logged_and_the_next_one_runs(
     with caplog.at_level(logging.ERROR, logger="embedbalance.health"):
         checker.start()
         try:
-            deadline = time.monotonic() + 5
-            while len(rounds) < 3 and time.monotonic() < deadline:
-                time.sleep(0.01)
+            assert wait_until(lambda: len(rounds) >= 3, 5.0)
             assert len(rounds) >= 3
         finally:
             checker.stop()
