@@ -82,6 +82,9 @@ class _Request:
     untaken: int = 0
     #: Seconds of forward passes that carried its texts so far.
     inference: float = 0.0
+    #: End of the pass that computed its last row. Read here, not when the caller
+    #: resumes: the next pass may already be running by then, and its time is not queue.
+    finished_at: float = 0.0
 
 
 @attrs.frozen
@@ -322,7 +325,8 @@ class Batcher:
             rows = await request.future
             if timing is not None:
                 timing.inference = request.inference
-                timing.queue = max(0.0, self._clock() - request.enqueued_at - request.inference)
+                waited = request.finished_at - request.enqueued_at - request.inference
+                timing.queue = max(0.0, waited)
             return rows
         finally:
             if not request.future.done():
@@ -446,7 +450,8 @@ class Batcher:
             return
         self._failures = 0
         self._passes += 1
-        seconds = self._clock() - started
+        ended = self._clock()
+        seconds = ended - started
         real = sum(len(x) for x in ids)
         rate = real / max(seconds, 1e-6)
         self._tokens_per_s = (
@@ -463,6 +468,7 @@ class Batcher:
             request.rows[piece.row] = row
             request.remaining -= 1
             if request.remaining == 0:
+                request.finished_at = ended
                 request.future.set_result(request.rows)
         if self._on_batch is not None:
             try:
