@@ -267,3 +267,21 @@ def test_the_async_twin_learns_each_replicas_model_through_its_own_transport() -
     with tei_stubs(1) as (stub,):
         anyio.run(main, stub.url)
     assert made == [stub.url]  # one inner transport, shared by checks and /info
+
+
+def test_start_unwraps_nested_one_member_groups_but_keeps_a_real_group() -> None:
+    """The error ``start()`` raises is the discovery's own, however many task groups
+    wrapped it; a group of several errors is kept whole (no error is dropped)."""
+    from embedbalance.transport import _single_error
+
+    try:
+        from builtins import ExceptionGroup  # Python 3.11+
+    except ImportError:  # 3.10: the backport anyio depends on
+        from exceptiongroup import ExceptionGroup
+
+    cause = ValueError("no such Service")
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [cause])])
+    assert _single_error(nested) is cause
+    several = ExceptionGroup("outer", [cause, KeyError("k")])
+    assert _single_error(several) is several
+    assert _single_error(cause) is cause
