@@ -760,13 +760,18 @@ class EmbeddingClient:
             executor.shutdown(wait=True, cancel_futures=True)
         self._http.close()
 
+    def _ensure_open(self) -> None:
+        """Every call checks this first: after close() the caller reads this message,
+        not httpx's (or nothing, for a call that would need no request)."""
+        if self._closed:
+            raise RuntimeError("the client is closed")
+
     def _pool(self) -> ThreadPoolExecutor:
         """The sub-batch thread pool, sized from the pool's *live* membership: with DNS
         discovery the first call may find few or no backends, and the pool grows later.
         A resize swaps in a new executor; the old one finishes what it was given."""
         with self._lock:
-            if self._closed:
-                raise RuntimeError("the client is closed")
+            self._ensure_open()
             n = _concurrency(self._max_concurrency, len(self.transport.pool.backends))
             executor = self._executor
             if executor is None or n > self._executor_size or n * 2 <= self._executor_size:
@@ -782,6 +787,7 @@ class EmbeddingClient:
 
     def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
+        self._ensure_open()
         response = self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
@@ -827,8 +833,8 @@ class EmbeddingClient:
         return rows
 
     def _submit(self, texts: list[str], model: str | None) -> _Pending:
-        self._learn_limits()
         pool = self._pool()
+        self._learn_limits()
         unique = self._cfg.unique(texts, model)
         # Split for the replicas that can take this model's work now, not every member.
         usable = self.transport.pool.usable_count(model or self._cfg.options.model)
@@ -900,6 +906,7 @@ class EmbeddingClient:
             bar.close()
 
     def _empty(self) -> FloatMatrix:
+        self._ensure_open()
         if self._cfg.dimension is None:
             self._cfg.dimension_from_info(self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
@@ -1103,10 +1110,14 @@ class AsyncEmbeddingClient:
         self._closed = True
         await self._http.aclose()
 
-    def _limit(self) -> anyio.CapacityLimiter:
-        """The limiter on sub-batches in flight, resized to the live membership."""
+    def _ensure_open(self) -> None:
+        """Every call checks this first, as in the sync client."""
         if self._closed:
             raise RuntimeError("the client is closed")
+
+    def _limit(self) -> anyio.CapacityLimiter:
+        """The limiter on sub-batches in flight, resized to the live membership."""
+        self._ensure_open()
         n = _concurrency(self._max_concurrency, len(self.transport.pool.backends))
         if self._limiter is None:
             self._limiter = anyio.CapacityLimiter(n)
@@ -1116,6 +1127,7 @@ class AsyncEmbeddingClient:
 
     async def info(self) -> dict[str, Any]:
         """``GET /info`` from one backend (the balancer picks it), as a dict."""
+        self._ensure_open()
         response = await self._http.get("/info", **self._cfg.info_kwargs())
         if not response.is_success:
             raise EmbeddingRequestError(
@@ -1163,6 +1175,7 @@ class AsyncEmbeddingClient:
         return rows
 
     async def _empty(self) -> FloatMatrix:
+        self._ensure_open()
         if self._cfg.dimension is None:
             self._cfg.dimension_from_info(await self._http.get("/info", **self._cfg.info_kwargs()))
         return self._cfg.empty()
@@ -1170,8 +1183,8 @@ class AsyncEmbeddingClient:
     async def _run(self, texts: list[str], bar: Progress, model: str | None) -> FloatMatrix:
         """All sub-batches of ``texts`` concurrently; the first failure cancels the rest
         and is raised as itself, not wrapped in an exception group."""
-        await self._learn_limits()
         limiter = self._limit()
+        await self._learn_limits()
         unique = self._cfg.unique(texts, model)
         # Split for the replicas that can take this model's work now, not every member.
         usable = self.transport.pool.usable_count(model or self._cfg.options.model)

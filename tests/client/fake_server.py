@@ -39,7 +39,8 @@ class FakeBackend:
     ``no_data`` (OpenAI shape without ``data``), ``nan`` / ``null`` / ``string`` (one
     value of each row is NaN, null or a string), ``424`` (TEI's answer when its model
     fails: ``{"error", "error_type": "Backend"}``), ``info_missing`` / ``info_list``
-    (``/info`` answers 404, or a JSON list), ``413_plain`` (over ``max_batch``, a 413
+    (``/info`` answers 404, or a JSON list), ``info_drop`` (``/info`` closes the
+    connection without an answer), ``413_plain`` (over ``max_batch``, a 413
     that states no limit, as a proxy's). ``delay``: seconds before each embed
     answer. ``max_batch``: like TEI's ``--max-client-batch-size``: stated in ``/info``
     and enforced with TEI's 413. Records every request as ``(method, path, body)`` and
@@ -114,6 +115,9 @@ class FakeBackend:
             def do_GET(self) -> None:
                 with fake._lock:
                     fake.requests.append(("GET", self.path, None))
+                if self.path == "/info" and fake.mode == "info_drop":
+                    self.close_connection = True
+                    return
                 if self.path == "/info" and fake.mode == "info_missing":
                     self._send(404, {"error": "no route", "error_type": "not_found"})
                 elif self.path == "/info" and fake.mode == "info_list":

@@ -429,10 +429,21 @@ def _answer(status: int, **kwargs: object) -> httpx.Response:
         (_answer(422, json={"detail": [1]}), "{'detail': [1]}"),
         (_answer(400, json=["a"]), "['a']"),
         (_answer(400, text="x" * 600), "x" * 500),
+        (_answer(400, json=["y" * 600]), ("['" + "y" * 600)[:500]),
         (_answer(400, text=""), "(empty body)"),
         (_answer(404, json={"error": 3}), "{'error': 3}"),
     ],
-    ids=["tei", "openai", "message", "other", "list", "long-text", "empty", "odd-error"],
+    ids=[
+        "tei",
+        "openai",
+        "message",
+        "other",
+        "list",
+        "long-text",
+        "long-json",
+        "empty",
+        "odd-error",
+    ],
 )
 def test_a_4xx_detail_is_the_servers_message_in_any_of_the_usual_shapes(
     response: httpx.Response, detail: str

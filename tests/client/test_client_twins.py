@@ -1,0 +1,228 @@
+"""Promises the sync client kept under test and its async twin did not (found by
+mutation testing: the async lines could change and no test noticed): limits learned
+from ``/info`` once, from a replica of the client's model, and a failed ``/info`` that
+only means nothing is learned; one ``str`` in, one row out; concurrency that follows
+the live membership; a closed client that says so; rows checked against the texts
+sent; a bulk sub-batch's tokens as its cost. Each runs against both clients where both
+have the promise. Real servers on loopback (``FakeBackend``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from tests.client.fake_server import FakeBackend, InFlight
+
+import embedbalance as eb
+from embedbalance._batching import estimate_tokens
+
+QUIET = {"health_check": None, "balancer": eb.RoundRobin}
+TEXTS = [f"text number {i} " + "x" * i for i in range(24)]
+
+pytestmark = pytest.mark.anyio
+
+
+def _expected(dim: int, texts: Sequence[str]) -> np.ndarray:
+    return np.array([[float(len(t))] + [0.5] * (dim - 1) for t in texts], dtype=np.float32)
+
+
+def _info_gets(server: FakeBackend) -> int:
+    return sum(1 for method, path, _ in server.requests if (method, path) == ("GET", "/info"))
+
+
+async def _embed(kind: str, backends: list[object], texts: list[str], **options: object) -> list:
+    """Embed ``texts`` twice through one client of ``kind``; the two results."""
+    if kind == "sync":
+        with eb.EmbeddingClient(backends, **{**QUIET, **options}) as client:  # type: ignore[arg-type]
+            return [client.embed(texts), client.embed(texts)]
+    async with eb.AsyncEmbeddingClient(backends, **{**QUIET, **options}) as aclient:  # type: ignore[arg-type]
+        return [await aclient.embed(texts), await aclient.embed(texts)]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_info_limits_are_asked_once_and_cap_sub_batches_from_the_first_call(
+    kind: str,
+) -> None:
+    """``max_client_batch_size`` in ``/info`` caps sub-batches before any 413, and
+    ``/info`` is asked once per client, not per call. If this fails, the first call of
+    every client is refused and split, or every call costs an extra round trip."""
+    with FakeBackend(max_batch=4) as server:
+        first, second = await _embed(kind, [server.url], TEXTS[:16], batch_size=16)
+    np.testing.assert_array_equal(first, _expected(7, TEXTS[:16]))
+    np.testing.assert_array_equal(second, first)
+    assert _info_gets(server) == 1
+    sizes = [len(body["inputs"]) for body in server.embed_requests]
+    assert max(sizes) <= 4
+    assert sum(sizes) == 32  # nothing refused, nothing sent twice
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_probe_info_false_asks_nothing(kind: str) -> None:
+    """``probe_info=False``: no ``GET /info``; the first sub-batch goes at the configured
+    size and the server's 413 teaches the limit. If this fails, the switch for servers
+    without ``/info`` does nothing."""
+    with FakeBackend(max_batch=4) as server:
+        first, _ = await _embed(kind, [server.url], TEXTS[:16], batch_size=16, probe_info=False)
+    np.testing.assert_array_equal(first, _expected(7, TEXTS[:16]))
+    assert _info_gets(server) == 0
+    assert len(server.embed_requests[0]["inputs"]) == 16  # refused, then split
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_info_limits_come_from_a_replica_of_the_clients_model(kind: str) -> None:
+    """The limits probe goes where the client's own requests go. A client of model
+    "large" (limit 3) next to a "small" replica with no limit never sends "large" more
+    than 3 texts at once. If this fails, the probe reads the other model's replica and
+    the first call is refused. Eight fresh clients, so a lucky first pick cannot pass."""
+    with FakeBackend(dim=5) as small, FakeBackend(dim=7, max_batch=3) as large:
+        backends: list[object] = [
+            eb.Backend(small.url, model="small"),
+            eb.Backend(large.url, model="large"),
+        ]
+        for _ in range(8):
+            rows, _ = await _embed(kind, backends, TEXTS[:12], model="large", batch_size=16)
+            np.testing.assert_array_equal(rows, _expected(7, TEXTS[:12]))
+    assert _info_gets(small) == 0
+    assert _info_gets(large) == 8
+    assert max(len(body["inputs"]) for body in large.embed_requests) == 3
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_an_info_probe_that_fails_only_means_nothing_is_learned(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``/info`` dropping the connection: the call still embeds with the configured
+    limits, says why at DEBUG, and does not ask again. If this fails, a server without
+    a working ``/info`` fails every call, or the reason is lost."""
+    caplog.set_level(logging.DEBUG, logger="embedbalance.client")
+    with FakeBackend(mode="info_drop") as server:
+        first, second = await _embed(kind, [server.url], TEXTS[:6], batch_size=16)
+    np.testing.assert_array_equal(first, _expected(7, TEXTS[:6]))
+    np.testing.assert_array_equal(second, first)
+    assert _info_gets(server) == 1
+    said = [
+        r
+        for r in caplog.records
+        if r.name == "embedbalance.client" and r.getMessage().startswith("GET /info failed (")
+    ]
+    assert len(said) == 1, caplog.text
+    assert said[0].levelno == logging.DEBUG
+    message = said[0].getMessage()
+    assert message.endswith("): using the configured limits")
+    assert server.url in message  # the reason names the replica
+
+
+async def test_async_single_string_gives_one_row() -> None:
+    """``await embed("text")`` returns that text's row, shape ``(dim,)``, like the sync
+    client. If this fails, async callers get a matrix or None for one text."""
+    with FakeBackend() as server:
+        async with eb.AsyncEmbeddingClient([server.url], **QUIET) as client:  # type: ignore[arg-type]
+            row = await client.embed("hello")
+            rows = await client.embed(["hello", "hi"])
+    assert row.shape == (7,)
+    np.testing.assert_array_equal(row, rows[0])
+    assert server.embed_requests[0]["inputs"] == ["hello"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_closed_client_says_so_whatever_is_called(kind: str) -> None:
+    """After close, every call raises ``RuntimeError("the client is closed")``: an
+    embed, an empty embed (even one that needs no request), ``info()``. If this fails,
+    the caller reads httpx's message about some inner client it never made, or an empty
+    embed answers after shutdown as if nothing had happened."""
+    calls = {
+        "embed": lambda c: c.embed(["a"]),
+        "empty": lambda c: c.embed([]),
+        "info": lambda c: c.info(),
+    }
+    with FakeBackend() as server:
+        for name, call in calls.items():
+            options = {**QUIET, "dimension": 7 if name == "empty" else None}
+            if kind == "sync":
+                client = eb.EmbeddingClient([server.url], **options)  # type: ignore[arg-type]
+                client.close()
+                client.close()
+                with pytest.raises(RuntimeError, match=r"^the client is closed$"):
+                    call(client)
+            else:
+                aclient = eb.AsyncEmbeddingClient([server.url], **options)  # type: ignore[arg-type]
+                await aclient.aclose()
+                await aclient.aclose()
+                with pytest.raises(RuntimeError, match=r"^the client is closed$"):
+                    await call(aclient)
+    assert server.requests == []
+
+
+async def test_async_concurrency_follows_the_live_membership() -> None:
+    """The async twin of the sync rule: sub-batches in flight are sized from the pool
+    as it is now, so a client made with one backend uses more once more join (and
+    fewer again when they leave). If this fails, a client made while DNS discovery was
+    still filling stays at one replica's concurrency for its whole life."""
+    group = InFlight()
+    backends = [FakeBackend(delay=0.05, group=group) for _ in range(4)]
+    try:
+        async with eb.AsyncEmbeddingClient(
+            [backends[0].url], batch_size=1, slow_start=None, probe_info=False, **QUIET
+        ) as client:  # type: ignore[arg-type]
+            await client.embed(TEXTS[:12])
+            assert group.peak == 2  # two per live backend
+            for extra in backends[1:]:
+                client.transport.pool.add(extra.url)
+            await client.embed(TEXTS[:24])
+            assert group.peak > 2
+            assert all(b.embed_requests for b in backends[1:])
+            for extra in backends[1:]:
+                client.transport.pool.remove(extra.url)
+            group.peak = 0
+            await client.embed(TEXTS[:12])
+            assert group.peak == 2
+    finally:
+        for backend in backends:
+            backend.close()
+
+
+async def test_async_a_replica_answering_too_few_rows_is_routed_around() -> None:
+    """A replica answering one row short fails its attempts; the rows come from the
+    good one, every row right. If this fails, the async client pairs rows with the
+    wrong texts."""
+    with FakeBackend() as good, FakeBackend(mode="wrong_rows") as bad:
+        async with eb.AsyncEmbeddingClient(
+            [good.url, bad.url], batch_size=4, probe_info=False, **QUIET
+        ) as client:  # type: ignore[arg-type]
+            rows = await client.embed(TEXTS)
+            stats = client.stats().pool.by_url()
+    np.testing.assert_array_equal(rows, _expected(7, TEXTS))
+    assert bad.embed_requests, "the bad replica was tried"
+    assert stats[bad.url].successes == 0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_bulk_sub_batch_is_measured_per_token(kind: str) -> None:
+    """The bulk limit compares latencies per token (its baseline is seconds per token
+    of the sub-batch), so a small sub-batch's quick answer does not pass for the pool's
+    idle latency. One sub-batch of known tokens against a replica that takes at least
+    50 ms: the baseline lies between 50 ms and the call's wall time, both divided by
+    those tokens. If this fails, the cost is not passed and the baseline is a whole
+    request's latency."""
+    texts = TEXTS[:4]
+    tokens = sum(estimate_tokens(t) for t in texts)
+    options = {**QUIET, "priority": "bulk", "batch_size": 8, "probe_info": False}
+    with FakeBackend(delay=0.05) as server:
+        started = time.monotonic()
+        if kind == "sync":
+            with eb.EmbeddingClient([server.url], **options) as client:  # type: ignore[arg-type]
+                client.embed(texts)
+                gate = client._gate
+        else:
+            async with eb.AsyncEmbeddingClient([server.url], **options) as aclient:  # type: ignore[arg-type]
+                await aclient.embed(texts)
+                gate = aclient._gate  # type: ignore[assignment]
+        elapsed = time.monotonic() - started
+    assert len(server.embed_requests) == 1
+    assert gate is not None
+    baseline = gate.limiter.baseline
+    assert baseline is not None
+    assert 0.05 / tokens <= baseline <= elapsed / tokens
