@@ -226,3 +226,20 @@ async def test_a_bulk_sub_batch_is_measured_per_token(kind: str) -> None:
     baseline = gate.limiter.baseline
     assert baseline is not None
     assert 0.05 / tokens <= baseline <= elapsed / tokens
+
+
+async def test_async_embed_draws_a_bar_with_the_calls_total(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``await embed(texts)`` past the progress threshold draws a bar that knows the
+    call's total, as the sync client does. If this fails, a large async call shows a
+    bar without an end, or none."""
+    pytest.importorskip("tqdm", reason="the progress extra (tqdm) draws the bar")
+    with FakeBackend(dim=3) as server:
+        async with eb.AsyncEmbeddingClient(
+            [server.url], probe_info=False, progress_threshold=50, **QUIET
+        ) as client:  # type: ignore[arg-type]
+            await client.embed([f"t{i}" for i in range(10)])
+            assert "embedding" not in capsys.readouterr().err
+            await client.embed([f"t{i}" for i in range(60)])
+            assert "60/60" in capsys.readouterr().err
