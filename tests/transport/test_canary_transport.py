@@ -8,6 +8,8 @@ replicas of one model do; the real-worker cases are in ``tests/client``.
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 import pytest
 from tei_stub import tei_stubs
@@ -97,3 +99,63 @@ def test_two_models_keep_all_their_replicas_through_the_transport() -> None:
                 )
                 assert answer.status_code == 200
                 assert len(answer.json()[0]) == 16
+
+
+class _Counting(httpx.AsyncHTTPTransport):
+    """A real async transport that remembers the paths it sent."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return await super().handle_async_request(request)
+
+
+class _SyncCounting(httpx.HTTPTransport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        return super().handle_request(request)
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_the_canary_goes_through_the_replicas_own_inner_transport(twin: str) -> None:
+    """The canary of a replica is sent by the inner transport its requests use (the one
+    the caller configured: TLS, proxies, credentials live there), like its health
+    checks. If this fails, canaries go out on a default transport of their own and
+    judge a path the traffic never takes."""
+    import anyio
+
+    made: list[Any] = []
+    policy = eb.HealthCheck(interval=0.1, canary=CANARY)
+    with tei_stubs(1) as (stub,):
+        if twin == "sync":
+
+            def factory(backend: eb.Backend) -> httpx.BaseTransport:
+                made.append(inner := _SyncCounting())
+                return inner
+
+            with eb.BalancingTransport([stub.url], transport=factory, health_check=policy) as t:
+                assert t.pool.stats().by_url()[stub.url].state == "healthy"
+        else:
+
+            def afactory(backend: eb.Backend) -> httpx.AsyncBaseTransport:
+                made.append(inner := _Counting())
+                return inner
+
+            async def main() -> None:
+                async with eb.AsyncBalancingTransport(
+                    [stub.url], transport=afactory, health_check=policy
+                ) as t:
+                    assert t.pool.stats().by_url()[stub.url].state == "healthy"
+
+            anyio.run(main)
+        canaries = [s for s in stub.seen if s.path == "/embed"]
+    assert len(made) == 1
+    assert canaries, "no canary reached the replica"
+    assert made[0].paths.count("/embed") == len(canaries)

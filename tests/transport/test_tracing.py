@@ -277,3 +277,65 @@ def test_an_attempt_past_its_timeout_is_a_failure_named_in_the_error_and_its_spa
     assert len(attempts) == 1
     attrs = dict(attempts[0].attributes or {})
     assert (attrs["embedbalance.outcome"], attrs["error.type"]) == ("failure", "timeout")
+
+
+def test_a_transport_error_ends_its_span_and_counts_under_its_backend(
+    spans: Callable[[], list[ReadableSpan]],
+) -> None:
+    """The dropped attempt's span: outcome ``failure``, ``error.type`` the error's class,
+    an error status; ``embedbalance_requests_total`` counts one failure under the
+    dropping server's URL. If this fails, transport errors vanish from traces or from
+    the per-backend failure rate that alerts read."""
+    from prometheus_client import CollectorRegistry
+    from tests.helpers.dropper import Dropper
+
+    registry = CollectorRegistry()
+    with Dropper() as dropper:
+        transport = eb.BalancingTransport(
+            [dropper.url],
+            health_check=None,
+            retry=False,
+            metrics=eb.PrometheusMetrics(registry),
+        )
+        with (
+            httpx.Client(transport=transport, base_url="http://e") as client,
+            pytest.raises(eb.AllAttemptsFailed) as failed,
+        ):
+            client.post("/embed", json={"inputs": ["x"]})
+    error = type(failed.value.__cause__).__name__
+    assert error in {"RemoteProtocolError", "ReadError"}
+    attempts = [s for s in spans() if "embedbalance.backend" in (s.attributes or {})]
+    assert len(attempts) == 1
+    attrs = dict(attempts[0].attributes or {})
+    assert (attrs["embedbalance.outcome"], attrs["error.type"]) == ("failure", error)
+    assert attempts[0].status.status_code is trace.StatusCode.ERROR
+    labels = {"backend": dropper.url, "outcome": "failure"}
+    assert registry.get_sample_value("embedbalance_requests_total", labels) == 1
+
+
+@pytest.mark.anyio
+async def test_an_attempt_its_caller_cancelled_ends_its_span_as_cancelled(
+    spans: Callable[[], list[ReadableSpan]],
+) -> None:
+    """A caller that gives up (a cancel scope) while its attempt waits on a hung server:
+    the attempt's span ends with outcome ``cancelled`` and no error status (the backend
+    did nothing wrong). If this fails, cancelled attempts are unmarked in traces, or
+    look like the backend's errors."""
+    import anyio
+    from echo_server import echo_servers
+
+    with echo_servers(1) as (server,):
+        server.hang = True
+        transport = eb.AsyncBalancingTransport([server.url], health_check=None, hedge=None)
+        async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+            with anyio.move_on_after(0.3) as scope:
+                await client.post("/embed", json={"inputs": ["x"]})
+            assert scope.cancelled_caught
+            server.hang = False
+    attempts = [s for s in spans() if "embedbalance.backend" in (s.attributes or {})]
+    assert len(attempts) == 1
+    attrs = dict(attempts[0].attributes or {})
+    assert attrs["embedbalance.outcome"] == "cancelled"
+    assert "error.type" not in attrs
+    assert attempts[0].status.status_code is not trace.StatusCode.ERROR
+    assert transport.stats().pool.by_url()[server.url].cancelled == 1
