@@ -18,6 +18,10 @@ each mutant is applied to the run's exported ``src`` and the module's tests run
 against it. Why: a full run of a module whose tests start servers takes an hour;
 after tests were added for some survivors, only those need judging again. Writes
 ``rejudged`` (mutant -> killed / survived) into ``scores.json``.
+``MUTATION_REJUDGE_TESTS`` (space-separated pytest ids) judges by those tests instead
+of the module's selection. The tests are first run on the unmutated ``src``: if they
+fail there (a test of a fix made after the run), rejudging stops, since every mutant
+would read as killed.
 """
 
 from __future__ import annotations
@@ -274,8 +278,19 @@ def rejudge(name: str, mutants: list[str]) -> dict[str, str]:
         ]
     source = work / target
     pristine = source.read_bytes()
+    chosen = os.environ.get("MUTATION_REJUDGE_TESTS", "").split()
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    args = [*pytest, "-m", "not slow", "--hypothesis-seed=0", *tests]
+    args = [*pytest, "-m", "not slow", "--hypothesis-seed=0", *(chosen or tests)]
+    run_env = {**env, "PYTHONPATH": str(work / "src")}
+    # The control: the tests must pass on the run's own unmutated src, or every mutant
+    # would read as killed (a test written for a later fix fails there too).
+    control = subprocess.run(args, cwd=ROOT, env=run_env, capture_output=True, check=False)
+    if control.returncode != 0:
+        tail = control.stdout.decode(errors="replace")[-3000:]
+        raise SystemExit(
+            f"the tests fail on the run's unmutated src; choose others with "
+            f"MUTATION_REJUDGE_TESTS:\n{tail}"
+        )
     verdicts: dict[str, str] = {}
     try:
         for mutant in mutants:
@@ -284,7 +299,7 @@ def rejudge(name: str, mutants: list[str]) -> dict[str, str]:
                 done = subprocess.run(
                     args,
                     cwd=ROOT,
-                    env={**env, "PYTHONPATH": str(work / "src")},
+                    env=run_env,
                     capture_output=True,
                     timeout=900,
                     check=False,
