@@ -57,20 +57,23 @@ class WorkerProcess:
             return ""
 
     def stop(self, grace: float = 20.0) -> int:
-        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait up to ``grace`` seconds, then SIGKILL; returns the exit code.
+        The log file goes too (a suite starts hundreds of workers, each with one)."""
         if self.proc.poll() is None:
             os.kill(self.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return int(self.proc.wait(timeout=10))
+        return self.kill()  # SIGKILL only if it is still running
 
     def kill(self) -> int:
-        """SIGKILL at once (a crash, as a balancer sees it); returns the exit code."""
+        """SIGKILL at once (a crash, as a balancer sees it); returns the exit code. The
+        log file goes with the process."""
         if self.proc.poll() is None:
             os.kill(self.pid, signal.SIGKILL)
-        return int(self.proc.wait(timeout=10))
+        code = int(self.proc.wait(timeout=10))
+        with contextlib.suppress(OSError):
+            self.stderr_path.unlink()
+        return code
 
     def __enter__(self) -> WorkerProcess:
         return self
@@ -82,8 +85,6 @@ class WorkerProcess:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-        with contextlib.suppress(OSError):
-            self.stderr_path.unlink()
 
 
 def _pump(stream: object, lines: queue.Queue[str | None], keep: list[str]) -> None:
@@ -130,6 +131,8 @@ def start_worker(
             proc.kill()
         proc.wait(timeout=10)
         log = stderr_path.read_text(errors="replace")[-4000:]
+        with contextlib.suppress(OSError):
+            stderr_path.unlink()
         return WorkerStartError(f"worker {why} (exit {proc.returncode}); stderr:\n{log}")
 
     url: str | None = None
