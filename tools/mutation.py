@@ -154,6 +154,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/client/test_sync_client.py",
             "tests/client/test_async_client.py",
             "tests/client/test_client_twins.py",
+            "tests/client/test_client_parity.py",
             "tests/test_config.py",
         ],
     ),

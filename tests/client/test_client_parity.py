@@ -1,0 +1,210 @@
+"""The two clients take the same options with the same defaults, and every option given
+to either reaches the same place: its request shapes, its transport, its HTTP client.
+
+Why a test of its own: the constructors are twins of some forty keywords each, and the
+suite exercises the sync one far more. Mutation testing showed that the async one
+could drop ``retry=``, ``zone=`` or ``timeout=`` on the floor, or change a default, and
+no test noticed. Here both are built from one set of non-default values and compared
+field by field, and the defaults that the docs state are pinned.
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from typing import Any
+
+import attrs
+import httpx
+import pytest
+
+import embedbalance as eb
+from embedbalance.client import _Config
+
+#: Documented defaults (docs/client.md): if one changes, the docs change with it.
+DOCUMENTED = {
+    "api": "tei",
+    "batch_tokens": 4096,
+    "batch_size": 32,
+    "sort_by_length": True,
+    "probe_info": True,
+    "timeout": 60.0,
+    "priority": "interactive",
+    "panic_threshold": 0.5,
+    "max_concurrency": None,
+    "dedupe": True,
+}
+
+#: The keyword whose type differs between the twins by design.
+TWIN_TYPED = {"transport"}
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    return {name: p.default for name, p in params.items() if name not in ("self", "backends")}
+
+
+def test_both_clients_take_the_same_keywords_with_the_same_defaults() -> None:
+    """If this fails, one twin grew or lost an option, or its default drifted."""
+    sync, asyn = _defaults(eb.EmbeddingClient), _defaults(eb.AsyncEmbeddingClient)
+    assert sorted(sync) == sorted(asyn)
+    for name, default in sync.items():
+        if name in TWIN_TYPED:
+            continue
+        assert asyn[name] == default, name
+    for name, default in DOCUMENTED.items():
+        assert (sync[name], asyn[name]) == (default, default), name
+
+
+@pytest.mark.parametrize("cls", [eb.EmbeddingClient, eb.AsyncEmbeddingClient])
+def test_a_max_concurrency_below_one_is_refused_by_name(cls: type) -> None:
+    """0 is refused with the option's name; 1 is allowed (one sub-batch at a time)."""
+    with pytest.raises(ValueError, match=r"^max_concurrency must be >= 1, got 0$"):
+        cls(["http://127.0.0.1:9"], max_concurrency=0, health_check=None)
+    cls(["http://127.0.0.1:9"], max_concurrency=1, health_check=None)
+
+
+def _count(text: str) -> int:
+    return len(text) + 1
+
+
+def _options() -> dict[str, Any]:
+    """A non-default value for every keyword both twins share (fresh objects each call,
+    equal between calls)."""
+    return {
+        "api": "openai",
+        "model": "m",
+        "path": "/v2/embed",
+        "normalize": True,
+        "truncate": True,
+        "dimensions": 8,
+        "dtype": "float16",
+        "encoding_format": "base64",
+        "batch_tokens": 1000,
+        "batch_size": 5,
+        "tokenizer": _count,
+        "sort_by_length": False,
+        "progress": False,
+        "progress_threshold": 7,
+        "dimension": 8,
+        "timeout": 12.5,
+        "probe_info": False,
+        "dedupe": False,
+        "headers": {"x-team": "search"},
+        "priority": "bulk",
+        "bulk_limit": eb.BulkLimit(initial=3, max_limit=3),
+        "balancer": eb.RoundRobin,
+        "health_check": eb.HealthCheck(interval=9.0),
+        "outlier_detection": eb.OutlierDetection(consecutive_failures=9),
+        "slow_start": eb.SlowStart(window=9.0),
+        "panic_threshold": 0.25,
+        "zone": "z1",
+        "retry": eb.Retry(attempts=5),
+        "hedge": eb.Hedge(multiple=3.0),
+        "attempt_timeout": 4.0,
+        "max_concurrency": 3,
+    }
+
+
+#: Given to both twins: each must keep this very generator (the jitter, the tie-breaks
+#: and the health checks' seeds come from it).
+RNG = random.Random(7)
+
+
+def _config(cfg: _Config) -> dict[str, Any]:
+    fields = attrs.asdict(cfg, recurse=False)
+    fields.pop("_lock")
+    counter = fields.pop("count_tokens")
+    fields["counted"] = counter("hello")
+    return fields
+
+
+def _transport(client: Any) -> dict[str, Any]:
+    core = client.transport._core
+    pool = core.pool
+    return {
+        "balancer": type(pool.balancer),
+        "health_check": pool.health_check,
+        "outlier_detection": pool.outlier_detection,
+        "slow_start": pool.slow_start,
+        "panic_threshold": pool.panic_threshold,
+        "zone": pool.locality,
+        "retry": core.retry,
+        "hedge": core.policy.hedge,
+        "attempt_timeout": core.policy.attempt_timeout,
+        "total_timeout": core.policy.total_timeout,
+        "rng is the one given": core.rng is RNG,
+    }
+
+
+def _http(client: Any) -> dict[str, Any]:
+    http = client._http
+    return {"timeout": http.timeout, "team": http.headers.get("x-team")}
+
+
+async def _async_state(inner: httpx.AsyncBaseTransport) -> tuple[Any, ...]:
+    async with eb.AsyncEmbeddingClient(
+        ["http://127.0.0.1:9"], transport=inner, rng=RNG, **_options()
+    ) as client:
+        gate = client._gate
+        assert gate is not None
+        return (
+            _config(client._cfg),
+            _transport(client),
+            _http(client),
+            (gate.limiter.max_limit, client._max_concurrency),
+            client.transport._ainner.get(eb.Backend("http://127.0.0.1:9")) is inner,
+        )
+
+
+@pytest.mark.anyio
+async def test_every_option_reaches_the_same_place_in_both_clients() -> None:
+    """Built from the same non-default values, the twins hold equal request shapes,
+    transports and HTTP clients, and the inner transport given is the one used. If this
+    fails, an option of one twin is dropped or sent somewhere else."""
+    inner = httpx.HTTPTransport()
+    with eb.EmbeddingClient(
+        ["http://127.0.0.1:9"], transport=inner, rng=RNG, **_options()
+    ) as client:
+        gate = client._gate
+        assert gate is not None
+        sync = (
+            _config(client._cfg),
+            _transport(client),
+            _http(client),
+            (gate.limiter.max_limit, client._max_concurrency),
+            client.transport._inner.get(eb.Backend("http://127.0.0.1:9")) is inner,
+        )
+    asyn = await _async_state(httpx.AsyncHTTPTransport())
+    assert asyn == sync
+    config, transport, http, _, same_inner = sync
+    # ...and they are the values given, not two equal defaults.
+    assert same_inner
+    assert (config["batch_size"], config["batch_tokens"], config["counted"]) == (5, 1000, 6)
+    assert (config["sort_by_length"], config["probe_info"], config["dedupe"]) == (
+        False,
+        False,
+        False,
+    )
+    assert (config["timeout"], config["priority"], config["progress_threshold"]) == (
+        12.5,
+        "bulk",
+        7,
+    )
+    options = config["options"]
+    assert (options.model, options.normalize, options.truncate, options.dimensions) == (
+        "m",
+        True,
+        True,
+        8,
+    )
+    assert config["wire"].path == "/v2/embed"
+    assert transport["rng is the one given"]
+    assert transport["retry"] == eb.Retry(attempts=5)
+    assert transport["hedge"] == eb.Hedge(multiple=3.0)
+    assert transport["outlier_detection"] == eb.OutlierDetection(consecutive_failures=9)
+    assert transport["slow_start"] == eb.SlowStart(window=9.0)
+    assert transport["health_check"].interval == 9.0
+    assert (transport["attempt_timeout"], transport["panic_threshold"]) == (4.0, 0.25)
+    assert transport["zone"].zone == "z1"
+    assert http == {"timeout": httpx.Timeout(12.5), "team": "search"}
