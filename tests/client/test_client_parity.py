@@ -21,17 +21,31 @@ import pytest
 import embedbalance as eb
 from embedbalance.client import _Config
 
-#: Documented defaults (docs/client.md): if one changes, the docs change with it.
+#: The defaults docs/client.md states: if one changes, the docs change with it.
 DOCUMENTED = {
     "api": "tei",
+    "path": None,
+    "model": None,
+    "normalize": None,
+    "truncate": None,
+    "dimensions": None,
+    "dtype": "float32",
+    "encoding_format": "float",
     "batch_tokens": 4096,
     "batch_size": 32,
-    "sort_by_length": True,
     "probe_info": True,
-    "timeout": 60.0,
-    "priority": "interactive",
-    "panic_threshold": 0.5,
+    "tokenizer": None,
+    "sort_by_length": True,
     "max_concurrency": None,
+    "dimension": None,
+    "timeout": 60.0,
+    "headers": None,
+    "priority": "interactive",
+    "bulk_limit": eb.BulkLimit(),
+    "progress": None,
+    "progress_threshold": 1000,
+    "on_batch": None,
+    "panic_threshold": 0.5,
     "dedupe": True,
 }
 
