@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
 import httpx
@@ -285,3 +286,62 @@ def test_start_unwraps_nested_one_member_groups_but_keeps_a_real_group() -> None
     several = ExceptionGroup("outer", [cause, KeyError("k")])
     assert _single_error(several) is several
     assert _single_error(cause) is cause
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_a_member_keeps_its_inner_transport_through_ejection_and_recovery(
+    two: list[EchoServer], twin: str
+) -> None:
+    """Only leaving the pool retires a replica's inner transport: one that fails its
+    checks, is ejected, or is overloaded keeps its connections and gets them back when
+    it recovers. If this fails, every health flap or 429 closes a replica's connection
+    pool (and the async twin opens a new one each time)."""
+    made: list[tuple[str, Any]] = []
+
+    def factory(backend: eb.Backend) -> Any:
+        inner = Recording() if twin == "sync" else ARecording()
+        made.append((backend.url, inner))
+        return inner
+
+    urls = [s.url for s in two]
+    kwargs: dict[str, Any] = {
+        "transport": factory,
+        "health_check": eb.HealthCheck(rise=1, fall=1),
+        "balancer": eb.RoundRobin(),
+        "slow_start": None,
+    }
+
+    before: list[int] = []
+
+    def flap(pool: eb.BackendPool) -> None:
+        """Through every event a member can have short of leaving."""
+        pool.report_check(urls[1], ok=False)  # unhealthy
+        pool.report_check(urls[1], ok=True)  # healthy again
+        pool.report_canary(urls[1], False, "wrong answer")  # ejected
+        pool.report_canary(urls[1], True, "right answer")  # readmitted
+        assert pool.stats().by_url()[urls[1]].state == "healthy"
+        before.append(two[1].hits)
+
+    if twin == "sync":
+        transport = eb.BalancingTransport(urls, **kwargs)
+        with httpx.Client(transport=transport, base_url="http://e") as client:
+            for _ in range(4):
+                assert client.get("/x").status_code == 200
+            flap(transport.pool)
+            for _ in range(4):
+                assert client.get("/x").status_code == 200
+    else:
+
+        async def main() -> None:
+            transport = eb.AsyncBalancingTransport(urls, **kwargs)
+            async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+                for _ in range(4):
+                    assert (await client.get("/x")).status_code == 200
+                flap(transport.pool)
+                for _ in range(4):
+                    assert (await client.get("/x")).status_code == 200
+                assert not any(inner.closed for _, inner in made)
+
+        anyio.run(main)
+    assert sorted(url for url, _ in made) == sorted(urls)  # one each, never replaced
+    assert two[1].hits > before[0]  # served again after recovering

@@ -232,3 +232,34 @@ async def test_closed_async_transport_refuses_requests():
     client = httpx.AsyncClient(transport=transport, base_url="http://e")
     with pytest.raises(RuntimeError, match="closed"):
         await client.get("/")
+
+
+@pytest.mark.parametrize(
+    ("error", "described"),
+    [
+        (httpx.ReadError("connection reset by peer"), "ReadError: connection reset by peer"),
+        (httpx.ReadError(""), "ReadError"),
+    ],
+)
+def test_a_transport_error_is_described_by_its_class_and_its_message(
+    error: httpx.TransportError, described: str
+) -> None:
+    """``AllAttemptsFailed.attempts`` names each backend with the error's class and, when
+    it has one, its message (never a bare ``ReadError: `` nor the message alone). If
+    this fails, the error a user reads loses what went wrong or where."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1"],
+        transport=httpx.MockTransport(handler),
+        health_check=None,
+        retry=False,
+    )
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(eb.AllAttemptsFailed) as failed,
+    ):
+        client.post("/embed", json={})
+    assert [str(a) for a in failed.value.attempts] == [f"http://127.0.0.1:1: {described}"]
