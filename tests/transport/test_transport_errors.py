@@ -140,3 +140,41 @@ def test_an_inner_read_timeout_overloads_bulk_work_and_fails_interactive_work(tw
     after_bulk, after_interactive = rows
     assert (after_bulk.overloads, after_bulk.failures, after_bulk.ejections) == (1, 0, 0)
     assert (after_interactive.failures, after_interactive.ejections) == (1, 1)
+
+
+def test_a_hedged_async_request_ends_at_its_attempt_deadline() -> None:
+    """Async, hedging on: both replicas hang after a warm-up, the hedge goes to the
+    second, and at ``attempt_timeout`` both copies are charged as timed out (and the
+    request fails) rather than waiting for the servers. Fast answers meanwhile are not
+    cut short. If this fails, a hedged async request on hung replicas waits as long as
+    they hang, or the deadline fires at once."""
+    import anyio
+
+    with echo_servers(2) as (a, b):
+        transport = eb.AsyncBalancingTransport(
+            [a.url, b.url],
+            health_check=None,
+            balancer=eb.RoundRobin(),
+            hedge=eb.Hedge(min_samples=1, min_delay=0.05, budget_ratio=1.0),
+            attempt_timeout=0.5,
+            retry=False,
+            outlier_detection=None,
+        )
+
+        async def main() -> list[str]:
+            async with httpx.AsyncClient(transport=transport, base_url="http://e") as client:
+                for _ in range(4):  # samples for the hedge delay; none cut short
+                    assert (await client.post("/embed", json={})).status_code == 200
+                a.hang = b.hang = True
+                with anyio.fail_after(10), pytest.raises(eb.AllAttemptsFailed) as failed:
+                    await client.post("/embed", json={})
+                a.hang = b.hang = False
+                return sorted(str(x) for x in failed.value.attempts)
+
+        try:
+            attempts = anyio.run(main)
+        finally:
+            a.hang = b.hang = False
+    assert attempts == sorted(f"{s.url}: attempt timed out after 0.5s" for s in (a, b))
+    rows = transport.stats().pool.by_url()
+    assert (rows[a.url].failures, rows[b.url].failures) == (1, 1)
