@@ -141,6 +141,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/transport/test_load.py::test_32_threads_share_one_transport_with_exact_counts",
             "--deselect",
             "tests/transport/test_load.py::test_peak_ewma_learns_a_slow_backend_round_robin_does_not",
+            # learned shares under real time: on a machine busy with other mutants the
+            # clean run itself can fail them (they stay in the default run)
+            "--deselect",
+            "tests/transport/test_load.py::test_load_aware_balancers_learn_a_slow_backend_async",
         ],
     ),
     "client": (
