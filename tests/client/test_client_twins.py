@@ -243,3 +243,75 @@ async def test_async_embed_draws_a_bar_with_the_calls_total(
             assert "embedding" not in capsys.readouterr().err
             await client.embed([f"t{i}" for i in range(60)])
             assert "60/60" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_tokenizer_drives_the_split_and_each_event_carries_its_counts(
+    kind: str,
+) -> None:
+    """A user tokenizer's counts size the sub-batches, and every ``BatchEvent`` carries
+    its sub-batch's texts and tokens. If this fails, ``on_batch`` consumers (cost
+    accounting, dashboards) read other numbers than those sent."""
+    events: list[eb.BatchEvent] = []
+    texts = [f"t{i}" for i in range(20)]
+    options = {"tokenizer": lambda text: 100, "batch_tokens": 300, "on_batch": events.append}
+    with FakeBackend() as server:
+        rows, _ = await _embed(kind, [server.url], texts, probe_info=False, **options)
+    np.testing.assert_array_equal(rows, _expected(7, texts))
+    assert max(e.texts for e in events) == 3
+    assert sum(e.texts for e in events) == 40  # two calls of 20
+    assert all(e.tokens == 100 * e.texts for e in events)
+    assert {e.backend for e in events} == {server.url}
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_call_for_another_model_is_checked_and_split_for_that_model(
+    kind: str,
+) -> None:
+    """A client of model "small" (one string and a list) asks for model "large": rows of
+    large's size, from large's replica only, its 413 split sent to large again with each
+    half's share of the tokens, and sub-batches planned for large's one replica (not
+    the pool's three). If this fails,
+    a per-call model's rows are checked against the client's own dimension, or its
+    split halves land on another model."""
+    with (
+        FakeBackend(dim=5) as small1,
+        FakeBackend(dim=5) as small2,
+        FakeBackend(dim=7, max_batch=16, mode="413_plain") as large,
+    ):
+        backends: list[object] = [
+            eb.Backend(small1.url, model="small"),
+            eb.Backend(small2.url, model="small"),
+            eb.Backend(large.url, model="large"),
+        ]
+        texts = TEXTS  # 24: three sub-batches for three replicas, one for one
+        events: list[eb.BatchEvent] = []
+        options = {
+            **QUIET,
+            "model": "small",
+            "probe_info": False,
+            "batch_size": 32,
+            "on_batch": events.append,
+        }
+        if kind == "sync":
+            with eb.EmbeddingClient(backends, **options) as client:  # type: ignore[arg-type]
+                own = client.embed(texts)
+                row = client.embed("hello", model="large")
+                rows = client.embed(texts, model="large")
+        else:
+            async with eb.AsyncEmbeddingClient(backends, **options) as aclient:  # type: ignore[arg-type]
+                own = await aclient.embed(texts)
+                row = await aclient.embed("hello", model="large")
+                rows = await aclient.embed(texts, model="large")
+    assert own.shape == (24, 5)
+    assert row.shape == (7,)
+    np.testing.assert_array_equal(rows, _expected(7, texts))
+    sizes = [len(body["inputs"]) for body in large.embed_requests]
+    # "hello"; then all 24 in one sub-batch (large has one replica), refused, halved.
+    assert sizes == [1, 24, 12, 12]
+    # Each half carries its share of the refused sub-batch's tokens, in whole tokens.
+    halves = [e.tokens for e in events if e.backend == large.url and e.texts == 12]
+    whole = sum(estimate_tokens(t) for t in texts)
+    assert len(halves) == 2
+    assert all(isinstance(t, int) for t in halves)
+    assert whole - 1 <= sum(halves) <= whole
