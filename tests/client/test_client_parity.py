@@ -222,3 +222,70 @@ async def test_every_option_reaches_the_same_place_in_both_clients() -> None:
     assert (transport["attempt_timeout"], transport["panic_threshold"]) == (4.0, 0.25)
     assert transport["zone"].zone == "z1"
     assert http == {"timeout": httpx.Timeout(12.5), "team": "search"}
+
+
+async def _async_default_state(**options: Any) -> tuple[Any, ...]:
+    async with eb.AsyncEmbeddingClient(
+        ["http://127.0.0.1:9", "http://127.0.0.1:10"], **options
+    ) as c:
+        return _built(c)
+
+
+def _built(client: Any) -> tuple[Any, ...]:
+    gate = client._gate
+    return (
+        _config(client._cfg),
+        {k: v for k, v in _transport(client).items() if k != "rng is the one given"},
+        _http(client),
+        None if gate is None else (gate.limiter.max_limit, gate._timeout),
+    )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("priority", ["interactive", "bulk"])
+async def test_both_clients_built_with_defaults_hold_the_documented_values(priority: str) -> None:
+    """Built with nothing but backends (and a priority), the twins hold equal state, and
+    it is the documented one: 32 texts and 4,096 tokens a sub-batch, sorted by length,
+    a 60 s timeout, ``/info`` probed; a bulk client's limit capped at two sub-batches per
+    live backend, within the client's timeout; an interactive client has no bulk gate.
+    (A default changed in the signature alone would pass the keyword test above: this
+    one builds with them.) If this fails, the twins start from different settings."""
+    urls = ["http://127.0.0.1:9", "http://127.0.0.1:10"]
+    options = {"health_check": None, "priority": priority}
+    with eb.EmbeddingClient(urls, **options) as client:  # type: ignore[arg-type]
+        sync = _built(client)
+    assert await _async_default_state(**options) == sync
+    config, _, http, gate = sync
+    assert (config["batch_size"], config["batch_tokens"]) == (32, 4096)
+    assert (config["sort_by_length"], config["probe_info"], config["timeout"]) == (True, True, 60.0)
+    assert http["timeout"] == httpx.Timeout(60.0)
+    assert gate == ((4, 60.0) if priority == "bulk" else None)
+
+
+@pytest.mark.anyio
+async def test_the_metrics_sink_and_clock_given_are_the_ones_used() -> None:
+    """A ``PrometheusMetrics`` sink given to either twin is its transport's sink and
+    exports the client's savings; the clock given is the pool's. If this fails, a
+    client's requests or its folded duplicates are missing from the dashboards."""
+    from prometheus_client import CollectorRegistry
+
+    def clock() -> float:
+        return 5.0
+
+    for twin in ("sync", "async"):
+        registry = CollectorRegistry()
+        sink = eb.PrometheusMetrics(registry)
+        options: dict[str, Any] = {"health_check": None, "metrics": sink, "clock": clock}
+        if twin == "sync":
+            with eb.EmbeddingClient(["http://127.0.0.1:9"], **options) as client:
+                core = client.transport._core
+                client._cfg.duplicates = 3
+                folded = registry.get_sample_value("embedbalance_duplicates_folded_total")
+        else:
+            async with eb.AsyncEmbeddingClient(["http://127.0.0.1:9"], **options) as aclient:
+                core = aclient.transport._core
+                aclient._cfg.duplicates = 3
+                folded = registry.get_sample_value("embedbalance_duplicates_folded_total")
+        assert core.metrics is sink, twin
+        assert (core.clock, core.pool.clock) == (clock, clock), twin
+        assert folded == 3, twin

@@ -315,3 +315,17 @@ async def test_a_call_for_another_model_is_checked_and_split_for_that_model(
     assert len(halves) == 2
     assert all(isinstance(t, int) for t in halves)
     assert whole - 1 <= sum(halves) <= whole
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_sub_batch_refused_for_the_callers_error_raises_that_error_itself(
+    kind: str,
+) -> None:
+    """One text the server refuses (413 on a single input): the call raises the
+    ``EmbeddingRequestError`` itself, not a wrapper and not another sub-batch's error.
+    If this fails, async callers catch an ``IndexError`` or an exception group where
+    the docs promise the request error."""
+    with FakeBackend(max_batch=0) as server, pytest.raises(eb.EmbeddingRequestError) as info:
+        await _embed(kind, [server.url], ["one"], probe_info=False)
+    assert info.value.status == 413
+    assert len(server.embed_requests) == 1
