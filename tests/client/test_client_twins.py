@@ -329,3 +329,27 @@ async def test_a_sub_batch_refused_for_the_callers_error_raises_that_error_itsel
         await _embed(kind, [server.url], ["one"], probe_info=False)
     assert info.value.status == 413
     assert len(server.embed_requests) == 1
+
+
+def test_the_sync_clients_threads_follow_the_membership_and_are_reused() -> None:
+    """The sync client's sub-batch threads: two per live backend, one pool reused from
+    call to call while that holds, a larger one as soon as more backends join, a
+    smaller one only once the need falls to half or less (not on every departure).
+    If this fails, each call builds (and leaks) a thread pool, or a pool that grew
+    for a rollout never shrinks."""
+    urls = [f"http://127.0.0.1:{port}" for port in (9, 10, 11, 12)]
+    with eb.EmbeddingClient(urls[:1], health_check=None) as client:
+        first = client._pool()
+        assert client._pool() is first  # reused
+        assert client._executor_size == 2
+        for url in urls[1:]:
+            client.transport.pool.add(url)
+        grown = client._pool()
+        assert grown is not first
+        assert client._executor_size == 8
+        client.transport.pool.remove(urls[3])
+        assert client._pool() is grown  # 6 needed: more than half of 8, kept
+        client.transport.pool.remove(urls[2])
+        shrunk = client._pool()  # 4 needed: half of 8
+        assert shrunk is not grown
+        assert client._executor_size == 4
