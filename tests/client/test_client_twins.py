@@ -9,6 +9,7 @@ have the promise. Real servers on loopback (``FakeBackend``)."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 
@@ -341,6 +342,8 @@ def test_the_sync_clients_threads_follow_the_membership_and_are_reused() -> None
     with eb.EmbeddingClient(urls[:1], health_check=None) as client:
         first = client._pool()
         assert client._pool() is first  # reused
+        name = first.submit(lambda: threading.current_thread().name).result()
+        assert name.startswith("embedbalance-client")  # findable in a thread dump
         assert client._executor_size == 2
         for url in urls[1:]:
             client.transport.pool.add(url)
@@ -353,3 +356,18 @@ def test_the_sync_clients_threads_follow_the_membership_and_are_reused() -> None
         shrunk = client._pool()  # 4 needed: half of 8
         assert shrunk is not grown
         assert client._executor_size == 4
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_halves_of_a_refused_sub_batch_cost_at_least_one_token(kind: str) -> None:
+    """Two texts a tokenizer counts as nothing (a text costs at least 1) and a 413:
+    each one-text half carries a cost of 1, its share of the 2, neither 0 nor more.
+    If this fails, split sub-batches go out as free, or as costing more than they do."""
+    events: list[eb.BatchEvent] = []
+    options = {"tokenizer": lambda text: 0, "on_batch": events.append, "probe_info": False}
+    with FakeBackend(max_batch=1, mode="413_plain") as server:
+        rows, _ = await _embed(kind, [server.url], TEXTS[:2], **options)
+    np.testing.assert_array_equal(rows, _expected(7, TEXTS[:2]))
+    # The second call starts at the limit the 413 taught (1 text), refused nothing.
+    assert [len(body["inputs"]) for body in server.embed_requests] == [2, 1, 1, 1, 1]
+    assert [e.tokens for e in events][:2] == [1, 1]
