@@ -371,3 +371,52 @@ async def test_halves_of_a_refused_sub_batch_cost_at_least_one_token(kind: str) 
     # The second call starts at the limit the 413 taught (1 text), refused nothing.
     assert [len(body["inputs"]) for body in server.embed_requests] == [2, 1, 1, 1, 1]
     assert [e.tokens for e in events][:2] == [1, 1]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_a_stated_limit_of_one_text_and_an_info_without_limits(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``max_client_batch_size: 1`` in ``/info`` is a limit like any other: one text a
+    sub-batch from the first call. A replica whose ``/info`` answers 404 leaves the
+    configured limits and says so at DEBUG, naming the status. If this fails, the
+    smallest stated limit is ignored (every call refused first), or a missing
+    ``/info`` goes unexplained."""
+    caplog.set_level(logging.DEBUG, logger="embedbalance.client")
+    with FakeBackend(max_batch=1) as one:
+        rows, _ = await _embed(kind, [one.url], TEXTS[:3])
+    np.testing.assert_array_equal(rows, _expected(7, TEXTS[:3]))
+    assert [len(body["inputs"]) for body in one.embed_requests] == [1] * 6
+    with FakeBackend(mode="info_missing") as missing:
+        await _embed(kind, [missing.url], TEXTS[:3])
+    said = [
+        r
+        for r in caplog.records
+        if r.getMessage() == "GET /info answered HTTP 404: using the configured limits"
+    ]
+    assert [r.levelno for r in said] == [logging.DEBUG]
+
+
+def test_the_sync_clients_sub_batches_run_in_the_callers_context() -> None:
+    """Each sub-batch runs in a copy of the caller's context (contextvars), as an async
+    task would: ``on_batch`` (called on the pool's thread) sees the caller's values.
+    If this fails, a request id, tenant or tracing span set by the caller is lost in
+    the sub-batches."""
+    import contextvars
+
+    tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant")
+    seen: list[str | None] = []
+    with (
+        FakeBackend() as server,
+        eb.EmbeddingClient(
+            [server.url],
+            batch_size=2,
+            on_batch=lambda event: seen.append(tenant.get(None)),
+            probe_info=False,
+            **QUIET,  # type: ignore[arg-type]
+        ) as client,
+    ):
+        tenant.set("acme")
+        client.embed(TEXTS[:6])
+    assert len(seen) >= 3  # six texts, at most two a sub-batch
+    assert set(seen) == {"acme"}
