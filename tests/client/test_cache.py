@@ -122,21 +122,32 @@ def test_a_call_the_cache_answers_whole_sends_nothing(fake: FakeBackend) -> None
 
 
 @pytest.mark.anyio
-async def test_per_call_model_is_part_of_the_key_and_repeats_fold_per_call() -> None:
-    """Over the OpenAI API, embed(model=...) with another model misses the cache, and
-    repeats inside that call are still sent once (async client). If this fails, a
-    per-call model reads another model's rows."""
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_per_call_model_is_part_of_the_key_and_repeats_fold_per_call(kind: str) -> None:
+    """Over the OpenAI API, embed(model=...) with another model misses the cache, a
+    second call for that model hits it, and repeats inside that call are still sent
+    once (both clients). If this fails, a per-call model reads another model's rows,
+    or its rows are stored under one key and looked up under another."""
+    calls: list[tuple[list[str], str | None]] = [
+        (["x", "y", "x"], None),
+        (["x", "y", "x"], "m2"),
+        (["y", "x"], "m2"),
+        (["x"], None),
+        (["z"], None),
+        (["z"], "m1"),  # the client's own model, named: a hit
+    ]
+    options = {"api": "openai", "model": "m1", "cache": EmbeddingCache(), **QUIET}
     with FakeBackend() as server:
-        async with AsyncEmbeddingClient(
-            [server.url], api="openai", model="m1", cache=EmbeddingCache(), **QUIET
-        ) as client:
-            await client.embed(["x", "y", "x"])
-            await client.embed(["x", "y", "x"], model="m2")
-            await client.embed(["y", "x"], model="m2")
-            await client.embed(["x"])
-            await client.embed(["z"])
-            await client.embed(["z"], model="m1")  # the client's own model, named: a hit
-            stats = client.stats()
+        if kind == "sync":
+            with EmbeddingClient([server.url], **options) as client:  # type: ignore[arg-type]
+                for texts, model in calls:
+                    client.embed(texts, model=model)
+                stats = client.stats()
+        else:
+            async with AsyncEmbeddingClient([server.url], **options) as aclient:  # type: ignore[arg-type]
+                for texts, model in calls:
+                    await aclient.embed(texts, model=model)
+                stats = aclient.stats()
     assert _sent(server) == ["x", "y", "x", "y", "z"]
     assert [body["model"] for body in server.embed_requests] == ["m1", "m2", "m1"]
     assert stats.duplicates == 2

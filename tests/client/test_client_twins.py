@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import httpx
 import numpy as np
 import pytest
 from tests.client.fake_server import FakeBackend, InFlight
@@ -335,9 +336,10 @@ async def test_a_sub_batch_refused_for_the_callers_error_raises_that_error_itsel
 def test_the_sync_clients_threads_follow_the_membership_and_are_reused() -> None:
     """The sync client's sub-batch threads: two per live backend, one pool reused from
     call to call while that holds, a larger one as soon as more backends join, a
-    smaller one only once the need falls to half or less (not on every departure).
-    If this fails, each call builds (and leaks) a thread pool, or a pool that grew
-    for a rollout never shrinks."""
+    smaller one only once the need falls to half or less (not on every departure),
+    and a resize that never waits for the old pool's work. If this fails, each call
+    builds (and leaks) a thread pool, a pool that grew for a rollout never shrinks, or
+    every call stalls behind a slow sub-batch while backends join."""
     urls = [f"http://127.0.0.1:{port}" for port in (9, 10, 11, 12)]
     with eb.EmbeddingClient(urls[:1], health_check=None) as client:
         first = client._pool()
@@ -347,7 +349,14 @@ def test_the_sync_clients_threads_follow_the_membership_and_are_reused() -> None
         assert client._executor_size == 2
         for url in urls[1:]:
             client.transport.pool.add(url)
+        # A resize does not wait for the old pool's work: a sub-batch still running
+        # there (held until released below) is left to finish on its own.
+        held = threading.Event()
+        running = first.submit(held.wait, 5)
         grown = client._pool()
+        assert not running.done()  # _pool() returned while the old work still ran
+        held.set()
+        assert running.result(timeout=10) is True
         assert grown is not first
         assert client._executor_size == 8
         client.transport.pool.remove(urls[3])
@@ -420,3 +429,26 @@ def test_the_sync_clients_sub_batches_run_in_the_callers_context() -> None:
         client.embed(TEXTS[:6])
     assert len(seen) >= 3  # six texts, at most two a sub-batch
     assert set(seen) == {"acme"}
+
+
+@pytest.mark.parametrize(
+    ("stated", "taken"),
+    [
+        ({"max_client_batch_size": 0, "max_batch_tokens": 0}, (None, None)),
+        ({"max_client_batch_size": -4, "max_batch_tokens": -1}, (None, None)),
+        ({"max_client_batch_size": True, "max_batch_tokens": "512"}, (None, None)),
+        ({"max_client_batch_size": 2.5, "max_batch_tokens": None}, (None, None)),
+        ({"max_client_batch_size": 1, "max_batch_tokens": 1}, (1, 1)),
+        ({"max_client_batch_size": 32, "max_batch_tokens": 16384}, (32, 16384)),
+    ],
+)
+def test_only_positive_whole_limits_in_info_are_taken(
+    stated: dict[str, object], taken: tuple[int | None, int | None]
+) -> None:
+    """A limit in ``/info`` counts only as a positive whole number: 0, negatives,
+    booleans, strings and fractions leave the configured limits as they were (and a
+    sub-batch of at least one text). If this fails, a server stating 0 (meaning "no
+    limit") makes the client plan empty sub-batches."""
+    with eb.EmbeddingClient(["http://127.0.0.1:9"], health_check=None) as client:
+        client._cfg.learn_info(httpx.Response(200, json=stated))
+        assert (client._cfg.server_texts, client._cfg.server_tokens) == taken
