@@ -166,6 +166,9 @@ def main() -> None:
         lifespan="on",
         access_log=False,
         timeout_keep_alive=30,
+        # A hung request ("hang" mode) would hold a graceful shutdown until the
+        # fixture's SIGKILL; one second is ample for any answer the tests wait for.
+        timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
     print(f"control-server listening on http://127.0.0.1:{port}", flush=True)
