@@ -73,7 +73,9 @@ def mutation(session: nox.Session) -> None:
     """Mutation testing per module against the fast tests that cover it (not in CI's
     default run; minutes for pure modules, an hour or more for those whose tests start
     servers, on 2 cores). Args: module names, e.g. `pool retry`; `--rejudge dns` judges
-    a finished run's survivors again by the tests as they are now."""
+    a finished run's survivors again by the tests as they are now. MUTATION_SAMPLE=N
+    judges a seeded random sample of N mutants (for `transport`, whose full run takes
+    many hours) and prints its score with a 95% interval."""
     _install(session, ALL_EXTRAS, "mutmut==3.8.1")
     _system_deps(session)
     session.run("nice", "-n", "15", "python", "tools/mutation.py", *session.posargs, external=True)
