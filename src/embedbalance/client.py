@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator, Sized
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor, as_completed
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -721,6 +721,9 @@ class EmbeddingClient:
         self._executor_size = 0
         self._lock = threading.Lock()
         self._closed = False
+        # Sub-batches submitted and not done, on any executor (a resize leaves work on
+        # the old one): close() cancels the queued ones itself, see there.
+        self._futures: set[Future[FloatMatrix]] = set()
 
     def __repr__(self) -> str:
         return f"<EmbeddingClient api={self._cfg.wire.name!r} {self.transport.pool!r}>"
@@ -750,15 +753,29 @@ class EmbeddingClient:
 
     def close(self) -> None:
         """Wait for sub-batches already running, drop queued ones, close connections and
-        stop health checks. Idempotent."""
+        stop health checks. Idempotent. A call another thread has in progress raises
+        ``RuntimeError("the client is closed")``.
+
+        Why not ``shutdown(cancel_futures=True)``: it takes the queued work items off
+        the queue and cancels their futures without waking anyone waiting on them
+        (``as_completed`` learns of a cancellation only from the worker that skips the
+        item), so the interrupted call would wait forever. Cancelling here and leaving
+        the items queued lets the pool's threads skip each one and wake its waiter."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             executor, self._executor = self._executor, None
+            queued = list(self._futures)
+        for fut in queued:
+            fut.cancel()  # false for one already running: that one is waited for below
         if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+            executor.shutdown(wait=True)
         self._http.close()
+
+    def _forget(self, fut: Future[FloatMatrix]) -> None:
+        with self._lock:
+            self._futures.discard(fut)
 
     def _ensure_open(self) -> None:
         """Every call checks this first: after close() the caller reads this message,
@@ -839,22 +856,43 @@ class EmbeddingClient:
         # Split for the replicas that can take this model's work now, not every member.
         usable = self.transport.pool.usable_count(model or self._cfg.options.model)
         jobs = self._cfg.plan(unique.texts, max(1, usable))
-        # Each sub-batch runs in a copy of the caller's context (contextvars), as an
-        # async task would: the caller's tracing span, log context and the like follow it.
-        futures = [
-            pool.submit(
-                contextvars.copy_context().run,
-                self._embed_batch,
-                job.texts(unique.texts),
-                job.cost,
-                model,
-            )
-            for job in jobs
-        ]
+        futures: list[Future[FloatMatrix]] = []
+        try:
+            for job in jobs:
+                pool, fut = self._start(pool, job.texts(unique.texts), job.cost, model)
+                futures.append(fut)
+        except BaseException:
+            for fut in futures:
+                fut.cancel()
+            raise
         return _Pending(unique, jobs, futures)
 
-    @staticmethod
-    def _gather(pending: _Pending, bar: Progress) -> FloatMatrix:
+    def _start(
+        self, pool: ThreadPoolExecutor, texts: list[str], cost: int, model: str | None
+    ) -> tuple[ThreadPoolExecutor, Future[FloatMatrix]]:
+        """One sub-batch onto ``pool``, in a copy of the caller's context (contextvars),
+        as an async task would run it: the caller's tracing span, log context and the
+        like follow it. Returns the pool used and the sub-batch's future.
+
+        The pool may have been shut down since ``_pool()`` handed it out: by ``close()``
+        (raise what every call on a closed client raises) or by another thread's call
+        that resized it (the new pool takes this sub-batch and the rest)."""
+        context = contextvars.copy_context()
+        try:
+            fut = pool.submit(context.run, self._embed_batch, texts, cost, model)
+        except RuntimeError:
+            self._ensure_open()
+            fresh = self._pool()
+            if fresh is pool:
+                raise
+            pool = fresh
+            fut = pool.submit(context.run, self._embed_batch, texts, cost, model)
+        with self._lock:
+            self._futures.add(fut)
+        fut.add_done_callback(self._forget)
+        return pool, fut
+
+    def _gather(self, pending: _Pending, bar: Progress) -> FloatMatrix:
         """Every row of one submission in input order; on the first failure, drop the
         queued sub-batches and raise it."""
         index = {fut: i for i, fut in enumerate(pending.futures)}
@@ -864,6 +902,11 @@ class EmbeddingClient:
                 i = index[fut]
                 parts[i] = fut.result()
                 bar.update(len(pending.jobs[i].indices))
+        except CancelledError as exc:
+            pending.cancel()
+            if self._closed:
+                raise RuntimeError("the client is closed") from exc
+            raise
         except BaseException:
             pending.cancel()
             raise

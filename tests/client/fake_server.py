@@ -42,9 +42,11 @@ class FakeBackend:
     (``/info`` answers 404, or a JSON list), ``info_drop`` (``/info`` closes the
     connection without an answer), ``413_plain`` (over ``max_batch``, a 413
     that states no limit, as a proxy's). ``delay``: seconds before each embed
-    answer. ``max_batch``: like TEI's ``--max-client-batch-size``: stated in ``/info``
-    and enforced with TEI's 413. Records every request as ``(method, path, body)`` and
-    the highest number of embed requests it held at once.
+    answer. ``hold``: an event each embed answer waits for (up to 10 s), so a test can
+    act while requests are in flight. ``max_batch``: like TEI's
+    ``--max-client-batch-size``: stated in ``/info`` and enforced with TEI's 413.
+    Records every request as ``(method, path, body)`` and the highest number of embed
+    requests it held at once.
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class FakeBackend:
         delay: float = 0.0,
         max_batch: int | None = None,
         group: InFlight | None = None,
+        hold: threading.Event | None = None,
     ) -> None:
         self.dim, self.mode, self.delay, self.max_batch = dim, mode, delay, max_batch
-        self.group = group
+        self.group, self.hold = group, hold
         self.requests: list[tuple[str, str, Any]] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -142,6 +145,8 @@ class FakeBackend:
                 if fake.group is not None:
                     fake.group.enter()
                 try:
+                    if fake.hold is not None:
+                        fake.hold.wait(10)  # bounded: a test that forgets to release
                     if fake.delay:
                         time.sleep(fake.delay)
                     self._answer(body)

@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
@@ -452,3 +453,125 @@ def test_only_positive_whole_limits_in_info_are_taken(
     with eb.EmbeddingClient(["http://127.0.0.1:9"], health_check=None) as client:
         client._cfg.learn_info(httpx.Response(200, json=stated))
         assert (client._cfg.server_texts, client._cfg.server_tokens) == taken
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_each_batch_event_says_when_its_sub_batch_started_and_how_long_it_took(
+    kind: str,
+) -> None:
+    """``BatchEvent.started`` is a ``time.monotonic()`` reading taken inside the call,
+    and ``latency`` the time from there to the answer: at least the replica's 20 ms
+    delay, ending before the call returned. If this fails, a caller's per-sub-batch
+    timings (the documented way to see which replica was slow) are missing or wrong."""
+    events: list[eb.BatchEvent] = []
+    options = {"on_batch": events.append, "probe_info": False, "batch_size": 2}
+    with FakeBackend(delay=0.02) as server:
+        before = time.monotonic()
+        await _embed(kind, [server.url], TEXTS[:4], **options)
+        after = time.monotonic()
+    assert len(events) >= 4  # at least two sub-batches a call, two calls
+    for event in events:
+        assert before <= event.started
+        assert event.latency >= 0.02
+        assert event.started + event.latency <= after
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+async def test_halves_of_a_refused_sub_batch_cost_whole_shares_of_its_tokens(kind: str) -> None:
+    """Three texts of 3 tokens each, refused (413) down to one text a request: each
+    text goes out costing 3, a whole number, whichever split it came through. If this
+    fails, split sub-batches carry fractional costs (``BatchEvent.tokens`` is an
+    ``int``) or shares that do not add up to what they carry."""
+    events: list[eb.BatchEvent] = []
+    texts = ["one", "two", "six"]
+    options = {"tokenizer": lambda text: 3, "on_batch": events.append, "probe_info": False}
+    with FakeBackend(max_batch=1, mode="413_plain") as server:
+        rows, _ = await _embed(kind, [server.url], texts, **options)
+    np.testing.assert_array_equal(rows, _expected(7, texts))
+    first_call = events[:3]
+    assert [e.texts for e in first_call] == [1, 1, 1]
+    assert [e.tokens for e in first_call] == [3, 3, 3]
+    assert all(type(e.tokens) is int for e in first_call)
+
+
+def test_close_waits_for_the_running_sub_batch_and_drops_the_queued_ones() -> None:
+    """The sync client's ``close()`` (as documented): a sub-batch already sent is
+    waited for (its answer arrives before ``close`` returns), the three still queued
+    are never sent, and the call they belonged to, in another thread, raises "the
+    client is closed". If this fails, closing cuts a running request off, sends the
+    rest of a call that nobody will read, or leaves that call waiting forever (as
+    ``shutdown(cancel_futures=True)`` did: it never wakes ``as_completed``)."""
+    hold = threading.Event()
+    events: list[eb.BatchEvent] = []
+    outcome: list[object] = []
+    with FakeBackend(hold=hold) as server:
+        client = eb.EmbeddingClient(
+            [server.url],
+            batch_size=1,
+            max_concurrency=1,
+            probe_info=False,
+            on_batch=events.append,
+            **QUIET,  # type: ignore[arg-type]
+        )
+
+        def call() -> None:
+            try:
+                outcome.append(client.embed(TEXTS[:4]))
+            except BaseException as exc:  # what the interrupted call raises
+                outcome.append(exc)
+
+        caller = threading.Thread(target=call)
+        caller.start()
+        for _ in range(500):  # bounded: until the first sub-batch is in flight
+            if server.embed_requests:
+                break
+            time.sleep(0.01)
+        assert len(server.embed_requests) == 1
+        closer = threading.Thread(target=client.close)
+        closer.start()
+        closer.join(0.3)
+        assert closer.is_alive()  # still waiting for the held sub-batch
+        hold.set()
+        closer.join(10)
+        caller.join(10)
+        assert not closer.is_alive()
+        assert len(events) == 1  # the running sub-batch finished before close returned
+        assert len(server.embed_requests) == 1  # the queued ones were never sent
+    assert len(outcome) == 1  # the interrupted call ended: it did not wait forever
+    assert isinstance(outcome[0], RuntimeError)
+    assert str(outcome[0]) == "the client is closed"
+
+
+def test_a_call_whose_pool_was_replaced_meanwhile_uses_the_new_one() -> None:
+    """Between ``_pool()`` handing a call its thread pool and the call submitting to
+    it, another thread's call may resize (shut down and replace) that pool, or close
+    the client. Resized: the call's sub-batches go to the new pool and it answers
+    in full. Closed: the call raises "the client is closed". If this fails, a rollout
+    that adds backends fails calls in flight with "cannot schedule new futures after
+    shutdown". (The race is too narrow to hit on purpose: ``_pool`` hands out a pool
+    already shut down, once.)"""
+    with FakeBackend() as server:
+        with eb.EmbeddingClient(
+            [server.url],
+            batch_size=2,
+            probe_info=False,
+            **QUIET,  # type: ignore[arg-type]
+        ) as client:
+            real = client._pool
+            stale = ThreadPoolExecutor(1)
+            stale.shutdown()
+            handed = iter([stale])
+            client._pool = lambda: next(handed, None) or real()  # type: ignore[method-assign]
+            rows = client.embed(TEXTS[:6])
+            np.testing.assert_array_equal(rows, _expected(7, TEXTS[:6]))
+            assert sum(len(body["inputs"]) for body in server.embed_requests) == 6
+
+        closing = eb.EmbeddingClient([server.url], probe_info=False, **QUIET)  # type: ignore[arg-type]
+
+        def closed_meanwhile() -> ThreadPoolExecutor:
+            closing.close()
+            return stale
+
+        closing._pool = closed_meanwhile  # type: ignore[method-assign]
+        with pytest.raises(RuntimeError, match=r"^the client is closed$"):
+            closing.embed(TEXTS[:2])
