@@ -23,6 +23,8 @@ default 0, picks it) instead of all of them, and scores the sample with a 95% Wi
 interval. Why: a full run of ``transport`` costs many hours on 2 cores (each surviving
 mutant reruns every hedging and failure test that covers it); a sample's score is an
 unbiased estimate of the full one, and its survivors are a fair draw of the full run's.
+With ``MUTATION_RESUME=1 MUTATION_SAMPLE_REST=1`` the sample is drawn from the mutants an
+interrupted full run left unjudged: the judged part stays exact, the rest is estimated.
 
 ``MUTATION_REJUDGE_TESTS`` (space-separated pytest ids) judges by those tests instead
 of the module's selection. The tests are first run on the unmutated ``src``: if they
@@ -308,9 +310,14 @@ def _run_sample(
             capture_output=True,
             check=False,
         )
-    names = sorted(_verdicts(work, target))
-    if not names:
+    before = _verdicts(work, target)
+    if not before:
         raise SystemExit(f"mutmut wrote no mutants for {target}; run it without a sample")
+    # MUTATION_SAMPLE_REST=1: draw from the mutants an interrupted full run left
+    # unjudged (with MUTATION_RESUME=1), so the judged part stays exact and only the
+    # rest is estimated.
+    rest = bool(os.environ.get("MUTATION_SAMPLE_REST"))
+    names = sorted(n for n, code in before.items() if code is None or not rest)
     seed = int(os.environ.get("MUTATION_SEED", "0"))
     chosen = sorted(random.Random(seed).sample(names, min(size, len(names))))
     subprocess.run(
@@ -323,9 +330,14 @@ def _run_sample(
     caught = sum(s in ("killed", "timeout") for s in status.values())
     survived = sorted(n for n, s in status.items() if s == "survived")
     judged = caught + len(survived)
+    pool = set(names)
+    judged_before = [status_by_exit_code[c] for n, c in before.items() if n not in pool]
     return {
         "sample": len(chosen),
         "of": len(names),
+        "drawn_from": "unjudged" if rest else "all",
+        # the exact part of a finished-by-sample run: what the full run had judged
+        "judged_before": {s: judged_before.count(s) for s in sorted(set(judged_before))},
         "seed": seed,
         "killed": sum(s == "killed" for s in status.values()),
         "timeout": sum(s == "timeout" for s in status.values()),
