@@ -133,6 +133,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/transport/test_hedge_losers_sync.py",
             "tests/transport/test_canary_transport.py",
             "tests/transport/test_fork_locks.py",
+            "tests/transport/test_start_once.py",
             "tests/transport/test_runner.py",
             "tests/transport/test_request_model.py",
             "tests/transport/test_routing_real.py",

@@ -934,6 +934,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
             if self._failure is not None:
                 self._state = "closed"
                 raise self._failure
+            if self._state == "closed":  # aclose() ran while the background started
+                raise RuntimeError("transport is closed")
         else:
             self._started.set()
             self._stopped.set()
@@ -946,6 +948,8 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
+                if self._state == "closed":  # aclose() came first
+                    scope.cancel()
                 async with anyio.create_task_group() as tg:
                     if core.discovery is not None:
                         await tg.start(_run_discovery, core.discovery, core.pool)
@@ -999,8 +1003,9 @@ class AsyncBalancingTransport(httpx.AsyncBaseTransport):
         and wait until they are gone; close connections."""
         previous, self._state = self._state, "closed"
         if previous in ("starting", "running") and self._stopped is not None:
-            if self._started is not None:
-                await self._started.wait()
+            # Not waiting for the background to have started: discovery may take as
+            # long as a DNS timeout to answer, and a close must not wait for that. A
+            # background that has not run yet sees the state and ends at once.
             if self._scope is not None:
                 self._scope.cancel()
             await self._stopped.wait()
