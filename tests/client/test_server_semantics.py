@@ -160,6 +160,26 @@ def test_normalize_and_dimensions_are_applied_when_the_server_does_not() -> None
     assert server.embed_requests[-1]["dimensions"] == 3
 
 
+def test_rows_a_server_shaped_itself_are_left_alone_and_normalize_false_is_kept() -> None:
+    """``dimensions=3`` against a server that honoured it: its rows come back as sent
+    (not renormalised: the client only renormalises rows it cut itself). Rows cut by
+    the client are renormalised when ``normalize=True`` (even over TEI, which would
+    have normalised the uncut rows) and left as cut when ``normalize=False``. If this
+    fails, the client rescales vectors the caller asked to keep raw, or hands back
+    cut vectors that are no longer unit length."""
+    with FakeBackend(dim=3) as exact:
+        with EmbeddingClient([exact.url], dimensions=3, **QUIET) as client:
+            rows = client.embed(["abc", "abcdef"])
+    np.testing.assert_array_equal(rows, [[3.0, 0.5, 0.5], [6.0, 0.5, 0.5]])
+    with FakeBackend(dim=8) as long:
+        with EmbeddingClient([long.url], dimensions=3, normalize=False, **QUIET) as client:
+            raw = client.embed(["abc", "abcdef"])
+        with EmbeddingClient([long.url], dimensions=3, normalize=True, **QUIET) as client:
+            unit = client.embed(["abc", "abcdef"])
+    np.testing.assert_array_equal(raw, [[3.0, 0.5, 0.5], [6.0, 0.5, 0.5]])
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=1e-6)
+
+
 def test_concurrency_follows_the_live_membership() -> None:
     """Sub-batches in flight are sized from the pool as it is now: a client created
     with one backend (as with DNS discovery still filling) uses more once more join."""
