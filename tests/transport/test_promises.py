@@ -375,3 +375,28 @@ def test_sync_checker_runs_in_named_daemon_threads() -> None:
         finally:
             checker.stop()
         assert "embedbalance-health" not in {t.name for t in threading.enumerate()}
+
+
+@pytest.mark.parametrize(
+    ("statuses", "answered", "attempts"),
+    [(frozenset({503}), 500, 1), (frozenset({500, 503}), 200, 2)],
+)
+def test_only_the_statuses_named_are_retried(
+    three: list[EchoServer], statuses: frozenset[int], answered: int, attempts: int
+) -> None:
+    """``Retry(statuses=...)`` decides which failures are retried: a 500 from the
+    backend the balancer prefers is handed to the caller as is when 500 is not named
+    (one attempt), and retried on another backend when it is. If this fails, a status
+    the user chose not to retry (a 500 that would fail the same way anywhere) costs a
+    second replica's time, or a named one is not retried."""
+    three[0].answer(500)
+    transport = eb.BalancingTransport(
+        [s.url for s in three],
+        balancer=Favourite(three[0].url),
+        **_quiet(retry=eb.Retry(attempts=3, statuses=statuses)),
+    )
+    with httpx.Client(transport=transport, base_url="http://e") as client:
+        response = client.post("/embed", json={"inputs": ["a"]})
+    transport.close()
+    assert response.status_code == answered
+    assert sum(s.hits for s in three) == attempts
