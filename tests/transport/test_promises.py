@@ -400,3 +400,21 @@ def test_only_the_statuses_named_are_retried(
     transport.close()
     assert response.status_code == answered
     assert sum(s.hits for s in three) == attempts
+
+
+@pytest.mark.parametrize("twin", ["sync", "async"])
+def test_stats_count_each_budgets_refusals_apart(twin: str) -> None:
+    """``stats()`` reports retries and hedges refused by their own budgets, each from
+    its own budget: three hedges refused and one retry read as 3 and 1, not mixed and
+    not missing. If this fails, a dashboard cannot tell "hedging is throttled" from
+    "retries are throttled". (The budgets are spent directly: the plumbing is the
+    promise here; spending them through traffic is ``test_load.py``'s.)"""
+    cls = eb.BalancingTransport if twin == "sync" else eb.AsyncBalancingTransport
+    no_retries = eb.Retry(budget=eb.RetryBudgetPolicy(ratio=0, min_per_second=0))
+    transport = cls(["http://127.0.0.1:9"], **_quiet(retry=no_retries))  # type: ignore[arg-type]
+    policy = transport._core.policy
+    granted = [policy.hedge_budget.try_withdraw() for _ in range(13)]
+    assert granted == [True] * 10 + [False] * 3  # 1 hedge a second over a 10 s window
+    assert not policy.budget.try_withdraw()
+    stats = transport.stats()
+    assert (stats.hedge_budget_exhausted, stats.budget_exhausted) == (3, 1)
