@@ -263,3 +263,30 @@ def test_a_transport_error_is_described_by_its_class_and_its_message(
     ):
         client.post("/embed", json={})
     assert [str(a) for a in failed.value.attempts] == [f"http://127.0.0.1:1: {described}"]
+
+
+@pytest.mark.parametrize(
+    ("timeout", "expected"),
+    [
+        # the caller's tighter read timeout stays; the looser phases get the attempt's
+        (httpx.Timeout(10.0, read=0.25), {"connect": 2.0, "read": 0.25, "write": 2.0, "pool": 2.0}),
+        # no timeout at all from the caller: every phase gets the attempt's
+        (httpx.Timeout(None), {"connect": 2.0, "read": 2.0, "write": 2.0, "pool": 2.0}),
+    ],
+)
+def test_each_timeout_phase_is_capped_by_the_attempt_deadline_not_raised(
+    timeout: httpx.Timeout, expected: dict[str, float]
+) -> None:
+    """With ``attempt_timeout=2``, each of httpx's timeout phases on the request sent
+    is the smaller of the caller's and 2 s; a phase the caller left unbounded gets
+    2 s. If this fails, the attempt deadline overrides a caller's tighter timeout (a
+    0.25 s read waits 2 s), or an unbounded phase crashes the attempt or stays
+    unbounded."""
+    seen: list[httpx.Request] = []
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9000"], transport=_echo(seen), health_check=None, attempt_timeout=2.0
+    )
+    with httpx.Client(transport=transport, base_url="http://e", timeout=timeout) as client:
+        assert client.get("/info").status_code == 200
+    # 2 s is the attempt's deadline less the moment spent picking a backend
+    assert seen[0].extensions["timeout"] == pytest.approx(expected, abs=0.05)
