@@ -281,3 +281,26 @@ async def test_overloaded_backend_is_avoided_not_ejected_async(servers):
         clock.advance(0.25)
         second = await run_async(client, 30, 1)
         assert second.backends.get(busy.url, 0) >= 5
+
+
+def test_an_attempt_past_its_deadline_stops_reading_by_that_deadline_sync(servers):
+    """A request to a hung backend with ``attempt_timeout=0.3`` fails at the deadline
+    (the backend's slot is freed then); the attempt's own thread, left reading, gives
+    up by then too (every httpx phase of a raced attempt is capped at the time left)
+    and is free for the next attempt within seconds, not at the caller's 30 s timeout.
+    If this fails, every request abandoned at its deadline keeps a thread blocked on
+    a dead socket for the caller's whole timeout (a thread per request, piling up)."""
+    hung = servers(1, mode="hang")[0]
+    transport = eb.BalancingTransport(
+        [hung.url], health_check=None, outlier_detection=None, attempt_timeout=0.3, retry=1
+    )
+    with httpx.Client(transport=transport, base_url="http://e", timeout=30) as client:
+        with pytest.raises(eb.AllAttemptsFailed, match="timed out"):
+            client.post("/embed", json={"inputs": ["a"]})
+        assert transport.stats().pool.in_flight == 0
+        deadline = time.monotonic() + 10
+        while transport._runner.idle == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # bounded: the abandoned attempt ends by its capped read
+        assert transport._runner.idle == 1
+        assert time.monotonic() < deadline - 5  # in well under 5 s, not 30
+    transport.close()
