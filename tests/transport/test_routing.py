@@ -290,3 +290,32 @@ def test_each_timeout_phase_is_capped_by_the_attempt_deadline_not_raised(
         assert client.get("/info").status_code == 200
     # 2 s is the attempt's deadline less the moment spent picking a backend
     assert seen[0].extensions["timeout"] == pytest.approx(expected, abs=0.05)
+
+
+@pytest.mark.parametrize("raced", [False, True], ids=["plain", "raced"])
+def test_a_bug_in_an_inner_transport_reaches_the_caller_and_frees_the_slot(raced: bool) -> None:
+    """An inner transport that raises something other than an httpx transport error
+    (a bug, not a network failure): the caller gets that exception, it is not retried,
+    and the backend's slot is released, whether the attempt ran inline or raced
+    against a deadline on a thread. If this fails, a bug is retried as if the network
+    had failed, or each such request leaks a slot until the backend looks full."""
+    calls: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise LookupError("a bug in the inner transport")
+
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:1", "http://127.0.0.1:2"],
+        transport=httpx.MockTransport(handler),
+        health_check=None,
+        attempt_timeout=5.0 if raced else None,
+        hedge=None,
+    )
+    with (
+        httpx.Client(transport=transport, base_url="http://e") as client,
+        pytest.raises(LookupError, match="a bug in the inner transport"),
+    ):
+        client.post("/embed", json={"inputs": ["a"]})
+    assert len(calls) == 1
+    assert transport.stats().pool.in_flight == 0
