@@ -212,8 +212,10 @@ def test_closed_transport_refuses_requests():
     transport.close()
     assert transport.closed
     client = httpx.Client(transport=transport, base_url="http://e")
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"^transport is closed$"):
         client.get("/")
+    with pytest.raises(RuntimeError, match=r"^transport is closed$"):
+        transport.start()
 
 
 @pytest.mark.anyio
@@ -230,8 +232,10 @@ async def test_closed_async_transport_refuses_requests():
         assert (await client.get("/")).status_code == 200
     assert transport.closed
     client = httpx.AsyncClient(transport=transport, base_url="http://e")
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(RuntimeError, match=r"^transport is closed$"):
         await client.get("/")
+    with pytest.raises(RuntimeError, match=r"^transport is closed$"):
+        await transport.start()
 
 
 @pytest.mark.parametrize(
