@@ -323,3 +323,18 @@ def test_a_bug_in_an_inner_transport_reaches_the_caller_and_frees_the_slot(raced
         client.post("/embed", json={"inputs": ["a"]})
     assert len(calls) == 1
     assert transport.stats().pool.in_flight == 0
+
+
+def test_an_answer_carries_the_request_as_sent_to_its_backend() -> None:
+    """Called directly (as a proxy or a framework's own client would), the transport's
+    response holds the request as it went to the backend: its host, port and path
+    prefix, not the caller's placeholder host. If this fails, ``response.request``
+    raises for direct callers, or names a host nothing was sent to."""
+    transport = eb.BalancingTransport(
+        ["http://127.0.0.1:9000/v2"], transport=_echo([]), health_check=None
+    )
+    request = httpx.Request("POST", "http://embeddings/embed", json={"inputs": ["a"]})
+    response = transport.handle_request(request)
+    assert str(response.request.url) == "http://127.0.0.1:9000/v2/embed"
+    assert response.request.headers["host"] == "127.0.0.1:9000"
+    transport.close()
