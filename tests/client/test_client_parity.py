@@ -78,6 +78,46 @@ def test_a_max_concurrency_below_one_is_refused_by_name(cls: type) -> None:
     cls(["http://127.0.0.1:9"], max_concurrency=1, health_check=None)
 
 
+@pytest.mark.parametrize("cls", [eb.EmbeddingClient, eb.AsyncEmbeddingClient])
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        (
+            {"encoding_format": "int8"},
+            ValueError,
+            "encoding_format must be 'float' or 'base64', got 'int8'",
+        ),
+        ({"batch_size": 0}, ValueError, "batch_tokens and batch_size must be >= 1"),
+        ({"batch_tokens": 0}, ValueError, "batch_tokens and batch_size must be >= 1"),
+        ({"dimension": True}, ValueError, "dimension must be >= 1, got True"),
+        ({"dimensions": 0}, ValueError, "dimensions must be >= 1, got 0"),
+        ({"dimension": 3, "dimensions": 4}, ValueError, "dimension=3 contradicts dimensions=4"),
+        ({"dtype": "int8"}, ValueError, "dtype must be 'float32' or 'float16', got 'int8'"),
+        ({"timeout": 0}, ValueError, "timeout must be > 0 or None, got 0"),
+        ({"cache": {}}, TypeError, "cache must be an EmbeddingCache or None, got {}"),
+    ],
+)
+def test_each_bad_option_is_refused_with_its_own_message(
+    cls: type, options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Each option checked at construction is refused by name, with the value given,
+    and the smallest allowed value passes (one text, one token, a dimension of 1). If
+    this fails, a wrong setting is accepted and fails later, far from its cause, or
+    the message does not say which setting."""
+    with pytest.raises(error) as info:
+        cls(["http://127.0.0.1:9"], health_check=None, **options)
+    assert str(info.value) == message
+    cls(["http://127.0.0.1:9"], health_check=None, batch_size=1, batch_tokens=1, dimension=1)
+
+
+def test_dimensions_pins_the_dimension_of_an_empty_answer() -> None:
+    """``dimensions=3`` alone: ``embed([])`` answers shape ``(0, 3)`` with no request
+    (nothing listens on the backend's port). If this fails, an empty call asks
+    ``/info`` for a size the caller already gave."""
+    with eb.EmbeddingClient(["http://127.0.0.1:9"], dimensions=3, health_check=None) as client:
+        assert client.embed([]).shape == (0, 3)
+
+
 def _count(text: str) -> int:
     return len(text) + 1
 
