@@ -167,9 +167,11 @@ def test_rows_a_server_shaped_itself_are_left_alone_and_normalize_false_is_kept(
     have normalised the uncut rows) and left as cut when ``normalize=False``. If this
     fails, the client rescales vectors the caller asked to keep raw, or hands back
     cut vectors that are no longer unit length."""
-    with FakeBackend(dim=3) as exact:
-        with EmbeddingClient([exact.url], dimensions=3, **QUIET) as client:
-            rows = client.embed(["abc", "abcdef"])
+    with (
+        FakeBackend(dim=3) as exact,
+        EmbeddingClient([exact.url], dimensions=3, **QUIET) as client,
+    ):
+        rows = client.embed(["abc", "abcdef"])
     np.testing.assert_array_equal(rows, [[3.0, 0.5, 0.5], [6.0, 0.5, 0.5]])
     with FakeBackend(dim=8) as long:
         with EmbeddingClient([long.url], dimensions=3, normalize=False, **QUIET) as client:
@@ -474,3 +476,15 @@ def test_a_4xx_detail_is_the_servers_message_in_any_of_the_usual_shapes(
     from embedbalance.client import _error_detail
 
     assert _error_detail(response) == detail
+
+
+def test_an_answer_without_a_named_backend_is_placed_by_its_request() -> None:
+    """An answer whose transport did not name the backend (``BACKEND_EXTENSION``) is
+    attributed to its request's scheme, host and port, the path left out. If this
+    fails, errors about such an answer name no replica, or a path as if it were one."""
+    from embedbalance.client import backend_url
+
+    named = httpx.Response(200, extensions={eb.BACKEND_EXTENSION: eb.Backend("http://a:1/v2")})
+    assert backend_url(named) == "http://a:1/v2"
+    bare = httpx.Response(200, request=httpx.Request("POST", "https://h.example:8443/v1/x"))
+    assert backend_url(bare) == "https://h.example:8443"
