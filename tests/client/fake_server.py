@@ -38,7 +38,7 @@ class FakeBackend:
     ``wrong_rows`` (one row short), ``not_json``, ``ragged`` (rows of unequal size),
     ``no_data`` (OpenAI shape without ``data``), ``nan`` / ``null`` / ``string`` (one
     value of each row is NaN, null or a string), ``424`` (TEI's answer when its model
-    fails: ``{"error", "error_type": "Backend"}``), ``info_missing`` / ``info_list``
+    fails: ``{"error", "error_type": "Backend"}``), ``500``, ``info_missing`` / ``info_list``
     (``/info`` answers 404, or a JSON list), ``info_drop`` (``/info`` closes the
     connection without an answer), ``413_plain`` (over ``max_batch``, a 413
     that states no limit, as a proxy's). ``delay``: seconds before each embed
@@ -159,6 +159,9 @@ class FakeBackend:
             def _answer(self, body: Any) -> None:
                 if fake.mode == "not_json":
                     self._send(200, None, raw=b"<html>surprise</html>")
+                    return
+                if fake.mode == "500":
+                    self._send(500, {"error": "boom", "error_type": "Backend"})
                     return
                 if fake.mode == "424":
                     error = {"error": "Backend error: model failed", "error_type": "Backend"}

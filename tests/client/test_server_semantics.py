@@ -488,3 +488,67 @@ def test_an_answer_without_a_named_backend_is_placed_by_its_request() -> None:
     assert backend_url(named) == "http://a:1/v2"
     bare = httpx.Response(200, request=httpx.Request("POST", "https://h.example:8443/v1/x"))
     assert backend_url(bare) == "https://h.example:8443"
+
+
+def test_a_500_everywhere_is_all_attempts_failed_not_the_callers_error() -> None:
+    """Replicas that answer 500 to every try: the call raises ``AllAttemptsFailed``
+    naming each attempt, not ``EmbeddingRequestError`` (that one means the request
+    itself was refused, 4xx). If this fails, a server crash reads to the caller as a
+    bad request that retrying cannot fix."""
+    with (
+        FakeBackend(mode="500") as one,
+        FakeBackend(mode="500") as two,
+        EmbeddingClient([one.url, two.url], probe_info=False, **QUIET) as client,
+        pytest.raises(eb.AllAttemptsFailed) as info,
+    ):
+        client.embed(["a"])
+    assert {a.url for a in info.value.attempts} == {one.url, two.url}
+    assert all("HTTP 500" in a.error for a in info.value.attempts)
+
+
+def test_sort_by_length_groups_texts_of_a_like_length() -> None:
+    """With ``sort_by_length`` (the default) each sub-batch holds texts of a like
+    length, so no short text is padded to a long one's size; with it off, sub-batches
+    follow input order. If this fails, the switch does nothing and every sub-batch
+    costs its longest text's padding."""
+    texts = ["x" * n for n in (1, 40, 2, 39, 3, 38)]
+    seen: dict[bool, list[list[int]]] = {}
+    for sort in (True, False):
+        with (
+            FakeBackend() as server,
+            EmbeddingClient(
+                [server.url], batch_size=2, sort_by_length=sort, probe_info=False, **QUIET
+            ) as client,
+        ):
+            rows = client.embed(texts)
+        np.testing.assert_array_equal(rows[:, 0], [1, 40, 2, 39, 3, 38])
+        seen[sort] = sorted(
+            sorted(len(t) for t in body["inputs"]) for body in server.embed_requests
+        )
+    assert seen[False] == [[1, 40], [2, 39], [3, 38]]  # input order, two at a time
+
+    def padding(batches: list[list[int]]) -> int:
+        return sum(len(b) * max(b) - sum(b) for b in batches)
+
+    assert padding(seen[True]) < padding(seen[False]) / 2
+
+
+def test_replicas_of_a_per_call_model_that_disagree_on_its_size_are_refused() -> None:
+    """Two replicas of model "large" answering 9- and 5-wide rows to a per-call
+    ``model="large"``: the call raises ``DimensionMismatch`` naming both sizes (the
+    client's own model, never asked, plays no part). If this fails, a per-call model's
+    rows of two sizes are mixed, or the error hides which sizes met."""
+    with (
+        FakeBackend(dim=9) as nine,
+        FakeBackend(dim=5) as five,
+        EmbeddingClient(
+            [eb.Backend(nine.url, model="large"), eb.Backend(five.url, model="large")],
+            api="openai",
+            batch_size=1,
+            probe_info=False,
+            **QUIET,  # type: ignore[arg-type]
+        ) as client,
+        pytest.raises(eb.DimensionMismatch) as info,
+    ):
+        client.embed(["a", "b", "c", "d"], model="large")
+    assert {info.value.expected, info.value.got} == {9, 5}
