@@ -552,3 +552,17 @@ def test_replicas_of_a_per_call_model_that_disagree_on_its_size_are_refused() ->
     ):
         client.embed(["a", "b", "c", "d"], model="large")
     assert {info.value.expected, info.value.got} == {9, 5}
+
+
+def test_a_size_refused_on_every_replica_names_the_replica_that_answered_last() -> None:
+    """``dimension=4`` pinned and the only replica answering 7-wide rows: the answer
+    fails the check on every replica tried, and the ``DimensionMismatch`` raised names
+    that replica's URL with both sizes. If this fails, the error for the commonest
+    deployment mistake (a replica serving another model) does not say where."""
+    with (
+        FakeBackend(dim=7) as wrong,
+        EmbeddingClient([wrong.url], dimension=4, probe_info=False, **QUIET) as client,
+        pytest.raises(eb.DimensionMismatch) as info,
+    ):
+        client.embed(["a", "b"])
+    assert (info.value.url, info.value.expected, info.value.got) == (wrong.url, 4, 7)
