@@ -350,7 +350,6 @@ def _run_sample(
         "score": round(100.0 * caught / judged, 1) if judged else None,
         "interval95": wilson(caught, judged),
         "survivors": survived,
-        "total": len(chosen),
     }
 
 

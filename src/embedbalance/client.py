@@ -902,13 +902,10 @@ class EmbeddingClient:
                 i = index[fut]
                 parts[i] = fut.result()
                 bar.update(len(pending.jobs[i].indices))
-        except CancelledError as exc:
+        except BaseException as exc:
             pending.cancel()
-            if self._closed:
+            if isinstance(exc, CancelledError) and self._closed:
                 raise RuntimeError("the client is closed") from exc
-            raise
-        except BaseException:
-            pending.cancel()
             raise
         unique = pending.unique
         rows = unique.expand(

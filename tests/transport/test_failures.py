@@ -298,9 +298,8 @@ def test_an_attempt_past_its_deadline_stops_reading_by_that_deadline_sync(server
         with pytest.raises(eb.AllAttemptsFailed, match="timed out"):
             client.post("/embed", json={"inputs": ["a"]})
         assert transport.stats().pool.in_flight == 0
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5  # well under the caller's 30 s
         while transport._runner.idle == 0 and time.monotonic() < deadline:
             time.sleep(0.05)  # bounded: the abandoned attempt ends by its capped read
         assert transport._runner.idle == 1
-        assert time.monotonic() < deadline - 5  # in well under 5 s, not 30
     transport.close()
