@@ -421,6 +421,8 @@ class ShortestExpectedDelay(Balancer):
     a slow pick far more often than their capacity allows.
     """
 
+    metric: ExpectedDelay
+
     def __init__(
         self,
         *,
@@ -439,6 +441,8 @@ class ShortestExpectedDelay(Balancer):
         self.metric = ExpectedDelay(
             better=better, worse=worse, retest=retest, default_delay=default_delay
         )
+        # Whether a subclass scores by its own score(): asked once, not per pick.
+        self._own_score = type(self).score is not ShortestExpectedDelay.score
         self.needs_oldest = True
         #: The pool's typical ``(service, slots)``: a moving average over every answer,
         #: the estimate for a backend not yet measured and the level a stale, worse
@@ -452,7 +456,6 @@ class ShortestExpectedDelay(Balancer):
 
     def __repr__(self) -> str:
         m = self.metric
-        assert isinstance(m, ExpectedDelay)
         return (
             f"ShortestExpectedDelay(retest={m.retest:g}, tolerance={self.tolerance:g}, "
             f"default_delay={m.default_delay:g})"
@@ -470,9 +473,7 @@ class ShortestExpectedDelay(Balancer):
         n = len(candidates)
         if n == 1:
             return candidates[0]
-        metric = self.metric
-        assert isinstance(metric, ExpectedDelay)
-        if type(self).score is not ShortestExpectedDelay.score:  # a subclass's own score
+        if self._own_score:  # a subclass's own score
             loads = [self.score(s.view, now) for s in candidates]
             return candidates[strategies.least_loaded(loads, rng)]
         if n > self.scan_limit:
@@ -482,9 +483,7 @@ class ShortestExpectedDelay(Balancer):
             ]
         else:
             pool = candidates
-        delay = metric.delay
-        prior = self.prior
-        delays = [delay(s, now, cost, prior) for s in pool]
+        delays = self.metric.delays(pool, now, cost, self.prior)
         best = min(delays)
         limit = best * self._widen
         # Among backends about as good as the best: the least loaded, ties at random.
@@ -519,16 +518,20 @@ class ShortestExpectedDelay(Balancer):
 
     def score(self, backend: BackendView, now: float) -> float:
         metric = self.metric
-        assert isinstance(metric, ExpectedDelay)
         return metric.delay(backend._state, now, 1.0, self.prior)
 
     def is_probe(self, state: BackendState, now: float) -> bool:
         """A pick that the stale estimate's relaxing brought into the tie band: the
         backend's record is worse than the pool's typical by more than the band, and
         only its age made it look competitive."""
-        metric = self.metric
-        assert isinstance(metric, ExpectedDelay)
-        return metric.relaxed_by(state, now, self.prior) > self._widen
+        prior = self.prior
+        est = state.metric_state
+        # The relaxed estimate lies between the typical and the record, so a record
+        # within the band of the typical cannot be relaxed by more than the band: no
+        # probe, without the exponential (this runs after every pick).
+        if prior is None or type(est) is not DelayEstimate or est.service <= prior[0] * self._widen:
+            return False
+        return self.metric.relaxed_by(state, now, prior) > self._widen
 
     def observe(
         self,
@@ -540,7 +543,6 @@ class ShortestExpectedDelay(Balancer):
         hints: ServerHints | None = None,
     ) -> None:
         metric = self.metric
-        assert isinstance(metric, ExpectedDelay)
         before = state.metric_state
         recovered = before.recovered_from if type(before) is DelayEstimate else -math.inf
         metric.observe(state, latency, now, load_at_start, cost, hints)

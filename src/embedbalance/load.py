@@ -16,6 +16,7 @@ A new metric is one class; two metrics never fight over a field.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Protocol
 
 import attrs
@@ -304,6 +305,9 @@ class DelayEstimate:
 QUEUE_MARGIN = 0.2
 #: How many mean absolute deviations of a backend's service times count as noise.
 NOISE_SPREADS = 2.5
+#: The least cost learned from per unit: below it seconds per unit are meaningless
+#: (and overflow), so such a request counts as one unit, as a cost of 0 does.
+MIN_UNIT = 1e-6
 #: Share of each answer's estimate that moves a backend's ``baseline``.
 BASELINE_WEIGHT = 0.02
 #: A backend whose estimate is within this factor of its own baseline is as it always
@@ -478,51 +482,89 @@ class ExpectedDelay:
         prior: tuple[float, float] | None = None,
     ) -> float:
         """Expected seconds until a request of ``cost`` placed now would be answered,
-        scaled by weight and failure penalty like every metric here."""
-        # _model() inlined: this runs for every candidate of every pick.
-        est = state.metric_state
-        probing = False
-        if type(est) is DelayEstimate and est.samples:
-            service = est.service
-            slots = est.slots
-            # Stale and worse than the pool: relax toward it, so that it is tried
-            # again now and then — the relaxing starts over at each request placed
-            # there — sooner the older the news.
-            if prior is not None and service > prior[0]:
-                service = self._relaxed(state, est, now, prior[0])
-                probing = service < est.service
-            if now - state.admitted_at < state.slow_start.window:
-                slots *= state.effective_weight(now) / state.weight
-        else:
-            # Never answered: its speed is the pool's typical one (or a guess), and
-            # one request at a time probes it rather than a queue of them.
-            service = self.default_delay if prior is None else prior[0]
-            slots = 1.0
-        if slots < cost:
-            slots = cost
-        work = state.outstanding_cost + cost
-        expected = service * cost
-        if work > slots:
-            expected *= work / slots
-        if state.in_flight and (state.pending > 1 or (state.pending and not probing)):
-            # Silence: how long it has held work without answering anything. A slow
-            # backend being probed is expected to be silent a while: one probe out
-            # does not bar the next (a probe that went out just before a recovery can
-            # take a slow-spell time to answer), two do.
-            since = state.oldest_started()
-            if state.answered_at > since:
-                since = state.answered_at
-            silence = now - since
-            if silence > expected:
-                expected = silence
-        if state.penalty > 0.0:
-            penalty = state.penalty_factor(now, self.failure_decay)
-            # A failure carries no latency sample: each recent one counts as at least one
-            # typical request's worth of work (the pool's when known — a fixed guess
-            # would dwarf a fast pool's units and shun a recovered backend).
-            floor = self.default_delay if prior is None else prior[0] * (cost + 1.0)
-            expected = max(expected, floor * (penalty - 1.0)) * penalty
-        return expected / state.weight
+        scaled by weight and failure penalty like every metric here (:meth:`delays`
+        of one backend)."""
+        return self.delays((state,), now, cost, prior)[0]
+
+    def delays(
+        self,
+        states: Sequence[BackendState],
+        now: float,
+        cost: float = 1.0,
+        prior: tuple[float, float] | None = None,
+    ) -> list[float]:
+        """:meth:`delay` of each of ``states``, in order: a whole pick's scores in one
+        call. The model is written out inline (no call per candidate: this runs for
+        every candidate of every pick, and calls are most of what Python costs here)."""
+        typical = math.inf if prior is None else prior[0]
+        retest = self.retest
+        out: list[float] = []
+        append = out.append
+        for state in states:
+            est = state.metric_state
+            probing = False
+            if type(est) is DelayEstimate and est.samples:
+                service = est.service
+                slots = est.slots
+                if service > typical:
+                    # Stale and worse than the pool: relax toward it (see _relaxed(),
+                    # written out here), so that it is tried again now and then — the
+                    # relaxing starts over at each request placed there — sooner the
+                    # older the news.
+                    since = est.news
+                    queue = state.in_flight
+                    if queue:
+                        placed = queue[-1].started_at
+                        if placed > since:
+                            since = placed
+                        age = now - since
+                    elif state.outstanding_cost > 0.0:
+                        age = 0.0
+                    else:
+                        age = now - since
+                    if age > 0.0:
+                        tau = (
+                            retest
+                            if est.samples < SETTLE_SAMPLES or service > 2.0 * est.baseline
+                            else retest * SETTLED
+                        )
+                        w = math.exp(-age / tau)
+                        service = service * w + typical * (1.0 - w)
+                        probing = service < est.service
+                if now - state.admitted_at < state.slow_start.window:
+                    slots *= state.effective_weight(now) / state.weight
+            else:
+                # Never answered: its speed is the pool's typical one (or a guess), and
+                # one request at a time probes it rather than a queue of them.
+                service = self.default_delay if prior is None else typical
+                slots = 1.0
+            if slots < cost:
+                slots = cost
+            work = state.outstanding_cost + cost
+            expected = service * cost
+            if work > slots:
+                expected *= work / slots
+            if state.in_flight and (state.pending > 1 or (state.pending and not probing)):
+                # Silence: how long it has held work without answering anything. A slow
+                # backend being probed is expected to be silent a while: one probe out
+                # does not bar the next (a probe that went out just before a recovery
+                # can take a slow-spell time to answer), two do.
+                since = state.oldest_started()
+                if state.answered_at > since:
+                    since = state.answered_at
+                silence = now - since
+                if silence > expected:
+                    expected = silence
+            if state.penalty > 0.0:
+                penalty = state.penalty_factor(now, self.failure_decay)
+                # A failure carries no latency sample: each recent one counts as at
+                # least one typical request's worth of work (the pool's when known — a
+                # fixed guess would dwarf a fast pool's units and shun a recovered
+                # backend).
+                floor = self.default_delay if prior is None else typical * (cost + 1.0)
+                expected = max(expected, floor * (penalty - 1.0)) * penalty
+            append(expected / state.weight)
+        return out
 
     def load(self, state: BackendState, now: float) -> float:
         return self.delay(state, now, 1.0)
@@ -564,7 +606,9 @@ class ExpectedDelay:
         est = state.metric_state
         if type(est) is not DelayEstimate:
             est = state.metric_state = DelayEstimate()
-        unit = cost if cost > 0.0 else 1.0
+        # A cost of 0 counts as one unit; so does a vanishing one (a denormal cost made
+        # a service time of 1e308 seconds per unit, and every score inf or NaN).
+        unit = cost if cost >= MIN_UNIT else 1.0
         y = latency if latency > 0.0 else 0.0
         work = load_at_start if load_at_start > unit else unit
         sample = y / unit  # seconds per unit of cost, queueing included

@@ -638,16 +638,23 @@ class BackendPool:
                     state.pending += 1
                     state.outstanding_cost += cost
                     state.requests += 1
+                    # Every field by position, in Lease's order: keywords cost twice as
+                    # much here, on every request (released, attempt, hedge, span are
+                    # their defaults).
                     lease = Lease(
                         state.backend,
                         cost,
                         now,
-                        state=state,
-                        load_at_start=state.outstanding_cost,
-                        model=model,
-                        bulk=bulk,
-                        choices=len(candidates),
-                        probe=probe,
+                        state,
+                        state.outstanding_cost,
+                        False,
+                        0,
+                        False,
+                        None,
+                        model,
+                        bulk,
+                        len(candidates),
+                        probe,
                     )
                     if model is not None:
                         counters = self._models.get(model)
