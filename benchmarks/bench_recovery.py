@@ -11,7 +11,8 @@ transport (hedging) is not simulated: these are the balancer's own decisions.
 Run: ``python benchmarks/bench_recovery.py`` (seconds; ``nox -s bench -- recovery``).
 Prints, per load and balancer, the degraded backend's share per phase (seed 1), the
 run's p99, and the mean and minimum over ``--seeds`` seeds of its share in the first
-2 s after recovery as a fraction of its fair share; writes the table to
+2 s after recovery as a fraction of its fair share, and how far apart the four
+identical backends' shares are before the slowdown (max/min); writes the table to
 ``bench-results/recovery.md``.
 """
 
@@ -78,6 +79,9 @@ def run(balancer: str, rho: float, seed: int) -> dict[str, float]:
     out = {}
     for name, (a, b) in PHASES.items():
         out[name] = shares([r for r in records if start + a <= r.at < start + b], 4)[0]
+    a, b = PHASES["before"]
+    before = shares([r for r in records if start + a <= r.at < start + b], 4)
+    out["spread"] = max(before) / min(before) if min(before) > 0 else math.inf
     lat = sorted(r.latency for r in records if r.at >= start + 1.0)
     out["p99"] = lat[int(0.99 * len(lat))]
     return out
@@ -90,18 +94,22 @@ def main() -> int:
     args = parser.parse_args()
     lines = [
         "| load | balancer | before | during | after 0-2 s | after 2-5 s | p99 "
-        f"| after 0-2 s / fair, {args.seeds} seeds: mean (min) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"| after 0-2 s / fair, {args.seeds} seeds: mean (min) "
+        "| before: max/min share of the 4, mean (max) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines))
     for rho in (0.5, 0.7, 0.85):
         for name in BALANCERS:
-            first = run(name, rho, 1)
-            fair = [run(name, rho, s)["after 0-2 s"] / 0.25 for s in range(1, args.seeds + 1)]
+            runs = [run(name, rho, s) for s in range(1, args.seeds + 1)]
+            first = runs[0]
+            fair = [r["after 0-2 s"] / 0.25 for r in runs]
+            spread = [r["spread"] for r in runs]
             cells = " | ".join(f"{100 * first[p]:.1f}%" for p in PHASES)
             lines.append(
                 f"| {rho} | {name} | {cells} | {1000 * first['p99']:.0f} ms "
-                f"| {statistics.mean(fair):.2f} ({min(fair):.2f}) |"
+                f"| {statistics.mean(fair):.2f} ({min(fair):.2f}) "
+                f"| {statistics.mean(spread):.2f} ({max(spread):.2f}) |"
             )
             print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
