@@ -1117,6 +1117,10 @@ class AsyncEmbeddingClient:
         # Created on first use, inside the event loop that will use it.
         self._limiter: anyio.CapacityLimiter | None = None
         self._closed = False
+        # Sub-batches sent and not yet answered, and the event aclose() waits on for
+        # them (made by aclose, set by the last one to finish).
+        self._running = 0
+        self._drained: anyio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<AsyncEmbeddingClient api={self._cfg.wire.name!r} {self.transport.pool!r}>"
@@ -1144,10 +1148,21 @@ class AsyncEmbeddingClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close connections and stop the transport's background tasks. Idempotent."""
+        """Wait for the sub-batches already sent, drop the ones not yet sent (a call
+        in progress in another task then raises ``RuntimeError("the client is
+        closed")``), close connections and stop the transport's background tasks, as
+        the sync client's :meth:`EmbeddingClient.close` does. Idempotent.
+
+        Why wait: closing the connections under a request in flight cut it off, and its
+        call failed as if the replica had (``AllAttemptsFailed`` with a read error),
+        which also counted against a healthy replica.
+        """
         if self._closed:
             return
         self._closed = True
+        if self._running:
+            self._drained = anyio.Event()
+            await self._drained.wait()
         await self._http.aclose()
 
     def _ensure_open(self) -> None:
@@ -1234,12 +1249,21 @@ class AsyncEmbeddingClient:
 
         async def one(i: int, job: Job, scope: anyio.CancelScope) -> None:
             async with limiter:
+                if self._closed:  # closed while this one waited its turn: never sent
+                    errors.append(RuntimeError("the client is closed"))
+                    scope.cancel()
+                    return
+                self._running += 1
                 try:
                     parts[i] = await self._embed_batch(job.texts(unique.texts), job.cost, model)
                 except Exception as exc:
                     errors.append(exc)
                     scope.cancel()
                     return
+                finally:
+                    self._running -= 1
+                    if not self._running and self._drained is not None:
+                        self._drained.set()
             bar.update(len(job.indices))
 
         async with anyio.create_task_group() as tg:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import httpx
 import numpy as np
 import pytest
@@ -540,6 +541,59 @@ def test_close_waits_for_the_running_sub_batch_and_drops_the_queued_ones() -> No
     assert len(outcome) == 1  # the interrupted call ended: it did not wait forever
     assert isinstance(outcome[0], RuntimeError)
     assert str(outcome[0]) == "the client is closed"
+
+
+async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones() -> None:
+    """The async client's ``aclose()``, like the sync ``close()``: a sub-batch already
+    sent is waited for (the server answers it, the client records it), the three still
+    queued are never sent, and the call they belonged to, in another task, raises "the
+    client is closed". If this fails, closing cuts a running request off — its call
+    then failed as ``AllAttemptsFailed`` (a read error), as if the replica had failed —
+    or sends the rest of a call nobody will read."""
+    hold = threading.Event()
+    events: list[eb.BatchEvent] = []
+    with FakeBackend(hold=hold) as server:
+        client = eb.AsyncEmbeddingClient(
+            [server.url],
+            batch_size=1,
+            max_concurrency=1,
+            probe_info=False,
+            on_batch=events.append,
+            **QUIET,  # type: ignore[arg-type]
+        )
+        outcome: list[object] = []
+
+        async def call() -> None:
+            try:
+                outcome.append(await client.embed(TEXTS[:4]))
+            except BaseException as exc:  # what the interrupted call raises
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call)
+            for _ in range(500):  # bounded: until the first sub-batch is in flight
+                if server.embed_requests:
+                    break
+                await anyio.sleep(0.01)
+            assert len(server.embed_requests) == 1
+            closed = anyio.Event()
+
+            async def close() -> None:
+                await client.aclose()
+                closed.set()
+
+            tg.start_soon(close)
+            await anyio.sleep(0.3)
+            assert not closed.is_set()  # still waiting for the held sub-batch
+            hold.set()
+            with anyio.fail_after(10):
+                await closed.wait()
+        assert len(events) == 1  # the running sub-batch was answered and recorded
+        assert len(server.embed_requests) == 1  # the queued ones were never sent
+    assert len(outcome) == 1
+    assert isinstance(outcome[0], RuntimeError)
+    assert str(outcome[0]) == "the client is closed"
+    assert client.stats().pool.backends[0].failures == 0  # no blame on the replica
 
 
 def test_a_call_whose_pool_was_replaced_meanwhile_uses_the_new_one() -> None:
