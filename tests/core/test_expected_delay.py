@@ -579,6 +579,7 @@ def test_every_state_a_pool_reaches_scores_a_finite_delay(
     pool.release(pool.acquire(exclude=b0_only), latency=0.01)
     added = 0
     checked = 0
+    relaxing = 0  # backends checked while slower than the typical (relaxed)
     for op, x, k in steps:
         if op == "acquire":
             # Every backend ejected raises; the states are still worth checking.
@@ -604,4 +605,26 @@ def test_every_state_a_pool_reaches_scores_a_finite_delay(
             assert all(0.0 <= d < math.inf for d in got), got
             assert got == [m.delay(s, now, cost, prior) for s in states]
             checked += len(states)
+            # The pick's inlined relaxing agrees with _relaxed() (via relaxed_by): for
+            # a measured, unpenalised backend out of slow start, below its knee and
+            # idle or holding one probe (no silence bound then), one unit's delay is
+            # its relaxed service time.
+            for st_ in states:
+                est = st_.metric_state
+                if (
+                    prior is not None
+                    and isinstance(est, DelayEstimate)
+                    and est.samples
+                    and (
+                        not st_.pending
+                        or (st_.pending == 1 and m.relaxed_by(st_, now, prior) > 1.0)
+                    )
+                    and st_.outstanding_cost + 1.0 <= max(est.slots, 1.0)
+                    and st_.penalty == 0.0
+                    and now - st_.admitted_at >= st_.slow_start.window
+                ):
+                    relaxed = est.service / m.relaxed_by(st_, now, prior)
+                    assert m.delay(st_, now, 1.0, prior) == pytest.approx(relaxed / st_.weight)
+                    relaxing += est.service > prior[0]
     assert checked or not steps
+    assert relaxing or not steps
