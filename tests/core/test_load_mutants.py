@@ -827,3 +827,59 @@ def test_a_worse_estimate_with_fresh_news_is_no_probe_and_keeps_the_silence_boun
     state.outstanding_cost = 1.0
     state.in_flight.append(SimpleNamespace(started_at=NOW - 3.0, released=False))
     assert m.delay(state, NOW, prior=(0.1, 4.0)) == pytest.approx(3.0)
+
+
+def _measured(service: float, *, news: float = 0.0) -> BackendState:
+    """A backend whose record says ``service`` seconds per unit, 8 slots, news from ``news``."""
+    state = make_state()
+    state.metric_state = DelayEstimate(
+        service=service, slots=8.0, stamp=news, samples=50, news=news
+    )
+    return state
+
+
+def test_delays_default_cost_is_one_unit() -> None:
+    """``delays()`` without a cost scores one unit, as ``delay()`` does. If this fails,
+    a caller scoring candidates without naming a cost gets another size's delays."""
+    m = ExpectedDelay()
+    s = _measured(0.1, news=NOW)
+    assert m.delays([s], NOW) == m.delays([s], NOW, 1.0) == [pytest.approx(0.1)]
+
+
+def test_relaxed_by_counts_staleness_from_the_newest_placement() -> None:
+    """The probe test (``relaxed_by``) relaxes a worse record from the newest request
+    placed there, like the pick does: placed 1 s ago on news 6 s old, the relaxing is
+    one second's. If this fails, a pick marked as a probe and the pick's own scores
+    disagree on how stale the backend's news is."""
+    m = ExpectedDelay(retest=0.25)
+    s = _measured(0.8, news=NOW - 6.0)
+    s.in_flight.append(SimpleNamespace(started_at=NOW - 1.0, released=False))
+    s.pending, s.outstanding_cost = 1, 1.0
+    w = math.exp(-1.0 / 0.25)
+    assert m.relaxed_by(s, NOW, (0.1, 8.0)) == pytest.approx(0.8 / (0.8 * w + 0.1 * (1 - w)))
+
+
+def test_untracked_work_in_flight_means_news_is_awaited() -> None:
+    """Without placement tracking, a backend holding work (even one unit, or less) is
+    awaiting news: its worse record is not relaxed at all. If this fails, a backend
+    already being re-tested is treated as stale and probed again meanwhile."""
+    m = ExpectedDelay(retest=0.25)
+    for held in (1.0, 0.5):
+        s = _measured(0.8, news=NOW - 6.0)
+        s.pending, s.outstanding_cost = 1, held
+        assert m.relaxed_by(s, NOW, (0.1, 8.0)) == 1.0
+
+
+def test_a_cost_of_exactly_the_least_unit_is_learned_per_unit() -> None:
+    """A request costing exactly ``MIN_UNIT`` is learned per unit of its cost (the
+    bound is inclusive); just below it, as one unit. If this fails, the documented
+    bound moved."""
+    from embedbalance.load import MIN_UNIT
+
+    m = ExpectedDelay()
+    at = make_state()
+    m.observe(at, 0.5, NOW, load_at_start=MIN_UNIT, cost=MIN_UNIT)
+    assert at.metric_state.service == pytest.approx(0.5 / MIN_UNIT)
+    below = make_state(1)
+    m.observe(below, 0.5, NOW, load_at_start=MIN_UNIT / 2, cost=MIN_UNIT / 2)
+    assert below.metric_state.service == pytest.approx(0.5)
