@@ -458,6 +458,95 @@ def test_sed_prior_moves_freely_while_it_settles() -> None:
     assert b.prior[0] < 0.12
 
 
+def test_sed_prior_settling_ends_after_exactly_prior_settling_answers() -> None:
+    """The first answer sets the typical; the next ``PRIOR_SETTLING`` move it freely;
+    the one after is clipped to the tie band. Each answer here is a fresh backend's
+    first, so its estimate is exactly its latency. If this fails, the settling ends an
+    answer early or late (or counts answers twice)."""
+    b = eb.ShortestExpectedDelay()
+    for i in range(PRIOR_SETTLING):  # the first and PRIOR_SETTLING - 1 free ones
+        b.observe(make_state(i), 0.1, NOW)
+    assert b.prior is not None
+    assert b.prior[0] == pytest.approx(0.1)
+    b.observe(make_state(900), 10.0, NOW)  # the last free answer
+    assert b.prior[0] == pytest.approx(0.1 + 9.9 * 0.1)
+    moved = b.prior[0]
+    b.observe(make_state(901), 100.0, NOW)  # the first clipped one
+    assert b.prior[0] == pytest.approx(moved + (moved * 1.5 - moved) * 0.1)
+
+
+def test_sed_a_record_just_placed_is_no_probe_even_with_no_tie_band() -> None:
+    """With ``tolerance=0`` a worse record whose news is fresh (a request placed just
+    now) is relaxed by exactly 1, the band's width: not a probe (the test is strictly
+    above the band). If this fails, every pick of a slower backend is marked a probe
+    and hedged by the pool's latency instead of its own."""
+    b = eb.ShortestExpectedDelay(tolerance=0.0)
+    b.prior = (0.1, 8.0)
+    s = make_state(0)
+    s.metric_state = DelayEstimate(service=0.8, slots=8.0, stamp=NOW, samples=50, news=NOW)
+    assert not b.is_probe(s, NOW)
+
+
+def _in_a_spell(b: eb.ShortestExpectedDelay) -> BackendState:
+    """A backend whose record says 1 s per unit (8 slots), in a pool whose typical is
+    0.1 s: a slow spell, not yet known to be over."""
+    b.prior = (0.1, 8.0)
+    b._answers = PRIOR_SETTLING + 1
+    s = make_state(0)
+    s.metric_state = DelayEstimate(service=1.0, slots=8.0, stamp=NOW, samples=50, news=NOW)
+    return s
+
+
+def test_sed_only_the_answer_that_shows_a_recovery_restarts_the_record() -> None:
+    """A recovery (an answer under half the record) restarts the backend from the pool's
+    typical; a later, slower answer is learned as usual (the record goes up). If this
+    fails, every answer after a backend's first recovery caps its record at the typical,
+    and a backend that slows down again is never seen to."""
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    b.observe(s, 0.12, NOW + 1.0)
+    assert s.metric_state.service == pytest.approx(0.1)  # restarted
+    b.observe(s, 0.14, NOW + 2.0)  # slower, placed after the recovery, not one itself
+    assert s.metric_state.service > 0.12
+
+
+@pytest.mark.parametrize(
+    ("cost", "latency"), [(4.0, 0.48), (0.5, 0.06), (0.0, 0.12)], ids=["4", "0.5", "0"]
+)
+def test_sed_a_recovery_is_judged_per_unit_of_cost(cost: float, latency: float) -> None:
+    """Whether a recovery's sample is close enough to the typical to restart from the
+    typical is judged per unit of cost (a cost of 0 counts as its latency): 0.12 s per
+    unit is within the band of 0.1 s, whatever the request's size. If this fails, a big
+    batch's recovery restarts from its whole latency (and a cost of 0 divides by
+    zero)."""
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    b.observe(s, latency, NOW + 1.0, load_at_start=max(cost, 1.0), cost=cost)
+    assert s.metric_state.service == pytest.approx(0.1)
+
+
+def test_sed_a_recovery_clearly_slower_than_the_typical_restarts_from_its_sample() -> None:
+    """A recovery whose sample, per unit of cost, is outside the band (0.2 s per unit:
+    0.1 s for half a unit) restarts from that sample, not the typical. If this fails,
+    small requests' recoveries are judged by their whole latency and a backend still
+    twice as slow as the pool rejoins as if it were typical."""
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    b.observe(s, 0.1, NOW + 1.0, load_at_start=1.0, cost=0.5)
+    assert s.metric_state.service == pytest.approx(0.2)
+
+
+def test_sed_a_recovery_at_the_band_edge_restarts_from_the_typical() -> None:
+    """A recovering sample exactly at the band's edge (typical x (1 + tolerance)) still
+    restarts from the typical (the edge is inside). If this fails, the band's edge moved."""
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    assert b.prior is not None
+    edge = b.prior[0] * b._widen
+    b.observe(s, edge, NOW + 1.0)
+    assert s.metric_state.service == pytest.approx(0.1)
+
+
 # -- priority tiers ----------------------------------------------------------------
 
 
