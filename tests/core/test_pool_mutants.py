@@ -854,3 +854,47 @@ def test_a_model_nobody_serves_is_refused_without_naming_draining_backends() -> 
     assert caught.value.model == "c"
     assert caught.value.served == ("a",)
     pool.release(lease)
+
+
+def test_has_names_members_only() -> None:
+    """``has(url)``: true for a member, false for a stranger and for one removed. If
+    this fails, callers that add a backend only when absent (discovery) add it twice or
+    never."""
+    pool = eb.BackendPool(urls(2), clock=eb.ManualClock(0.0))
+    assert pool.has(urls(2)[0])
+    assert not pool.has("http://stranger.test:8000")
+    pool.remove(urls(2)[1])
+    assert not pool.has(urls(2)[1])
+
+
+def test_a_new_lease_is_a_first_unreleased_attempt_and_no_hedge() -> None:
+    """A lease from ``acquire`` is attempt 0, not a hedge, not released, with no span:
+    the transport changes those for retries and hedges. If this fails, a plain
+    request is counted or traced as a retry or a hedge, or reads as released."""
+    pool = eb.BackendPool(urls(2), clock=eb.ManualClock(0.0))
+    lease = pool.acquire()
+    assert lease.attempt == 0
+    assert type(lease.attempt) is int
+    assert lease.hedge is False
+    assert lease.released is False
+    assert lease.span is None
+    pool.release(lease)
+
+
+def test_an_answer_at_the_same_instant_a_request_went_out_is_not_silence() -> None:
+    """``silent_since``: a backend that answered another request at the very instant
+    this one was placed has not been silent since (the test is strict). If this fails,
+    a request is hedged into a queue as if its backend had hung, on a manual clock
+    where many things share an instant."""
+    clock = eb.ManualClock(100.0)
+    pool = eb.BackendPool(urls(1), clock=clock)
+    first = pool.acquire()
+    clock.advance(0.5)
+    second = pool.acquire()
+    pool.release(first, latency=0.5)  # answered at 100.5, when `second` went out
+    assert not pool.silent_since(second)
+    clock.advance(0.5)
+    third = pool.acquire()
+    assert pool.silent_since(third)
+    pool.release(second)
+    pool.release(third)
