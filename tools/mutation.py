@@ -353,6 +353,38 @@ def _run_sample(
     }
 
 
+#: Writes one mutant into the work folder's source, run there as ``python -c``. Not
+#: ``mutmut apply``: it finds the function to replace by its name alone, so a method's
+#: mutant lands in the first method of that name in the file (``ExpectedDelay.observe``'s
+#: in the ``LoadMetric`` protocol's ``observe``), and the rejudge then tests the wrong
+#: code. Here the method is looked up in its own class.
+_APPLY = """
+import sys
+import libcst as cst
+from mutmut.mutation.diff_apply import (
+    find_mutant, read_functions_from_index, read_mutant_function, read_mutants_module,
+    read_orig_module,
+)
+from mutmut.utils.format_utils import orig_function_and_class_names_from_key
+
+mutant = sys.argv[1]
+path = find_mutant(mutant).path
+function, klass = orig_function_and_class_names_from_key(mutant)
+function = function.rpartition(".")[-1]
+module = read_orig_module(path)
+scope = module.body
+if klass is not None:
+    (owner,) = [c for c in module.body if isinstance(c, cst.ClassDef) and c.name.value == klass]
+    scope = owner.body.body
+(original,) = [f for f in scope if isinstance(f, cst.FunctionDef) and f.name.value == function]
+pair = read_functions_from_index(mutant, path)
+replacement = pair[1] if pair else read_mutant_function(read_mutants_module(path), mutant)
+replacement = replacement.with_changes(name=cst.Name(function))
+with open(path, "w") as out:
+    out.write(module.deep_replace(original, replacement).code)
+"""
+
+
 def rejudge(name: str, mutants: list[str]) -> dict[str, str]:
     """Apply each mutant to the finished run's ``src`` and run the module's tests (the
     work tree's, as they are now) against it; the run's ``src`` is restored after each."""
@@ -390,7 +422,7 @@ def rejudge(name: str, mutants: list[str]) -> dict[str, str]:
     verdicts: dict[str, str] = {}
     try:
         for mutant in mutants:
-            subprocess.run([*mutmut, "apply", mutant], cwd=work, env=env, check=True)
+            subprocess.run([sys.executable, "-c", _APPLY, mutant], cwd=work, env=env, check=True)
             try:
                 done = subprocess.run(
                     args,
