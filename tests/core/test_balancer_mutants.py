@@ -458,6 +458,14 @@ def test_sed_prior_moves_freely_while_it_settles() -> None:
     assert b.prior[0] < 0.12
 
 
+def test_the_base_balancer_never_probes() -> None:
+    """``Balancer.is_probe`` is false for a balancer that does not override it (the pool
+    then never asks it at all). If this fails, a subclass that calls the base, or a
+    caller asking any balancer, marks ordinary picks as probes."""
+    for balancer in (eb.RoundRobin(), eb.LeastConnections(), eb.PeakEwma()):
+        assert balancer.is_probe(make_state(0), NOW) is False
+
+
 def test_sed_prior_settling_ends_after_exactly_prior_settling_answers() -> None:
     """The first answer sets the typical; the next ``PRIOR_SETTLING`` move it freely;
     the one after is clipped to the tie band. Each answer here is a fresh backend's
