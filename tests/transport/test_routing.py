@@ -338,3 +338,20 @@ def test_an_answer_carries_the_request_as_sent_to_its_backend() -> None:
     assert str(response.request.url) == "http://127.0.0.1:9000/v2/embed"
     assert response.request.headers["host"] == "127.0.0.1:9000"
     transport.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_both_transports_give_the_pool_their_zone(kind: str) -> None:
+    """``zone=`` reaches the pool of either transport: its picks prefer that zone (the
+    pool's locality names it), and without one there is none. If this fails, a caller's
+    zone is silently ignored by one transport and traffic crosses zones for nothing."""
+    backends = [
+        eb.Backend("http://a.test:8000", zone="a"),
+        eb.Backend("http://b.test:8000", zone="b"),
+    ]
+    factory = eb.BalancingTransport if kind == "sync" else eb.AsyncBalancingTransport
+    zoned = factory(backends, zone="a", health_check=None)
+    plain = factory(backends, health_check=None)
+    assert zoned.pool.locality is not None
+    assert zoned.pool.locality.zone == "a"
+    assert plain.pool.locality is None
