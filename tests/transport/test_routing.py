@@ -340,6 +340,21 @@ def test_an_answer_carries_the_request_as_sent_to_its_backend() -> None:
     transport.close()
 
 
+@pytest.mark.anyio
+async def test_an_async_answer_carries_the_request_as_sent_to_its_backend() -> None:
+    """The async twin of the test above: called directly, its response holds the
+    request as it went to the backend. If this fails, ``response.request`` names the
+    caller's placeholder host on the async side only."""
+    transport = eb.AsyncBalancingTransport(
+        ["http://127.0.0.1:9000/v2"], transport=_echo([]), health_check=None
+    )
+    request = httpx.Request("POST", "http://embeddings/embed", json={"inputs": ["a"]})
+    response = await transport.handle_async_request(request)
+    assert str(response.request.url) == "http://127.0.0.1:9000/v2/embed"
+    assert response.request.headers["host"] == "127.0.0.1:9000"
+    await transport.aclose()
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_both_transports_give_the_pool_their_zone(kind: str) -> None:
     """``zone=`` reaches the pool of either transport: its picks prefer that zone (the

@@ -165,3 +165,18 @@ def test_a_timed_out_post_to_a_route_not_marked_idempotent_is_not_resent() -> No
             hung.hang = False  # the abandoned attempt ends now, not at its read timeout
     assert sorted(outcomes) == sorted(["200", f"{hung.url}: attempt timed out after 0.2s"])
     assert good.hits == 1
+
+
+@pytest.mark.anyio
+async def test_a_large_answer_arrives_whole_through_the_async_transport(
+    server: EchoServer,
+) -> None:
+    """An answer far larger than one socket read (a 300 KB echo, read in many chunks)
+    reaches the async caller byte for byte. If this fails, the async transport joins
+    or drops the chunks of a long answer wrongly (a big batch of embeddings arrives
+    corrupted), which small test answers never show."""
+    payload = bytes(range(256)) * 1200
+    async with httpx.AsyncClient(transport=_atransport(server.url), base_url="http://e") as client:
+        response = await client.post("/embed", content=payload)
+    assert response.status_code == 200
+    assert response.json()["body"].encode("latin-1") == payload
