@@ -516,6 +516,29 @@ async def test_the_async_runner_spaces_full_canary_rounds_by_its_clock() -> None
     assert sorted(asked) == [A, B]
 
 
+def test_the_sync_checker_spaces_full_canary_rounds_by_its_clock() -> None:
+    """The sync twin of the test above: with the checker's clock frozen, forty rounds
+    over real time well past the canary interval ask each backend's canary once. If
+    this fails, the sync checker's canary cadence follows the wall clock, not the one
+    it was given."""
+    asked: list[str] = []
+
+    def canary(backend: eb.Backend) -> CanaryAnswer:
+        asked.append(backend.url)
+        return CanaryAnswer(rows=np.eye(2, 3, dtype=np.float32))
+
+    clock = eb.ManualClock()
+    policy = eb.HealthCheck(interval=0.01, jitter=0.0, canary=eb.Canary(interval=0.05))
+    pool = eb.BackendPool([A, B], health_check=policy, clock=clock)
+    checker = HealthChecker(pool, policy, probe=lambda b: True, canary_probe=canary, clock=clock)
+    started = time.monotonic()
+    for _ in range(40):
+        checker.run_round()
+        time.sleep(0.005)
+    assert time.monotonic() - started > 0.1  # two canary intervals of real time passed
+    assert sorted(asked) == [A, B]
+
+
 class FailingOncePool(eb.BackendPool):
     """A pool whose first ``report_check`` raises: a bug somewhere in a round."""
 

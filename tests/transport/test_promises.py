@@ -289,6 +289,39 @@ def test_sync_health_checker_thread_runs_rounds_until_stopped() -> None:
         assert server.health_checks == seen
 
 
+class _CountingRandom(random.Random):
+    """A seeded rng that counts the jitter draws made from it."""
+
+    def __init__(self) -> None:
+        super().__init__(7)
+        self.draws = 0
+
+    def uniform(self, a: float, b: float) -> float:
+        self.draws += 1
+        return super().uniform(a, b)
+
+
+def test_sync_health_checker_jitters_its_interval_with_the_given_rng() -> None:
+    """With ``jitter`` on, the checker thread's intervals are drawn from the ``rng`` it
+    was given (injected randomness, as everywhere here), round after round. If this
+    fails, the seed a caller passed is ignored (runs cannot be reproduced), or the
+    thread dies at its first jittered wait and health checking stops silently."""
+    policy = eb.HealthCheck(interval=0.02, timeout=2.0, rise=2, fall=3, jitter=0.5)
+    rng = _CountingRandom()
+    with echo_servers(1) as (server,):
+        pool = eb.BackendPool([server.url], health_check=policy)
+        checker = HealthChecker(pool, policy, rng=rng)
+        checker.start()
+        try:
+            deadline = time.monotonic() + 10
+            while server.health_checks < 3 or rng.draws < 2:
+                assert time.monotonic() < deadline, "the checker thread stopped checking"
+                time.sleep(0.01)
+            assert checker.running
+        finally:
+            checker.stop()
+
+
 @pytest.mark.anyio
 async def test_async_health_checks_fall_on_503_and_rise_on_200() -> None:
     """The anyio checker takes a backend out on 503 answers and brings it back on 200s, after at least `fall`/`rise` checks."""
