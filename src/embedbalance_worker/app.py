@@ -194,12 +194,15 @@ class WorkerState:
     async def stop(self) -> None:
         self.begin_drain()
         self._tokenizer_threads.shutdown(wait=False)
-        self._loader.shutdown(wait=False)
-        if self.batcher is not None:
-            try:  # a forward pass that never returns must not hold shutdown
-                await asyncio.wait_for(self.batcher.aclose(), STOP_TIMEOUT_S)
-            except asyncio.TimeoutError:
-                log.warning("batcher did not stop within %.0fs; leaving it", STOP_TIMEOUT_S)
+        if self.batcher is None:  # still loading: nobody else will stop the thread
+            self._loader.shutdown(wait=False)
+            return
+        # The batcher owns the loading thread now: it finishes the queue on it, then
+        # shuts it down (shutting it down first failed every queued pass).
+        try:  # a forward pass that never returns must not hold shutdown
+            await asyncio.wait_for(self.batcher.aclose(), STOP_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("batcher did not stop within %.0fs; leaving it", STOP_TIMEOUT_S)
 
     def _record_batch(self, stats: BatchStats) -> None:
         m = self.metrics

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import pytest
 from starlette.testclient import TestClient
 
@@ -50,3 +51,26 @@ def test_forward_passes_run_on_the_thread_that_loaded_the_model(
     assert warm > 0
     assert len(passes) >= warm + 3
     assert set(passes) == {built[0]}, "a forward pass ran on another thread"
+
+
+def test_stop_still_finishes_queued_work_on_the_forward_thread(model: EmbeddingModel) -> None:
+    """``stop()`` lets the batcher finish what is queued (its documented drain) on the
+    forward thread it was handed, and only then lets that thread go. If this fails,
+    stopping a worker with work queued answers it with a failed forward pass ("cannot
+    schedule new futures after shutdown") instead of rows."""
+    import asyncio
+
+    from embedbalance_worker.app import WorkerState
+
+    async def scenario() -> list[object]:
+        state = WorkerState(WorkerConfig(max_batch_size=1), model=model)
+        await state.start()
+        assert state.batcher is not None
+        ids = model.tokenize(["first text", "second text", "third text"])
+        calls = [asyncio.ensure_future(state.batcher.submit([row])) for row in ids]
+        await asyncio.sleep(0)  # all three queued; passes of one row each
+        await state.stop()
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+    assert all(isinstance(r, np.ndarray) and r.shape[0] == 1 for r in results), results
