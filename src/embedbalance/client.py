@@ -1250,8 +1250,9 @@ class AsyncEmbeddingClient:
         async def one(i: int, job: Job, scope: anyio.CancelScope) -> None:
             async with limiter:
                 if self._closed:  # closed while this one waited its turn: never sent
+                    # No cancel: the call's sub-batches already sent finish (aclose waits
+                    # for them); the others see "closed" here in turn.
                     errors.append(RuntimeError("the client is closed"))
-                    scope.cancel()
                     return
                 self._running += 1
                 try:

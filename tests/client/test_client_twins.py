@@ -543,7 +543,10 @@ def test_close_waits_for_the_running_sub_batch_and_drops_the_queued_ones() -> No
     assert str(outcome[0]) == "the client is closed"
 
 
-async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones() -> None:
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones(
+    concurrency: int,
+) -> None:
     """The async client's ``aclose()``, like the sync ``close()``: a sub-batch already
     sent is waited for (the server answers it, the client records it), the three still
     queued are never sent, and the call they belonged to, in another task, raises "the
@@ -556,7 +559,7 @@ async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones(
         client = eb.AsyncEmbeddingClient(
             [server.url],
             batch_size=1,
-            max_concurrency=1,
+            max_concurrency=concurrency,
             probe_info=False,
             on_batch=events.append,
             **QUIET,  # type: ignore[arg-type]
@@ -571,11 +574,11 @@ async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones(
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(call)
-            for _ in range(500):  # bounded: until the first sub-batch is in flight
-                if server.embed_requests:
+            for _ in range(500):  # bounded: until the first sub-batches are in flight
+                if len(server.embed_requests) >= concurrency:
                     break
                 await anyio.sleep(0.01)
-            assert len(server.embed_requests) == 1
+            assert len(server.embed_requests) == concurrency
             closed = anyio.Event()
 
             async def close() -> None:
@@ -588,8 +591,8 @@ async def test_aclose_waits_for_the_running_sub_batch_and_drops_the_queued_ones(
             hold.set()
             with anyio.fail_after(10):
                 await closed.wait()
-        assert len(events) == 1  # the running sub-batch was answered and recorded
-        assert len(server.embed_requests) == 1  # the queued ones were never sent
+        assert len(events) == concurrency  # the running ones were answered and recorded
+        assert len(server.embed_requests) == concurrency  # the queued ones never sent
     assert len(outcome) == 1
     assert isinstance(outcome[0], RuntimeError)
     assert str(outcome[0]) == "the client is closed"
