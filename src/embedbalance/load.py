@@ -494,10 +494,10 @@ class ExpectedDelay:
         prior: tuple[float, float] | None = None,
     ) -> list[float]:
         """:meth:`delay` of each of ``states``, in order: a whole pick's scores in one
-        call. The model is written out inline (no call per candidate: this runs for
-        every candidate of every pick, and calls are most of what Python costs here)."""
+        call. The model is written out inline, but for the relaxing of a stale record
+        (:meth:`_relaxed`, its one home): this runs for every candidate of every pick,
+        and calls are most of what Python costs here."""
         typical = math.inf if prior is None else prior[0]
-        retest = self.retest
         out: list[float] = []
         append = out.append
         for state in states:
@@ -507,30 +507,11 @@ class ExpectedDelay:
                 service = est.service
                 slots = est.slots
                 if service > typical:
-                    # Stale and worse than the pool: relax toward it (see _relaxed(),
-                    # written out here), so that it is tried again now and then — the
-                    # relaxing starts over at each request placed there — sooner the
-                    # older the news.
-                    since = est.news
-                    queue = state.in_flight
-                    if queue:
-                        placed = queue[-1].started_at
-                        if placed > since:
-                            since = placed
-                        age = now - since
-                    elif state.outstanding_cost > 0.0:
-                        age = 0.0
-                    else:
-                        age = now - since
-                    if age > 0.0:
-                        tau = (
-                            retest
-                            if est.samples < SETTLE_SAMPLES or service > 2.0 * est.baseline
-                            else retest * SETTLED
-                        )
-                        w = math.exp(-age / tau)
-                        service = service * w + typical * (1.0 - w)
-                        probing = service < est.service
+                    # Stale and worse than the pool: relax toward it, so that it is
+                    # tried again now and then — the relaxing starts over at each
+                    # request placed there — sooner the older the news.
+                    service = self._relaxed(state, est, now, typical)
+                    probing = service < est.service
                 if now - state.admitted_at < state.slow_start.window:
                     slots *= state.effective_weight(now) / state.weight
             else:

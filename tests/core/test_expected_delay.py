@@ -605,7 +605,7 @@ def test_every_state_a_pool_reaches_scores_a_finite_delay(
             assert all(0.0 <= d < math.inf for d in got), got
             assert got == [m.delay(s, now, cost, prior) for s in states]
             checked += len(states)
-            # The pick's inlined relaxing agrees with _relaxed() (via relaxed_by): for
+            # The pick's scores and the probe test agree on the relaxing (relaxed_by): for
             # a measured, unpenalised backend out of slow start, below its knee and
             # idle or holding one probe (no silence bound then), one unit's delay is
             # its relaxed service time.
