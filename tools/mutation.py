@@ -376,7 +376,8 @@ scope = module.body
 if klass is not None:
     (owner,) = [c for c in module.body if isinstance(c, cst.ClassDef) and c.name.value == klass]
     scope = owner.body.body
-(original,) = [f for f in scope if isinstance(f, cst.FunctionDef) and f.name.value == function]
+# The last of that name: ``@overload`` stubs come before the implementation.
+original = [f for f in scope if isinstance(f, cst.FunctionDef) and f.name.value == function][-1]
 pair = read_functions_from_index(mutant, path)
 replacement = pair[1] if pair else read_mutant_function(read_mutants_module(path), mutant)
 replacement = replacement.with_changes(name=cst.Name(function))
