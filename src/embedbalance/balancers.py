@@ -552,12 +552,18 @@ class ShortestExpectedDelay(Balancer):
             # The answer showed a recovery from a slow spell: what was learned during
             # it (a slow service time, a knee read from its queue) is void. Restart
             # from the pool's typical backend — from this one's sample only when that
-            # is clearly slower (one sample is noisy) — so the recovered backend
+            # is clearly slower, past the tie band twice over (one sample is noisy: a
+            # first answer 1.5x slow by chance kept a recovered backend out of the
+            # band for a second) — so the recovered backend
             # rejoins the picks at once instead of being re-learned a probe at a time.
             sample = latency / cost if cost > 0.0 else latency
-            restart = prior[0] if sample <= prior[0] * self._widen else sample
+            restart = prior[0] if sample <= prior[0] * self._widen * self._widen else sample
             est.service = min(est.service, restart)
             est.slots = max(est.slots, prior[1])
+            # Nor is the spell what it is usually like (its baseline decides how
+            # slowly a slower-than-typical backend is re-tested).
+            if est.baseline > restart:
+                est.baseline = restart
         if prior is None:
             self.prior = (est.service, est.slots)
         else:

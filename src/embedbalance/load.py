@@ -298,6 +298,16 @@ class DelayEstimate:
     #: A slow moving average of ``service``: what this backend is usually like, so a
     #: slow spell (``service`` far above it) is told from a backend that is simply slow.
     baseline: float = 0.0
+    #: Whether ``slots`` was ever learned from queueing (an answer slowed by company,
+    #: or a server saying it had a queue). Until then ``slots`` is only the most the
+    #: backend was seen to hold — the first answer's company, often one request — and
+    #: it is scored as at least the pool's typical knee (see :meth:`ExpectedDelay.delays`).
+    knee_seen: bool = False
+    #: When the request started whose answer was far slower than the estimate (over
+    #: twice), with no answer to a later request back to normal since (-inf: none). One
+    #: such answer is noise — a pause, a straggler — and moves the estimate as little as
+    #: any slow one; a second while this is set confirms a slow spell.
+    slow_news: float = -math.inf
 
 
 #: The least a sample must exceed the service estimate by (relative) to count as
@@ -318,6 +328,20 @@ SETTLED = 4.0
 #: sees few requests, and until then it is probed at the fast rate (at 20, the scale
 #: simulation's p99 at 100 backends rose from 1.09x to 1.16x the oracle's).
 SETTLE_SAMPLES = 3
+#: An estimate above a backend's own baseline by less than this factor scores as the
+#: baseline: a slow answer or two (a GC pause, a scheduler hiccup) lifts a fast
+#: estimate for a while, and identical backends would otherwise take turns being shunned.
+STEADY_BAND = 1.5
+
+
+def _steady(est: DelayEstimate) -> float:
+    """The service time to score ``est`` by: its baseline while the estimate is above it
+    by less than ``STEADY_BAND`` (noise, not a change), else the estimate."""
+    service = est.service
+    base = est.baseline
+    if base < service <= base * STEADY_BAND:
+        return base
+    return service
 
 
 def _news_age(state: BackendState, est: DelayEstimate, now: float) -> float:
@@ -424,15 +448,15 @@ class ExpectedDelay:
         return self.retest * SETTLED
 
     def _relaxed(
-        self, state: BackendState, est: DelayEstimate, now: float, typical: float
+        self, state: BackendState, est: DelayEstimate, now: float, typical: float, service: float
     ) -> float:
-        """``est``'s service time, worse than ``typical``, relaxed toward it by the age of
-        its news (unchanged while news is awaited)."""
+        """``service`` (``est``'s, as scored), worse than ``typical``, relaxed toward it by
+        the age of its news (unchanged while news is awaited)."""
         age = _news_age(state, est, now)
         if age <= 0.0:
-            return est.service
+            return service
         w = math.exp(-age / self._retest(est))
-        return est.service * w + typical * (1.0 - w)
+        return service * w + typical * (1.0 - w)
 
     def record(self, state: BackendState) -> DelayEstimate:
         """This metric's record of ``state``'s backend (created on first use)."""
@@ -447,9 +471,11 @@ class ExpectedDelay:
         """``(service, slots)`` to score with (see :meth:`delay`)."""
         est = state.metric_state
         if type(est) is DelayEstimate and est.samples > 0:
-            service, slots = est.service, est.slots
+            service, slots = _steady(est), est.slots
+            if not est.knee_seen and prior is not None and slots < prior[1]:
+                slots = prior[1]
             if prior is not None and service > prior[0]:
-                service = self._relaxed(state, est, now, prior[0])
+                service = self._relaxed(state, est, now, prior[0], service)
             if now - state.admitted_at < state.slow_start.window:
                 slots *= state.effective_weight(now) / state.weight
         else:
@@ -505,13 +531,19 @@ class ExpectedDelay:
             probing = False
             if type(est) is DelayEstimate and est.samples:
                 service = est.service
+                base = est.baseline
+                if base < service <= base * STEADY_BAND:
+                    service = base  # _steady(), inlined
                 slots = est.slots
+                if not est.knee_seen and prior is not None and slots < prior[1]:
+                    slots = prior[1]  # no queue seen yet: as the pool's typical
                 if service > typical:
                     # Stale and worse than the pool: relax toward it, so that it is
                     # tried again now and then — the relaxing starts over at each
                     # request placed there — sooner the older the news.
-                    service = self._relaxed(state, est, now, typical)
-                    probing = service < est.service
+                    relaxed = self._relaxed(state, est, now, typical, service)
+                    probing = relaxed < service
+                    service = relaxed
                 if now - state.admitted_at < state.slow_start.window:
                     slots *= state.effective_weight(now) / state.weight
             else:
@@ -558,9 +590,10 @@ class ExpectedDelay:
         est = state.metric_state
         if prior is None or type(est) is not DelayEstimate or not est.samples:
             return 1.0
-        if est.service <= prior[0]:
+        service = _steady(est)
+        if service <= prior[0]:
             return 1.0
-        return est.service / self._relaxed(state, est, now, prior[0])
+        return service / self._relaxed(state, est, now, prior[0], service)
 
     def estimate(self, state: BackendState, now: float) -> float | None:
         est = state.metric_state
@@ -603,6 +636,20 @@ class ExpectedDelay:
                     queue_factor = (run + waited) / run
             elif hints.queue_depth is not None and hints.queue_depth <= 0.0:
                 queue_factor = 1.0  # the server had no queue: this was a service time
+            elif hints.queue_depth is not None and hints.in_flight is not None:
+                # A queue, and how many the server serves at once: the request waited
+                # about as its company overfilled those. Read from the hint, not from
+                # how slow the answer was: reading any slowness as queueing up to a
+                # cap leaves only the answers slower than the cap to move the estimate
+                # — a ratchet that lifted a fast backend's estimate 4x under a queue,
+                # and hid a backend 8x slower in a spell.
+                serving = (hints.in_flight - hints.queue_depth) * unit
+                if serving >= unit:
+                    held = hints.in_flight * unit
+                    if work > held:
+                        held = work
+                    queue_factor = held / serving
+                    sample /= queue_factor
         if est.samples == 0:
             # One point cannot split speed from queueing: take it as a service time
             # at a concurrency of everything in flight (which reproduces it exactly);
@@ -611,10 +658,15 @@ class ExpectedDelay:
             est.slots = work
             if queue_factor is not None and queue_factor > 1.0 + QUEUE_MARGIN:
                 est.slots = max(unit, work / queue_factor)
-            if hints is not None and hints.in_flight is not None and hints.queue_depth:
-                serving = hints.in_flight - hints.queue_depth
-                if serving >= 1.0:
-                    est.slots = serving * unit
+                est.knee_seen = True
+            if hints is not None and hints.in_flight is not None:
+                serving = hints.in_flight - (hints.queue_depth or 0.0)
+                if hints.queue_depth:
+                    if serving >= 1.0:
+                        est.slots = serving * unit
+                        est.knee_seen = True
+                elif serving * unit > est.slots:
+                    est.slots = serving * unit  # no queue: it serves all it holds
             est.stamp = now
             est.news = now - y
             est.baseline = est.service
@@ -653,20 +705,43 @@ class ExpectedDelay:
             # it, queueing would pass for noise and widen the margin that hides it.
             deviation = abs(sample / service - 1.0)
             est.spread += ((deviation if deviation < 1.0 else 1.0) - est.spread) * 0.05
-        # Recovery asymmetry: a sample far better than the estimate (under half of it)
-        # moves it by the share it improves on it — one good answer after a slow spell
-        # counts almost in full; a far worse one (over twice) by half that. Ordinary
-        # noise moves it by ``better`` or ``worse``.
+        # Recovery asymmetry: in a slow spell, a sample far better than the estimate
+        # (under half of it) moves it by the share it improves on it — one good answer
+        # after a slow spell counts almost in full; a far worse one (over twice), once
+        # a second confirms it, by half that. Ordinary noise, and luck either way
+        # outside a spell (clipped to half or twice the estimate), moves it by
+        # ``better`` or ``worse``.
         ratio = sample / service if service > 0.0 else 1.0
-        if ratio < 1.0:
-            if ratio < 0.5:
+        if ratio <= 2.0:
+            if clear and started > est.slow_news:
+                # Newer news, back to normal (not an answer read as queueing: that
+                # says nothing of the service time).
+                est.slow_news = -math.inf
+            if ratio >= 1.0:
+                w = self.worse
+            elif ratio >= 0.5:
+                w = self.better
+            elif est.samples < SETTLE_SAMPLES or service > 2.0 * est.baseline:
+                # A recovery: from a slow spell (or a cold first answer).
                 w = 1.0 - ratio
                 if started > est.recovered_from:
                     est.recovered_from = started
             else:
+                # Outside a spell a far faster answer is luck, and counts as half the
+                # estimate at the ordinary weight: taken in full, it made its backend
+                # the best by a third, and the tie band, measured from the best, shut
+                # out backends that were as fast.
+                sample = 0.5 * service
                 w = self.better
+        elif est.slow_news == -math.inf and est.service <= 2.0 * est.baseline:
+            # The first far-slow answer: as much as twice the estimate, as ordinary
+            # noise. A pause or a straggler would otherwise lift a fast backend's
+            # estimate by half or more and shun it until the estimate relaxed.
+            est.slow_news = started
+            sample = 2.0 * service
+            w = self.worse
         else:
-            w = 0.5 * (1.0 - 1.0 / ratio) if ratio > 2.0 else self.worse
+            w = 0.5 * (1.0 - 1.0 / ratio)
         if not clear:
             w *= 0.5
         if stale > w:
@@ -677,20 +752,29 @@ class ExpectedDelay:
             serving = hints.in_flight - hints.queue_depth
             if serving >= 1.0:
                 est.slots = slots + (serving * unit - slots) * 0.5
+                est.knee_seen = True
         elif queue_factor <= 1.0 + margin:
-            if work > slots:
+            held = work
+            if hints is not None and hints.in_flight is not None and hints.in_flight * unit > held:
+                held = hints.in_flight * unit  # no queue at the server: it serves them all
+            if held > slots:
                 # It held more than we thought without queueing. The tolerance lets
                 # picks go a little past a backend's knee, so a knee learned too low
                 # (during a bad spell, say) is tested and grows back this way.
-                est.slots = slots + (work - slots) * 0.5
+                est.slots = slots + (held - slots) * 0.5
         else:
             target = work / queue_factor
             if target < unit:
                 target = unit
             est.slots = slots + (target - slots) * 0.25
+            est.knee_seen = True
         if now > est.stamp:
             est.stamp = now
         if started > est.news:
             est.news = started
-        est.baseline += (est.service - est.baseline) * BASELINE_WEIGHT
+        # In a spell (over twice the baseline) a quarter as fast: a spell is not what
+        # the backend is usually like, and a baseline it lifted would make the
+        # recovered backend look "as slow as it always is" and be re-tested slowly.
+        shift = (est.service - est.baseline) * BASELINE_WEIGHT
+        est.baseline += shift * 0.25 if est.service > 2.0 * est.baseline else shift
         est.samples += 1

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 import attrs
 
 import embedbalance as eb
+from embedbalance._hints import ServerHints
 
 
 @attrs.frozen
@@ -35,9 +36,13 @@ def open_loop(
     rate: float,
     arrivals: int,
     seed: int = 0,
+    hints: bool = False,
 ) -> list[Placement]:
     """Poisson arrivals at ``rate`` per second; backend ``i`` serves ``slots[i]`` at a time
-    for ``service(i, now, rng)`` seconds each, queueing the rest FIFO."""
+    for ``service(i, now, rng)`` seconds each, queueing the rest FIFO. With ``hints``
+    each answer carries the worker's load headers as our worker (and the benchmarks'
+    latency server) sends them: the queue waiting at the backend when it answers, and
+    everything admitted there, the answered request included."""
     rng = random.Random(seed)
     urls = [b.url for b in pool.backends]
     index = {u: i for i, u in enumerate(urls)}
@@ -58,7 +63,12 @@ def open_loop(
             done_at, req, b = heapq.heappop(heap)
             clock.advance(max(0.0, done_at - clock()))
             latency = done_at - started_at[req]
-            pool.release(leases.pop(req), eb.Outcome.SUCCESS, latency=latency)
+            said = (
+                ServerHints(queue_depth=len(queues[b]), in_flight=busy[b] + len(queues[b]))
+                if hints
+                else None
+            )
+            pool.release(leases.pop(req), eb.Outcome.SUCCESS, latency=latency, hints=said)
             out.append(Placement(started_at.pop(req), b, latency))
             busy[b] -= 1
             if queues[b]:

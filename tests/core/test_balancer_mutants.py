@@ -534,25 +534,48 @@ def test_sed_a_recovery_is_judged_per_unit_of_cost(cost: float, latency: float) 
 
 
 def test_sed_a_recovery_clearly_slower_than_the_typical_restarts_from_its_sample() -> None:
-    """A recovery whose sample, per unit of cost, is outside the band (0.2 s per unit:
-    0.1 s for half a unit) restarts from that sample, not the typical. If this fails,
-    small requests' recoveries are judged by their whole latency and a backend still
-    twice as slow as the pool rejoins as if it were typical."""
+    """A recovery whose sample, per unit of cost, is past the band twice over (0.3 s per
+    unit: 0.15 s for half a unit, against 0.1 x 1.5 x 1.5) restarts from that sample,
+    not the typical. If this fails, small requests' recoveries are judged by their whole
+    latency and a backend still three times as slow as the pool rejoins as if it were
+    typical."""
     b = eb.ShortestExpectedDelay()
     s = _in_a_spell(b)
-    b.observe(s, 0.1, NOW + 1.0, load_at_start=1.0, cost=0.5)
-    assert s.metric_state.service == pytest.approx(0.2)
+    b.observe(s, 0.15, NOW + 1.0, load_at_start=1.0, cost=0.5)
+    assert s.metric_state.service == pytest.approx(0.3)
 
 
-def test_sed_a_recovery_at_the_band_edge_restarts_from_the_typical() -> None:
-    """A recovering sample exactly at the band's edge (typical x (1 + tolerance)) still
-    restarts from the typical (the edge is inside). If this fails, the band's edge moved."""
+def test_sed_a_recovery_at_the_edge_restarts_from_the_typical() -> None:
+    """A recovering sample exactly at the edge (typical x (1 + tolerance) squared) still
+    restarts from the typical (the edge is inside), and so does one merely outside the
+    tie band — one answer 1.5x slow by chance. If this fails, the edge moved."""
     b = eb.ShortestExpectedDelay()
     s = _in_a_spell(b)
     assert b.prior is not None
-    edge = b.prior[0] * b._widen
+    edge = b.prior[0] * b._widen * b._widen
     b.observe(s, edge, NOW + 1.0)
     assert s.metric_state.service == pytest.approx(0.1)
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    assert b.prior is not None
+    b.observe(s, b.prior[0] * b._widen * 1.2, NOW + 1.0)
+    assert s.metric_state.service == pytest.approx(0.1)
+
+
+def test_sed_a_recovery_drops_the_baseline_the_spell_lifted() -> None:
+    """After a recovery restarts a backend, its baseline is no higher than its restarted
+    estimate. If this fails, a spell that lifted the baseline makes the recovered
+    backend look "as slow as it always is" and it is re-tested four times more slowly."""
+    b = eb.ShortestExpectedDelay()
+    s = _in_a_spell(b)
+    s.metric_state.baseline = 0.4
+    b.observe(s, 0.1, NOW + 1.0)
+    assert s.metric_state.service == pytest.approx(0.1)
+    assert s.metric_state.baseline == pytest.approx(0.1)
+    low = _in_a_spell(b)
+    low.metric_state.baseline = 0.05
+    b.observe(low, 0.1, NOW + 1.0)
+    assert 0.05 <= low.metric_state.baseline < 0.06  # not raised to the restart
 
 
 # -- priority tiers ----------------------------------------------------------------

@@ -14,7 +14,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import embedbalance as eb
-from embedbalance.load import BASELINE_WEIGHT, SETTLED, DelayEstimate, ExpectedDelay
+from embedbalance.load import BASELINE_WEIGHT, SETTLED, DelayEstimate, ExpectedDelay, _steady
 
 from ._sim import open_loop, shares
 from .conftest import make_state, pool_of
@@ -340,30 +340,43 @@ def test_identical_backends_converge_to_equal_shares(clock: eb.ManualClock, rho:
     assert max(got) <= 1.2 * min(got), got
 
 
-def test_slowed_then_restored_backend_regains_its_fair_share(clock: eb.ManualClock) -> None:
-    """One of four equal backends 8x slower for 5 s at 0.7 load: during the spell it is avoided, and after 2 s of recovery its share is back to at least 0.8x fair within 700 requests."""
-    pool = _four_equal(clock, seed=3)
-    start = clock()
+@pytest.mark.parametrize("hints", [False, True], ids=["no hints", "worker hints"])
+def test_slowed_then_restored_backend_regains_its_fair_share(hints: bool) -> None:
+    """One of four equal backends 8x slower for 5 s at 0.7 load, over eight seeds, with and without the worker's load headers: during the spell it is avoided; in the first 2 s of recovery its share is back to 0.7x fair on average (0.4x at worst: when its last probe of the spell went out just before the end, the recovery waits for that slow answer); after, 0.8x fair within 700 requests. If this fails with hints only, the queue the server reports is explaining the spell's slow answers away (a backend 8x slower kept its fast estimate and 10% of the traffic)."""
     mu, sigma = _lognormal(0.1, 0.3)
+    firsts = []
+    for seed in range(1, 9):
+        clock = eb.ManualClock(1000.0)
+        pool = _four_equal(clock, seed=seed)
+        start = clock()
 
-    def service(b: int, now: float, rng: random.Random) -> float:
-        x = rng.lognormvariate(mu, sigma)
-        return x * 8.0 if b == 0 and start + 4.0 <= now < start + 9.0 else x
+        def service(b: int, now: float, rng: random.Random, start: float = start) -> float:
+            x = rng.lognormvariate(mu, sigma)
+            return x * 8.0 if b == 0 and start + 4.0 <= now < start + 9.0 else x
 
-    rate = 0.7 * 320.0
-    records = open_loop(
-        pool, clock, slots=[8] * 4, service=service, rate=rate, arrivals=int(rate * 15), seed=9
-    )
-    during = [r for r in records if start + 5.0 <= r.at < start + 9.0]
-    first = [r for r in records if start + 9.0 <= r.at < start + 11.0]
-    after = [r for r in records if start + 11.0 <= r.at][:700]
-    assert shares(during, 4)[0] < 0.1
-    # Back within the first 2 s (here without hedging, which brings it back sooner):
-    # its last probe of the spell answers, its news is as old as that probe, and one
-    # fast answer restarts it from the pool's typical backend.
-    assert shares(first, 4)[0] >= 0.5 * 0.25
-    assert len(after) == 700
-    assert shares(after, 4)[0] >= 0.8 * 0.25
+        rate = 0.7 * 320.0
+        records = open_loop(
+            pool,
+            clock,
+            slots=[8] * 4,
+            service=service,
+            rate=rate,
+            arrivals=int(rate * 15),
+            seed=seed + 6,
+            hints=hints,
+        )
+        during = [r for r in records if start + 5.0 <= r.at < start + 9.0]
+        first = [r for r in records if start + 9.0 <= r.at < start + 11.0]
+        after = [r for r in records if start + 11.0 <= r.at][:700]
+        assert shares(during, 4)[0] < 0.1, seed
+        # Back within the first 2 s (here without hedging, which brings it back
+        # sooner): its last probe of the spell answers, its news is as old as that
+        # probe, and one fast answer restarts it from the pool's typical backend.
+        firsts.append(shares(first, 4)[0] / 0.25)
+        assert len(after) == 700
+        assert shares(after, 4)[0] >= 0.8 * 0.25, seed
+    assert min(firsts) >= 0.4, firsts
+    assert sum(firsts) / len(firsts) >= 0.7, firsts
 
 
 def test_slow_answers_arriving_after_a_spell_are_old_news() -> None:
@@ -408,8 +421,12 @@ def test_a_recovery_restarts_from_the_pools_typical_backend(clock: eb.ManualCloc
     assert learned(s).slots == pytest.approx(8.0)
     s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
     b.prior = (0.1, 8.0)
-    b.observe(s, 0.2, 2.0, load_at_start=1.0)  # recovered, but clearly slower than typical
-    assert learned(s).service == pytest.approx(0.2)
+    b.observe(s, 0.3, 2.0, load_at_start=1.0)  # recovered, but clearly slower than typical
+    assert learned(s).service == pytest.approx(0.3)
+    s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
+    b.prior = (0.1, 8.0)
+    b.observe(s, 0.2, 2.0, load_at_start=1.0)  # outside the band, within its noise
+    assert learned(s).service == pytest.approx(0.1)
     s.metric_state = DelayEstimate(service=0.8, slots=1.5, stamp=0.5, samples=30, news=0.4)
     b.prior = (0.1, 8.0)
     b.observe(s, 0.05, 2.0, load_at_start=1.0)  # faster than the pool's typical
@@ -510,7 +527,7 @@ def test_a_backend_slow_as_it_always_is_is_retested_more_slowly_than_one_in_a_sp
     prior = (0.1, 8.0)
     settled, spell = make_state(0), make_state(1)
     settled.metric_state = DelayEstimate(
-        service=0.6, slots=2.0, stamp=0.0, samples=50, news=0.0, baseline=0.55
+        service=0.6, slots=2.0, stamp=0.0, samples=50, news=0.0, baseline=0.6
     )
     spell.metric_state = DelayEstimate(
         service=0.6, slots=2.0, stamp=0.0, samples=50, news=0.0, baseline=0.1
@@ -523,15 +540,25 @@ def test_a_backend_slow_as_it_always_is_is_retested_more_slowly_than_one_in_a_sp
 
 def test_the_baseline_follows_the_estimate_slowly() -> None:
     """The first answer sets it; each later one moves it BASELINE_WEIGHT of the way to the
-    updated estimate, so a spell of a few answers leaves it near the usual speed."""
+    updated estimate — a quarter of that while the estimate is over twice the baseline
+    (a spell) — so a spell of a few answers leaves it near the usual speed."""
     m = ExpectedDelay()
     s = make_state()
     m.observe(s, 0.1, now=1.0)
     assert learned(s).baseline == pytest.approx(0.1)
-    m.observe(s, 0.8, now=2.0)
+    m.observe(s, 0.15, now=2.0)
     service = learned(s).service
-    assert service > 0.2
+    assert 0.1 < service <= 0.2
     assert learned(s).baseline == pytest.approx(0.1 + (service - 0.1) * BASELINE_WEIGHT)
+    spell = make_state()
+    m.observe(spell, 0.1, now=1.0)
+    m.observe(spell, 0.8, now=2.0)  # far slower: noise until confirmed
+    m.observe(spell, 0.8, now=2.0)  # confirmed: a spell
+    est = learned(spell)
+    assert est.service > 2.0 * est.baseline
+    before = est.baseline
+    m.observe(spell, 0.8, now=2.1)
+    assert est.baseline == pytest.approx(before + (est.service - before) * BASELINE_WEIGHT * 0.25)
 
 
 _STEPS = st.lists(
@@ -623,7 +650,8 @@ def test_every_state_a_pool_reaches_scores_a_finite_delay(
                     and st_.penalty == 0.0
                     and now - st_.admitted_at >= st_.slow_start.window
                 ):
-                    relaxed = est.service / m.relaxed_by(st_, now, prior)
+                    scored = _steady(est)  # the baseline, for noise above it
+                    relaxed = scored / m.relaxed_by(st_, now, prior)
                     assert m.delay(st_, now, 1.0, prior) == pytest.approx(relaxed / st_.weight)
                     relaxing += est.service > prior[0]
     assert checked or not steps
