@@ -634,6 +634,11 @@ def goals(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 1.2,
             )
             if lc is not None:
+                # The same figure for a balancer without estimates: the window's own
+                # sampling noise (a few hundred requests), for reading the one above.
+                theirs = lc["phases"]["before"]["shares"]
+                out[-1] += f" (LeastConnections: {_ratio(max(theirs), min(theirs)):.2f})"
+            if lc is not None:
                 p50_lc = lc["phases"]["after 2-5 s"]["p50"]
                 check(
                     f"{name} after-phase p50 vs LeastConnections",

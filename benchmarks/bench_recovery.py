@@ -9,10 +9,12 @@ contention, so a change to the balancer shows as a distribution, not an anecdote
 transport (hedging) is not simulated: these are the balancer's own decisions.
 
 Run: ``python benchmarks/bench_recovery.py`` (seconds; ``nox -s bench -- recovery``).
-Prints, per load and balancer, the degraded backend's share per phase (seed 1), the
-run's p99, and the mean and minimum over ``--seeds`` seeds of its share in the first
-2 s after recovery as a fraction of its fair share, and how far apart the four
-identical backends' shares are before the slowdown (max/min); writes the table to
+Prints, per load, balancer and whether answers carry the worker's load headers
+(``X-Queue-Depth``/``X-In-Flight``, as over real sockets; the default balancer reads
+them), the degraded backend's share per phase (seed 1), the median over ``--seeds``
+seeds of the run's p99, the mean and minimum of its share in the first 2 s after
+recovery as a fraction of its fair share, and how far apart the four identical
+backends' shares are before the slowdown (max/min); writes the table to
 ``bench-results/recovery.md``.
 """
 
@@ -49,8 +51,10 @@ PHASES = {
 }
 
 
-def run(balancer: str, rho: float, seed: int) -> dict[str, float]:
-    """One run: the degraded backend's share per phase, and the whole run's p99 (s)."""
+def run(balancer: str, rho: float, seed: int, hints: bool = False) -> dict[str, float]:
+    """One run: the degraded backend's share per phase, and the whole run's p99 (s);
+    with ``hints``, every answer carries the worker's load headers (queue depth and
+    requests in flight), as our worker and the loopback benchmark's servers send."""
     clock = eb.ManualClock(1000.0)
     pool = eb.BackendPool(
         [f"http://b{i}.test" for i in range(4)],
@@ -75,6 +79,7 @@ def run(balancer: str, rho: float, seed: int) -> dict[str, float]:
         rate=rate,
         arrivals=int(rate * (SLOW_TO + 5.0)),
         seed=seed,
+        hints=hints,
     )
     out = {}
     for name, (a, b) in PHASES.items():
@@ -93,25 +98,29 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "recovery.md")
     args = parser.parse_args()
     lines = [
-        "| load | balancer | before | during | after 0-2 s | after 2-5 s | p99 "
+        "| load | headers | balancer | before | during | after 0-2 s | after 2-5 s "
+        f"| p99, median of {args.seeds} seeds "
         f"| after 0-2 s / fair, {args.seeds} seeds: mean (min) "
         "| before: max/min share of the 4, mean (max) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     print("\n".join(lines))
     for rho in (0.5, 0.7, 0.85):
-        for name in BALANCERS:
-            runs = [run(name, rho, s) for s in range(1, args.seeds + 1)]
-            first = runs[0]
-            fair = [r["after 0-2 s"] / 0.25 for r in runs]
-            spread = [r["spread"] for r in runs]
-            cells = " | ".join(f"{100 * first[p]:.1f}%" for p in PHASES)
-            lines.append(
-                f"| {rho} | {name} | {cells} | {1000 * first['p99']:.0f} ms "
-                f"| {statistics.mean(fair):.2f} ({min(fair):.2f}) "
-                f"| {statistics.mean(spread):.2f} ({max(spread):.2f}) |"
-            )
-            print(lines[-1], flush=True)
+        for hints in (False, True):
+            for name in BALANCERS:
+                runs = [run(name, rho, s, hints) for s in range(1, args.seeds + 1)]
+                first = runs[0]
+                fair = [r["after 0-2 s"] / 0.25 for r in runs]
+                spread = [r["spread"] for r in runs]
+                p99 = statistics.median(r["p99"] for r in runs)
+                cells = " | ".join(f"{100 * first[p]:.1f}%" for p in PHASES)
+                lines.append(
+                    f"| {rho} | {'worker' if hints else 'none'} | {name} | {cells} "
+                    f"| {1000 * p99:.0f} ms "
+                    f"| {statistics.mean(fair):.2f} ({min(fair):.2f}) "
+                    f"| {statistics.mean(spread):.2f} ({max(spread):.2f}) |"
+                )
+                print(lines[-1], flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         "# bench_recovery\n\n`python benchmarks/bench_recovery.py`\n\n" + "\n".join(lines) + "\n"

@@ -382,15 +382,24 @@ class ExpectedDelay:
       up toward ``L``. When it is slower and other work shared the backend, the excess
       is read as queueing: ``K`` moves toward ``L × s × c / y`` (the concurrency that
       explains it), and ``s`` moves only a little. Alone on the backend, a slow answer
-      is a slow service time.
+      is a slow service time. Until queueing has been seen, ``K`` is only the most the
+      backend was seen to hold, and scores as at least the pool's typical knee.
     - **Server hints win over guesses**: TEI's ``x-inference-time`` is the service time
       and ``x-queue-time`` the queueing, exactly; our worker's ``X-Queue-Depth`` of 0
-      makes the answer a service sample, and ``X-In-Flight - X-Queue-Depth`` (what it
-      serves at once while others wait) is the knee.
-    - **Recovery asymmetry** (peak-EWMA's, mirrored): an answer under half the estimate
-      moves it by the share it improves on it (one good answer after a slow spell counts
-      almost in full), one over twice the estimate by half that; ordinary noise moves it
-      by ``better`` (down) or ``worse`` (up). After such a recovery, slower answers to
+      makes the answer a service sample (and ``X-In-Flight`` a lower bound of the knee);
+      with a queue, ``X-In-Flight - X-Queue-Depth`` (what it serves at once while
+      others wait) is the knee, and the answer is divided by the queueing those headers
+      imply — not by as much as its slowness would take.
+    - **One odd answer is noise**: outside a slow spell an answer over twice the
+      estimate counts as twice it, one under half as half, at the ordinary weights; a
+      second far-slow answer before a newer normal one confirms a spell. An estimate
+      above the backend's own ``baseline`` by less than ``STEADY_BAND`` scores as the
+      baseline. Identical backends thus stay in one another's tie band.
+    - **Recovery asymmetry** (peak-EWMA's, mirrored): in a spell (the estimate over
+      twice the baseline), an answer under half the estimate moves it by the share it
+      improves on it (one good answer after a slow spell counts almost in full), a
+      confirmed one over twice the estimate by half that; ordinary noise moves it by
+      ``better`` (down) or ``worse`` (up). After such a recovery, slower answers to
       requests placed *before* the one that showed it are older news and are not
       learned from: a backend back from a slow spell still returns the slow requests it
       took during it, and they would undo the recovery.
