@@ -1,0 +1,165 @@
+"""The answer check (``VALIDATE_EXTENSION``) on every path an attempt can take: the sync
+and async transports, each awaited directly (no hedge) and raced (a hedge delay
+exists). A 2xx answer the check refuses is its backend's failure and the request goes
+elsewhere; an accepted one carries what the check returned.
+
+Why a file of its own: mutation testing showed that any one of these paths could drop
+the check (pass ``None`` on) and the suite stayed green — the client's own tests check
+its rows again after the transport, so a skipped transport check there only moved the
+error, and no test drove the transport with a check directly. Mock transports: the
+paths are the subject, not the sockets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+
+import embedbalance as eb
+
+BACKENDS = ["http://b0.test", "http://b1.test"]
+
+
+def _check(response: httpx.Response) -> int:
+    rows = int(response.json()["rows"])
+    if rows != 1:
+        raise ValueError(f"expected 1 row, got {rows}")
+    return rows
+
+
+def _options(raced: bool) -> dict[str, Any]:
+    hedge = (
+        eb.Hedge(min_samples=1, min_delay=0.5, multiple=100.0, budget_ratio=1.0)
+        if raced
+        else None
+    )
+    return {
+        "balancer": eb.RoundRobin(),
+        "health_check": None,
+        "outlier_detection": None,
+        "hedge": hedge,
+    }
+
+
+def _answer(request: httpx.Request, warming: list[bool]) -> httpx.Response:
+    wrong = request.url.host == "b0.test" and not warming[0]
+    return httpx.Response(200, json={"rows": 0 if wrong else 1})
+
+
+@pytest.mark.parametrize("raced", [False, True], ids=["direct", "raced"])
+def test_the_sync_transport_checks_every_answer(raced: bool) -> None:
+    """b0 answers wrong rows: every checked request ends answered by b1, with the check's
+    result attached, and b0 is charged a failure each time. If this fails, one of the
+    sync paths hands back an answer nobody checked."""
+    warming = [True]
+    transport = eb.BalancingTransport(
+        BACKENDS,
+        transport=httpx.MockTransport(lambda request: _answer(request, warming)),
+        **_options(raced),
+    )
+    try:
+        request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["w"]})
+        transport.handle_request(request).read()  # a latency sample: the next ones race
+        warming[0] = False
+        for _ in range(4):
+            request = httpx.Request(
+                "POST",
+                "http://svc/embed",
+                json={"inputs": ["x"]},
+                extensions={eb.VALIDATE_EXTENSION: _check},
+            )
+            response = transport.handle_request(request)
+            response.read()
+            assert response.json() == {"rows": 1}
+            assert response.extensions[eb.VALIDATED_EXTENSION] == 1
+            assert str(response.request.url) == "http://b1.test/embed"
+        assert transport.stats().pool.by_url()["http://b0.test"].failures >= 2
+    finally:
+        transport.close()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("raced", [False, True], ids=["direct", "raced"])
+async def test_the_async_transport_checks_every_answer(raced: bool) -> None:
+    """The async twin of the test above, on both of its paths."""
+    warming = [True]
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return _answer(request, warming)
+
+    transport = eb.AsyncBalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(handler), **_options(raced)
+    )
+    try:
+        request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["w"]})
+        await (await transport.handle_async_request(request)).aread()
+        warming[0] = False
+        for _ in range(4):
+            request = httpx.Request(
+                "POST",
+                "http://svc/embed",
+                json={"inputs": ["x"]},
+                extensions={eb.VALIDATE_EXTENSION: _check},
+            )
+            with anyio.fail_after(5):
+                response = await transport.handle_async_request(request)
+                await response.aread()
+            assert response.json() == {"rows": 1}
+            assert response.extensions[eb.VALIDATED_EXTENSION] == 1
+            assert str(response.request.url) == "http://b1.test/embed"
+        assert transport.stats().pool.by_url()["http://b0.test"].failures >= 2
+    finally:
+        await transport.aclose()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_raced_connection_error_is_named_in_the_attempts(kind: str) -> None:
+    """Both backends refuse the connection on the raced path: the error lists each
+    attempt with the error's own type and message. If this fails, a raced attempt's
+    transport error is settled without the error (the caller reads "NoneType")."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        if warming[0]:
+            return httpx.Response(200, json={})
+        raise httpx.ConnectError("refused here", request=request)
+
+    async def arefuse(request: httpx.Request) -> httpx.Response:
+        return refuse(request)
+
+    warming = [True]
+    request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["x"]})
+    if kind == "sync":
+        transport = eb.BalancingTransport(
+            BACKENDS, transport=httpx.MockTransport(refuse), **_options(True)
+        )
+        transport.handle_request(request).read()
+        warming[0] = False
+        with pytest.raises(eb.AllAttemptsFailed) as caught:
+            transport.handle_request(request)
+        transport.close()
+    else:
+        atransport = eb.AsyncBalancingTransport(
+            BACKENDS, transport=httpx.MockTransport(arefuse), **_options(True)
+        )
+
+        async def main() -> eb.AllAttemptsFailed:
+            await (await atransport.handle_async_request(request)).aread()
+            warming[0] = False
+            try:
+                with pytest.raises(eb.AllAttemptsFailed) as got:
+                    await atransport.handle_async_request(request)
+            finally:
+                await atransport.aclose()
+            return got.value
+
+        caught_value = anyio.run(main)
+        caught = pytest.ExceptionInfo.from_exc_info(
+            (type(caught_value), caught_value, caught_value.__traceback__)
+        )
+    attempts = caught.value.attempts
+    assert len(attempts) == 2
+    for attempt in attempts:
+        assert "ConnectError: refused here" in str(attempt), attempt
