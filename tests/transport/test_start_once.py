@@ -101,6 +101,22 @@ async def test_concurrent_async_starts_run_one_background() -> None:
 
 
 @pytest.mark.anyio
+async def test_a_second_start_of_a_running_async_transport_starts_nothing() -> None:
+    """``start()`` on a transport already running returns at once: still one discovery
+    run (``async with`` on a transport a request already started, say). If this fails,
+    each later ``start()`` starts another background."""
+    source = CountingDiscovery("http://127.0.0.1:9")
+    transport = eb.AsyncBalancingTransport(source, health_check=None)  # type: ignore[arg-type]
+    with anyio.fail_after(10):
+        source.release.set()
+        await transport.start()
+        await transport.start()
+        async with transport:
+            assert (source.started, source.running) == (1, 1)
+    assert source.running == 0
+
+
+@pytest.mark.anyio
 @pytest.mark.parametrize("background_ran", [True, False])
 async def test_aclose_while_start_is_starting_leaves_nothing_running(
     background_ran: bool,
