@@ -32,9 +32,7 @@ def _check(response: httpx.Response) -> int:
 
 def _options(raced: bool) -> dict[str, Any]:
     hedge = (
-        eb.Hedge(min_samples=1, min_delay=0.5, multiple=100.0, budget_ratio=1.0)
-        if raced
-        else None
+        eb.Hedge(min_samples=1, min_delay=0.5, multiple=100.0, budget_ratio=1.0) if raced else None
     )
     return {
         "balancer": eb.RoundRobin(),

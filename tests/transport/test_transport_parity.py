@@ -136,3 +136,20 @@ def test_a_metrics_sink_is_bound_and_counted_by_both_transports() -> None:
         assert asink.requests == [("http://a.test", "success")]
 
     anyio.run(main)
+
+
+def test_stats_report_the_policys_own_counters() -> None:
+    """``stats()`` of either transport reports the attempt policy's counters as they are
+    — requests, retries, hedges, both budgets' refusals, hedges declined for want of a
+    free slot. If this fails, a dashboard reads zeros (or another counter) for one."""
+    for factory in (eb.BalancingTransport, eb.AsyncBalancingTransport):
+        transport = factory(["http://127.0.0.1:9"], health_check=None)
+        policy = transport._core.policy
+        policy.requests, policy.retries, policy.hedges = 11, 3, 2
+        policy.hedges_declined = 7
+        policy.budget.exhausted = 5
+        policy.hedge_budget.exhausted = 4
+        stats = transport.stats()
+        assert (stats.requests, stats.retries, stats.hedges) == (11, 3, 2)
+        assert stats.hedges_declined == 7
+        assert (stats.budget_exhausted, stats.hedge_budget_exhausted) == (5, 4)
