@@ -129,6 +129,7 @@ def test_a_raced_connection_error_is_named_in_the_attempts(kind: str) -> None:
 
     warming = [True]
     request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["x"]})
+    failed: eb.AllAttemptsFailed
     if kind == "sync":
         transport = eb.BalancingTransport(
             BACKENDS, transport=httpx.MockTransport(refuse), **_options(True)
@@ -138,6 +139,7 @@ def test_a_raced_connection_error_is_named_in_the_attempts(kind: str) -> None:
         with pytest.raises(eb.AllAttemptsFailed) as caught:
             transport.handle_request(request)
         transport.close()
+        failed = caught.value
     else:
         atransport = eb.AsyncBalancingTransport(
             BACKENDS, transport=httpx.MockTransport(arefuse), **_options(True)
@@ -153,11 +155,8 @@ def test_a_raced_connection_error_is_named_in_the_attempts(kind: str) -> None:
                 await atransport.aclose()
             return got.value
 
-        caught_value = anyio.run(main)
-        caught = pytest.ExceptionInfo.from_exc_info(
-            (type(caught_value), caught_value, caught_value.__traceback__)
-        )
-    attempts = caught.value.attempts
+        failed = anyio.run(main)
+    attempts = failed.attempts
     assert len(attempts) == 2
     for attempt in attempts:
         assert "ConnectError: refused here" in str(attempt), attempt
