@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.core._sim import open_loop, shares
+from tests.core._sim import open_loop, shares, spell
 
 import embedbalance as eb
 
@@ -63,19 +63,12 @@ def run(balancer: str, rho: float, seed: int, hints: bool = False) -> dict[str, 
         rng=random.Random(seed),
     )
     start = clock()
-    sigma = math.sqrt(math.log1p(0.3**2))
-    mu = math.log(0.1) - sigma**2 / 2
-
-    def service(b: int, now: float, rng: random.Random) -> float:
-        x = rng.lognormvariate(mu, sigma)
-        return x * 8.0 if b == 0 and start + SLOW_FROM <= now < start + SLOW_TO else x
-
     rate = rho * 320.0
     records = open_loop(
         pool,
         clock,
         slots=[8] * 4,
-        service=service,
+        service=spell(start, slow_from=SLOW_FROM, slow_to=SLOW_TO),
         rate=rate,
         arrivals=int(rate * (SLOW_TO + 5.0)),
         seed=seed,

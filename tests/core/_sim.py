@@ -8,6 +8,7 @@ is gone. Deterministic for a seed, and bounded by the number of arrivals.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ def open_loop(
     clock: eb.ManualClock,
     *,
     slots: Sequence[int],
-    service: Callable[[int, float, random.Random], float],
+    service: Service,
     rate: float,
     arrivals: int,
     seed: int = 0,
@@ -99,3 +100,34 @@ def shares(records: Sequence[Placement], n: int) -> list[float]:
         counts[r.backend] += 1
     total = max(1, len(records))
     return [c / total for c in counts]
+
+
+Service = Callable[[int, float, random.Random], float]
+
+
+def lognormal(mean: float, cv: float) -> tuple[float, float]:
+    """``(mu, sigma)`` of the lognormal with this mean and coefficient of variation."""
+    sigma2 = math.log1p(cv * cv)
+    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
+
+
+def spell(
+    start: float,
+    *,
+    mean: float = 0.1,
+    cv: float = 0.3,
+    backend: int = 0,
+    factor: float = 8.0,
+    slow_from: float = 4.0,
+    slow_to: float = 9.0,
+) -> Service:
+    """Lognormal service times, ``backend``'s ``factor`` times slower for requests that
+    start service between ``start + slow_from`` and ``start + slow_to``: the
+    degrade-and-recover scenario."""
+    mu, sigma = lognormal(mean, cv)
+
+    def service(b: int, now: float, rng: random.Random) -> float:
+        x = rng.lognormvariate(mu, sigma)
+        return x * factor if b == backend and start + slow_from <= now < start + slow_to else x
+
+    return service

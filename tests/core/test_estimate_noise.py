@@ -19,7 +19,7 @@ from embedbalance._hints import ServerHints
 from embedbalance._state import BackendState
 from embedbalance.load import STEADY_BAND, DelayEstimate, ExpectedDelay
 
-from ._sim import open_loop, shares
+from ._sim import lognormal, open_loop, shares, spell
 from .conftest import make_state
 
 
@@ -234,11 +234,6 @@ def test_a_reported_queue_is_read_from_the_hint_both_ways() -> None:
 # -- the pool ------------------------------------------------------------------------
 
 
-def _lognormal(mean: float, cv: float) -> tuple[float, float]:
-    sigma2 = math.log1p(cv * cv)
-    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
-
-
 @pytest.mark.parametrize("rho", [0.5, 0.7])
 def test_identical_backends_with_hints_and_pauses_get_equal_shares(rho: float) -> None:
     """Four identical 8-slot backends sending the worker's load headers, 5% of answers
@@ -248,7 +243,7 @@ def test_identical_backends_with_hints_and_pauses_get_equal_shares(rho: float) -
     bar, shuts one backend out of the band for a while (before these rules: 1.28 on
     average at 0.5 load, 1.72 at worst; over real sockets one backend at 17% while the
     others held 28%)."""
-    mu, sigma = _lognormal(0.1, 0.3)
+    mu, sigma = lognormal(0.1, 0.3)
     spreads = []
     for seed in range(12):
         clock = eb.ManualClock(1000.0)
@@ -290,18 +285,12 @@ def _p99_under_a_spell(balancer: type[eb.Balancer], seed: int) -> float:
         rng=random.Random(seed),
     )
     start = clock()
-    mu, sigma = _lognormal(0.1, 0.3)
-
-    def service(b: int, now: float, rng: random.Random) -> float:
-        x = rng.lognormvariate(mu, sigma)
-        return x * 8.0 if b == 0 and start + 4.0 <= now < start + 9.0 else x
-
     rate = 0.85 * 320.0
     records = open_loop(
         pool,
         clock,
         slots=[8] * 4,
-        service=service,
+        service=spell(start),
         rate=rate,
         arrivals=int(rate * 14),
         seed=seed,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import embedbalance as eb
 from embedbalance.load import BASELINE_WEIGHT, SETTLED, DelayEstimate, ExpectedDelay, _steady
 
-from ._sim import open_loop, shares
+from ._sim import lognormal, open_loop, shares, spell
 from .conftest import make_state, pool_of
 
 
@@ -315,16 +315,11 @@ def _four_equal(clock: eb.ManualClock, seed: int) -> eb.BackendPool:
     )
 
 
-def _lognormal(mean: float, cv: float) -> tuple[float, float]:
-    sigma2 = math.log1p(cv * cv)
-    return math.log(mean) - sigma2 / 2, math.sqrt(sigma2)
-
-
 @pytest.mark.parametrize("rho", [0.5, 0.85])
 def test_identical_backends_converge_to_equal_shares(clock: eb.ManualClock, rho: float) -> None:
     """Four identical 8-slot backends under a seeded random latency stream (cv 0.3) get shares within ±20% of each other: the estimates' noise makes no lasting favourite."""
     pool = _four_equal(clock, seed=11)
-    mu, sigma = _lognormal(0.1, 0.3)
+    mu, sigma = lognormal(0.1, 0.3)
     rate = rho * 320.0
     records = open_loop(
         pool,
@@ -343,23 +338,17 @@ def test_identical_backends_converge_to_equal_shares(clock: eb.ManualClock, rho:
 @pytest.mark.parametrize("hints", [False, True], ids=["no hints", "worker hints"])
 def test_slowed_then_restored_backend_regains_its_fair_share(hints: bool) -> None:
     """One of four equal backends 8x slower for 5 s at 0.7 load, over eight seeds, with and without the worker's load headers: during the spell it is avoided; in the first 2 s of recovery its share is back to 0.7x fair on average (0.4x at worst: when its last probe of the spell went out just before the end, the recovery waits for that slow answer); after, 0.8x fair within 700 requests. If this fails with hints only, the queue the server reports is explaining the spell's slow answers away (a backend 8x slower kept its fast estimate and 10% of the traffic)."""
-    mu, sigma = _lognormal(0.1, 0.3)
     firsts = []
     for seed in range(1, 9):
         clock = eb.ManualClock(1000.0)
         pool = _four_equal(clock, seed=seed)
         start = clock()
-
-        def service(b: int, now: float, rng: random.Random, start: float = start) -> float:
-            x = rng.lognormvariate(mu, sigma)
-            return x * 8.0 if b == 0 and start + 4.0 <= now < start + 9.0 else x
-
         rate = 0.7 * 320.0
         records = open_loop(
             pool,
             clock,
             slots=[8] * 4,
-            service=service,
+            service=spell(start),
             rate=rate,
             arrivals=int(rate * 15),
             seed=seed + 6,
