@@ -123,6 +123,28 @@ async def test_aclose_stops_the_background_task(servers):
     assert server.stats()["health_checks"] == checks
 
 
+def test_active_checks_take_out_and_bring_back_a_backend_sync(servers):
+    """The sync transport's own checker: an unhealthy /health takes a backend out after
+    `fall` checks and `rise` passing checks bring it back. If this fails, the sync
+    transport starts its checker without its probe (every check then fails alike, the
+    pool panics and serves everyone) and a dead backend is never taken out."""
+    a, b = servers(2)
+    policy = eb.HealthCheck(interval=0.05, jitter=0.0, rise=2, fall=2)
+    with eb.BalancingTransport([a.url, b.url], health_check=policy) as transport:
+        transport.start()
+        b.control(healthy=False)
+        deadline = time.monotonic() + 5
+        while transport.stats().pool.by_url()[b.url].state != "unhealthy":
+            assert time.monotonic() < deadline, transport.stats().pool.by_url()[b.url]
+            time.sleep(0.02)
+        assert transport.stats().pool.by_url()[a.url].state == "healthy"
+        b.control(healthy=True)
+        deadline = time.monotonic() + 5
+        while transport.stats().pool.by_url()[b.url].state != "healthy":
+            assert time.monotonic() < deadline, transport.stats().pool.by_url()[b.url]
+            time.sleep(0.02)
+
+
 @pytest.mark.anyio
 async def test_active_checks_take_out_and_bring_back_a_backend_async(servers):
     """An unhealthy /health takes a backend out after `fall` checks and `rise` passing checks bring it back."""

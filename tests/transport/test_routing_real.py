@@ -180,3 +180,14 @@ async def test_a_large_answer_arrives_whole_through_the_async_transport(
         response = await client.post("/embed", content=payload)
     assert response.status_code == 200
     assert response.json()["body"].encode("latin-1") == payload
+
+
+def test_a_large_answer_arrives_whole_through_the_sync_transport(server: EchoServer) -> None:
+    """The sync twin of the test above: a 300 KB echo, read from the socket in many
+    chunks, reaches the caller byte for byte. If this fails, the sync transport joins
+    the chunks of a long answer wrongly."""
+    payload = bytes(range(256)) * 1200
+    with httpx.Client(transport=_transport(server.url), base_url="http://e") as client:
+        response = client.post("/embed", content=payload)
+    assert response.status_code == 200
+    assert response.json()["body"].encode("latin-1") == payload

@@ -100,6 +100,39 @@ async def test_concurrent_async_starts_run_one_background() -> None:
     assert source.running == 0
 
 
+class StoppableDiscovery:
+    """A sync discovery source that records whether it was stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.started = self.stopped = 0
+
+    def start(self, pool: eb.BackendPool) -> None:
+        self.started += 1
+        pool.update([eb.Backend(self.url)])
+
+    def stop(self) -> None:
+        self.stopped += 1
+
+    async def arun(self, pool: eb.BackendPool, *, task_status: Any = None) -> None:
+        raise AssertionError("the sync transport never runs the async loop")
+
+
+def test_closing_a_started_sync_transport_stops_its_discovery() -> None:
+    """``close()`` stops the discovery that ``start()`` started — once — and a transport
+    never started stops nothing. If this fails, a closed transport leaves its DNS
+    refresh thread running (one per transport a process ever made)."""
+    source = StoppableDiscovery("http://127.0.0.1:9")
+    transport = eb.BalancingTransport(source, health_check=None)  # type: ignore[arg-type]
+    transport.start()
+    transport.close()
+    transport.close()
+    assert (source.started, source.stopped) == (1, 1)
+    idle = StoppableDiscovery("http://127.0.0.1:9")
+    eb.BalancingTransport(idle, health_check=None).close()  # type: ignore[arg-type]
+    assert (idle.started, idle.stopped) == (0, 0)
+
+
 @pytest.mark.anyio
 async def test_a_second_start_of_a_running_async_transport_starts_nothing() -> None:
     """``start()`` on a transport already running returns at once: still one discovery

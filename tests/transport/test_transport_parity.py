@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import random
+import time
 from typing import Any
 
 import httpx
@@ -153,3 +154,31 @@ def test_stats_report_the_policys_own_counters() -> None:
         assert (stats.requests, stats.retries, stats.hedges) == (11, 3, 2)
         assert stats.hedges_declined == 7
         assert (stats.budget_exhausted, stats.hedge_budget_exhausted) == (5, 4)
+
+
+def test_the_sync_transports_checks_go_through_its_inner_transport() -> None:
+    """The sync transport's health checks probe through the inner transport it was given
+    (its TLS settings, proxies, mocks), like its requests: here a mock that answers
+    /health for hosts nothing resolves. If this fails, the checker falls back to a plain
+    client of its own — the backends look dead and the pool panics."""
+    hits: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/health":
+            hits.append(request.url.host)
+        return httpx.Response(200, json={})
+
+    policy = eb.HealthCheck(interval=0.02, jitter=0.0, rise=1, fall=1, timeout=0.5)
+    with eb.BalancingTransport(
+        ["http://b0.invalid", "http://b1.invalid"],
+        transport=httpx.MockTransport(handler),
+        health_check=policy,
+    ) as transport:
+        transport.start()
+        deadline = time.monotonic() + 5
+        while len(hits) < 6:
+            assert time.monotonic() < deadline, hits
+            time.sleep(0.01)
+        rows = transport.stats().pool.by_url()
+    assert {row.state for row in rows.values()} == {"healthy"}
+    assert set(hits) == {"b0.invalid", "b1.invalid"}
