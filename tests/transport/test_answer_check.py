@@ -160,3 +160,90 @@ def test_a_raced_connection_error_is_named_in_the_attempts(kind: str) -> None:
     assert len(attempts) == 2
     for attempt in attempts:
         assert "ConnectError: refused here" in str(attempt), attempt
+
+
+def test_every_answer_refused_names_the_checks_reason() -> None:
+    """Both backends answer wrong rows: the last answer comes back (as from a proxy, for
+    the caller's own check to raise on), and the attempts it carries name the check's
+    reason. If this fails, the caller cannot tell a wrong answer from a dead backend."""
+
+    def wrong(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"rows": 0})
+
+    transport = eb.BalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(wrong), **_options(False)
+    )
+    request = httpx.Request(
+        "POST",
+        "http://svc/embed",
+        json={"inputs": ["x"]},
+        extensions={eb.VALIDATE_EXTENSION: _check},
+    )
+    response = transport.handle_request(request)
+    response.read()
+    transport.close()
+    attempts = response.extensions[eb.ATTEMPTS_EXTENSION]
+    assert attempts
+    for attempt in attempts:
+        assert "invalid answer: expected 1 row, got 0" in str(attempt), attempt
+
+
+@pytest.mark.parametrize("cost", [0, 0.5, 1, 7.25])
+def test_any_finite_cost_from_zero_up_is_accepted(cost: float) -> None:
+    """Costs of 0 and fractions are valid (an empty or tiny request); the request holds
+    exactly that cost while in flight, and one without the extension holds 1."""
+    held: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        held.append(transport.stats().pool.by_url()["http://b0.test"].outstanding_cost)
+        return httpx.Response(200, json={"rows": 1})
+
+    transport = eb.BalancingTransport(
+        ["http://b0.test"], transport=httpx.MockTransport(handler), **_options(False)
+    )
+    with httpx.Client(transport=transport, base_url="http://svc") as client:
+        client.post("/embed", json={}, extensions={eb.COST_EXTENSION: cost})
+        client.post("/embed", json={})
+    assert held == [float(cost), 1.0]
+
+
+@pytest.mark.parametrize("cost", [-1, -0.5, float("nan"), float("inf")])
+def test_a_negative_or_non_finite_cost_is_refused(cost: float) -> None:
+    """If this fails, a negative cost frees capacity that was never taken (the balancer's
+    books go below zero) or an infinite one blocks a backend for good."""
+    transport = eb.BalancingTransport(
+        ["http://b0.test"],
+        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={})),
+        **_options(False),
+    )
+    with (
+        httpx.Client(transport=transport, base_url="http://svc") as client,
+        pytest.raises(ValueError, match=r"embedbalance\.cost must be a finite number >= 0"),
+    ):
+        client.post("/embed", json={}, extensions={eb.COST_EXTENSION: cost})
+
+
+@pytest.mark.anyio
+async def test_a_requests_total_timeout_extension_ends_it() -> None:
+    """``TOTAL_TIMEOUT_EXTENSION`` on one request bounds it, retries included, though the
+    transport sets no total timeout: a backend that never answers costs the caller that
+    long, not forever. If this fails, the per-request bound is ignored."""
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        await anyio.sleep(30)
+        return httpx.Response(200, json={})
+
+    transport = eb.AsyncBalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(hang), **_options(False)
+    )
+    request = httpx.Request(
+        "POST",
+        "http://svc/embed",
+        json={"inputs": ["x"]},
+        extensions={eb.TOTAL_TIMEOUT_EXTENSION: 0.2},
+    )
+    try:
+        with anyio.fail_after(10), pytest.raises((eb.AllAttemptsFailed, httpx.TimeoutException)):
+            await transport.handle_async_request(request)
+    finally:
+        await transport.aclose()

@@ -96,3 +96,12 @@ def test_a_wrong_extension_is_refused() -> None:
     request = httpx.Request("POST", URL, json={}, extensions={eb.MODEL_EXTENSION: 3})
     with pytest.raises(ValueError, match=r"embedbalance\.model"):
         request_model(request)
+
+
+def test_a_body_without_a_content_type_names_no_model() -> None:
+    """An OpenAI-style POST whose content type is not given is sent on, naming no model,
+    without an error. If this fails, a request without ``Content-Type`` raises inside
+    the transport before it is sent."""
+    request = httpx.Request("POST", "http://x.test/v1/embeddings", content=b'{"model": "m"}')
+    assert "content-type" not in request.headers
+    assert request_model(request) is None
