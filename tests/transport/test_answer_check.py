@@ -247,3 +247,58 @@ async def test_a_requests_total_timeout_extension_ends_it() -> None:
             await transport.handle_async_request(request)
     finally:
         await transport.aclose()
+
+
+@pytest.mark.parametrize("status", [204, 300, 404])
+def test_only_a_2xx_answer_is_checked(status: int) -> None:
+    """The check reads 2xx answers only: a 300 or a 404 comes back as it is, from the
+    first backend, with no attempt recorded; a 204 is checked (here refused, so the
+    next backend's is too). If this fails, a redirect or an error page is read as rows."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, content=b"not json")
+
+    transport = eb.BalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
+    )
+    request = httpx.Request(
+        "POST",
+        "http://svc/embed",
+        json={"inputs": ["x"]},
+        extensions={eb.VALIDATE_EXTENSION: _check},
+    )
+    response = transport.handle_request(request)
+    response.read()
+    transport.close()
+    assert response.status_code == status
+    checked = eb.ATTEMPTS_EXTENSION in response.extensions
+    assert checked == (status == 204)
+
+
+def test_a_check_that_fails_with_a_bug_reaches_the_caller() -> None:
+    """A check raising something other than ``ValueError`` (a bug in it) reaches the
+    caller as it is, unretried, and frees the backend's slot. If this fails, the bug is
+    replaced by an error of the transport's own cleanup."""
+    calls: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.host)
+        return httpx.Response(200, json={"rows": 1})
+
+    def buggy(response: httpx.Response) -> int:
+        return int(response.json()["missing"])
+
+    transport = eb.BalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
+    )
+    request = httpx.Request(
+        "POST",
+        "http://svc/embed",
+        json={"inputs": ["x"]},
+        extensions={eb.VALIDATE_EXTENSION: buggy},
+    )
+    with pytest.raises(KeyError, match="missing"):
+        transport.handle_request(request)
+    assert len(calls) == 1
+    assert transport.stats().pool.in_flight == 0
+    transport.close()
