@@ -17,7 +17,13 @@ import pytest
 import embedbalance as eb
 from embedbalance._hints import ServerHints
 from embedbalance._state import BackendState
-from embedbalance.load import STEADY_BAND, DelayEstimate, ExpectedDelay
+from embedbalance.load import (
+    BASELINE_WEIGHT,
+    SETTLE_SAMPLES,
+    STEADY_BAND,
+    DelayEstimate,
+    ExpectedDelay,
+)
 
 from ._sim import lognormal, open_loop, shares, spell
 from .conftest import make_state
@@ -311,3 +317,85 @@ def test_a_spell_under_a_reported_queue_is_seen() -> None:
         default = _p99_under_a_spell(eb.ShortestExpectedDelay, seed)
         least = _p99_under_a_spell(eb.LeastConnections, seed)
         assert default <= 0.5 * least, (seed, default, least)
+
+
+# -- the rules at their edges, and with a request's cost ------------------------------
+
+
+def test_a_reported_queue_is_read_in_units_of_cost() -> None:
+    """With a cost of 2 per request, the headers' counts are requests: 12 in flight, 4
+    waiting, so 16 units served at once and 24 held — the answer divided by 1.5, then by
+    its cost. If this fails, the headers' counts are mixed with units of cost."""
+    m = ExpectedDelay()
+    s = taught(service=0.05, slots=16.0)
+    m.observe(
+        s, 0.15, 1.0, load_at_start=2.0, cost=2.0, hints=ServerHints(queue_depth=4, in_flight=12)
+    )
+    # 0.15 s / 2 units / (24 / 16) = 0.05: the estimate stays.
+    assert record(s).service == pytest.approx(0.05)
+    assert record(s).slots == pytest.approx(16.0)
+
+
+def test_the_no_queue_knee_is_in_units_of_cost() -> None:
+    """``X-Queue-Depth: 0`` with 6 in flight at a cost of 2 per request: at least 12
+    units served at once — at the first answer outright, later half way up."""
+    m = ExpectedDelay()
+    first = make_state()
+    m.observe(
+        first, 0.1, 0.1, load_at_start=8.0, cost=2.0, hints=ServerHints(queue_depth=0, in_flight=6)
+    )
+    assert record(first).slots == pytest.approx(12.0)  # not the 8 units of our own company
+    later = taught(slots=4.0)
+    m.observe(
+        later, 0.2, 1.0, load_at_start=2.0, cost=2.0, hints=ServerHints(queue_depth=0, in_flight=6)
+    )
+    assert record(later).slots == pytest.approx(8.0)
+
+
+def test_one_request_served_at_once_is_still_a_knee() -> None:
+    """3 in flight, 2 waiting: one served at once. The first answer learns a knee of one
+    (seen), a later one reads its queue from the headers. If this fails, a one-slot
+    server's queue is read as slowness."""
+    m = ExpectedDelay()
+    first = make_state()
+    m.observe(first, 0.3, 0.3, load_at_start=1.0, hints=ServerHints(queue_depth=2, in_flight=3))
+    assert record(first).slots == pytest.approx(1.0)
+    assert record(first).knee_seen
+    later = taught(slots=1.0)
+    m.observe(later, 0.2, 1.0, load_at_start=3.0, hints=ServerHints(queue_depth=2, in_flight=3))
+    # 0.2 s / (3 held / 1 served): faster than the estimate, which moves down.
+    assert record(later).service == pytest.approx(0.1 + (0.2 / 3 - 0.1) * m.better)
+
+
+def test_a_first_answer_with_measured_queueing_marks_the_knee_seen() -> None:
+    """TEI's timing headers on a first answer showing it queued (run 0.1 s, waited
+    0.3 s, with 4 in flight): the knee comes from that queueing and counts as seen."""
+    m = ExpectedDelay()
+    s = make_state()
+    m.observe(s, 0.4, 0.4, load_at_start=4.0, hints=ServerHints(inference_time=0.1, queue_time=0.3))
+    assert record(s).slots == pytest.approx(1.0)
+    assert record(s).knee_seen
+
+
+def test_a_far_fast_answer_is_a_recovery_only_before_the_baseline_settles() -> None:
+    """Under half the estimate: within the first SETTLE_SAMPLES answers (a cold first
+    answer) it counts in full; from then on, outside a spell, as half the estimate."""
+    m = ExpectedDelay()
+    young = taught(service=0.2, baseline=0.2)
+    record(young).samples = SETTLE_SAMPLES - 1
+    m.observe(young, 0.05, 1.0, load_at_start=1.0)
+    assert record(young).service == pytest.approx(0.2 + (0.05 - 0.2) * (1 - 0.25))
+    settled = taught(service=0.2, baseline=0.2)
+    record(settled).samples = SETTLE_SAMPLES
+    m.observe(settled, 0.05, 1.0, load_at_start=1.0)
+    assert record(settled).service == pytest.approx(0.2 + (0.1 - 0.2) * m.better)
+
+
+def test_the_baseline_slows_for_any_spell_over_twice_it() -> None:
+    """An estimate 2.5x the baseline is a spell: the baseline moves a quarter as fast."""
+    m = ExpectedDelay()
+    s = taught(service=0.25, baseline=0.1)
+    m.observe(s, 0.25, 1.0, load_at_start=1.0)
+    est = record(s)
+    assert est.service == pytest.approx(0.25)
+    assert est.baseline == pytest.approx(0.1 + (0.25 - 0.1) * BASELINE_WEIGHT * 0.25)
