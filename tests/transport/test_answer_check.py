@@ -30,6 +30,14 @@ def _check(response: httpx.Response) -> int:
     return rows
 
 
+def _embed(check: Any = _check, **extensions: Any) -> httpx.Request:
+    """One embedding request with the answer check ``check`` (None: without one)."""
+    ext = dict(extensions)
+    if check is not None:
+        ext[eb.VALIDATE_EXTENSION] = check
+    return httpx.Request("POST", "http://svc/embed", json={"inputs": ["x"]}, extensions=ext)
+
+
 def _options(raced: bool) -> dict[str, Any]:
     hedge = (
         eb.Hedge(min_samples=1, min_delay=0.5, multiple=100.0, budget_ratio=1.0) if raced else None
@@ -63,12 +71,7 @@ def test_the_sync_transport_checks_every_answer(raced: bool) -> None:
         transport.handle_request(request).read()  # a latency sample: the next ones race
         warming[0] = False
         for _ in range(4):
-            request = httpx.Request(
-                "POST",
-                "http://svc/embed",
-                json={"inputs": ["x"]},
-                extensions={eb.VALIDATE_EXTENSION: _check},
-            )
+            request = _embed()
             response = transport.handle_request(request)
             response.read()
             assert response.json() == {"rows": 1}
@@ -96,12 +99,7 @@ async def test_the_async_transport_checks_every_answer(raced: bool) -> None:
         await (await transport.handle_async_request(request)).aread()
         warming[0] = False
         for _ in range(4):
-            request = httpx.Request(
-                "POST",
-                "http://svc/embed",
-                json={"inputs": ["x"]},
-                extensions={eb.VALIDATE_EXTENSION: _check},
-            )
+            request = _embed()
             with anyio.fail_after(5):
                 response = await transport.handle_async_request(request)
                 await response.aread()
@@ -173,12 +171,7 @@ def test_every_answer_refused_names_the_checks_reason() -> None:
     transport = eb.BalancingTransport(
         BACKENDS, transport=httpx.MockTransport(wrong), **_options(False)
     )
-    request = httpx.Request(
-        "POST",
-        "http://svc/embed",
-        json={"inputs": ["x"]},
-        extensions={eb.VALIDATE_EXTENSION: _check},
-    )
+    request = _embed()
     response = transport.handle_request(request)
     response.read()
     transport.close()
@@ -236,12 +229,7 @@ async def test_a_requests_total_timeout_extension_ends_it() -> None:
     transport = eb.AsyncBalancingTransport(
         BACKENDS, transport=httpx.MockTransport(hang), **_options(False)
     )
-    request = httpx.Request(
-        "POST",
-        "http://svc/embed",
-        json={"inputs": ["x"]},
-        extensions={eb.TOTAL_TIMEOUT_EXTENSION: 0.2},
-    )
+    request = _embed(None, **{eb.TOTAL_TIMEOUT_EXTENSION: 0.2})
     try:
         with anyio.fail_after(10), pytest.raises((eb.AllAttemptsFailed, httpx.TimeoutException)):
             await transport.handle_async_request(request)
@@ -261,12 +249,7 @@ def test_only_a_2xx_answer_is_checked(status: int) -> None:
     transport = eb.BalancingTransport(
         BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
     )
-    request = httpx.Request(
-        "POST",
-        "http://svc/embed",
-        json={"inputs": ["x"]},
-        extensions={eb.VALIDATE_EXTENSION: _check},
-    )
+    request = _embed()
     response = transport.handle_request(request)
     response.read()
     transport.close()
@@ -291,12 +274,7 @@ def test_a_check_that_fails_with_a_bug_reaches_the_caller() -> None:
     transport = eb.BalancingTransport(
         BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
     )
-    request = httpx.Request(
-        "POST",
-        "http://svc/embed",
-        json={"inputs": ["x"]},
-        extensions={eb.VALIDATE_EXTENSION: buggy},
-    )
+    request = _embed(buggy)
     with pytest.raises(KeyError, match="missing"):
         transport.handle_request(request)
     assert len(calls) == 1
