@@ -6,8 +6,9 @@ elsewhere; an accepted one carries what the check returned.
 Why a file of its own: mutation testing showed that any one of these paths could drop
 the check (pass ``None`` on) and the suite stayed green — the client's own tests check
 its rows again after the transport, so a skipped transport check there only moved the
-error, and no test drove the transport with a check directly. Mock transports: the
-paths are the subject, not the sockets.
+error, and no test drove the transport with a check directly. The four paths run
+against real servers on loopback; the edges below (costs, refusals, odd statuses) on
+mock transports, where the answer is the subject, not the socket.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+from echo_server import echo_servers
 
 import embedbalance as eb
 
@@ -50,65 +52,59 @@ def _options(raced: bool) -> dict[str, Any]:
     }
 
 
-def _answer(request: httpx.Request, warming: list[bool]) -> httpx.Response:
-    wrong = request.url.host == "b0.test" and not warming[0]
-    return httpx.Response(200, json={"rows": 0 if wrong else 1})
+def _refusing(port: int) -> Any:
+    """An answer check that refuses every answer from the server on ``port``."""
+
+    def check(response: httpx.Response) -> int:
+        if response.request.url.port == port:
+            raise ValueError("expected 1 row, got 0")
+        return 1
+
+    return check
 
 
 @pytest.mark.parametrize("raced", [False, True], ids=["direct", "raced"])
 def test_the_sync_transport_checks_every_answer(raced: bool) -> None:
-    """b0 answers wrong rows: every checked request ends answered by b1, with the check's
-    result attached, and b0 is charged a failure each time. If this fails, one of the
-    sync paths hands back an answer nobody checked."""
-    warming = [True]
-    transport = eb.BalancingTransport(
-        BACKENDS,
-        transport=httpx.MockTransport(lambda request: _answer(request, warming)),
-        **_options(raced),
-    )
-    try:
-        request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["w"]})
-        transport.handle_request(request).read()  # a latency sample: the next ones race
-        warming[0] = False
-        for _ in range(4):
-            request = _embed()
-            response = transport.handle_request(request)
-            response.read()
-            assert response.json() == {"rows": 1}
-            assert response.extensions[eb.VALIDATED_EXTENSION] == 1
-            assert str(response.request.url) == "http://b1.test/embed"
-        assert transport.stats().pool.by_url()["http://b0.test"].failures >= 2
-    finally:
-        transport.close()
+    """Two real servers on loopback; the check refuses the first one's answers: every
+    checked request ends answered by the second, with the check's result attached, and
+    the first is charged a failure each time. If this fails, one of the sync paths
+    hands back an answer nobody checked."""
+    with echo_servers(2) as (wrong, right):
+        transport = eb.BalancingTransport([wrong.url, right.url], **_options(raced))
+        try:
+            # a latency sample from each: the next requests race
+            for _ in range(2):
+                transport.handle_request(_embed(None)).read()
+            for _ in range(4):
+                response = transport.handle_request(_embed(_refusing(wrong.port)))
+                response.read()
+                assert response.status_code == 200
+                assert response.extensions[eb.VALIDATED_EXTENSION] == 1
+                assert response.request.url.port == right.port
+            assert transport.stats().pool.by_url()[wrong.url].failures >= 2
+        finally:
+            transport.close()
 
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("raced", [False, True], ids=["direct", "raced"])
 async def test_the_async_transport_checks_every_answer(raced: bool) -> None:
     """The async twin of the test above, on both of its paths."""
-    warming = [True]
-
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return _answer(request, warming)
-
-    transport = eb.AsyncBalancingTransport(
-        BACKENDS, transport=httpx.MockTransport(handler), **_options(raced)
-    )
-    try:
-        request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["w"]})
-        await (await transport.handle_async_request(request)).aread()
-        warming[0] = False
-        for _ in range(4):
-            request = _embed()
-            with anyio.fail_after(5):
-                response = await transport.handle_async_request(request)
-                await response.aread()
-            assert response.json() == {"rows": 1}
-            assert response.extensions[eb.VALIDATED_EXTENSION] == 1
-            assert str(response.request.url) == "http://b1.test/embed"
-        assert transport.stats().pool.by_url()["http://b0.test"].failures >= 2
-    finally:
-        await transport.aclose()
+    with echo_servers(2) as (wrong, right):
+        transport = eb.AsyncBalancingTransport([wrong.url, right.url], **_options(raced))
+        try:
+            for _ in range(2):
+                await (await transport.handle_async_request(_embed(None))).aread()
+            for _ in range(4):
+                with anyio.fail_after(10):
+                    response = await transport.handle_async_request(_embed(_refusing(wrong.port)))
+                    await response.aread()
+                assert response.status_code == 200
+                assert response.extensions[eb.VALIDATED_EXTENSION] == 1
+                assert response.request.url.port == right.port
+            assert transport.stats().pool.by_url()[wrong.url].failures >= 2
+        finally:
+            await transport.aclose()
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
