@@ -14,7 +14,8 @@ with a tiny JSON body, ``X-Queue-Depth`` and ``X-In-Flight`` (the worker's load
 headers); ``GET /health`` answers at once;
 ``POST /admin/slowdown?factor=F`` multiplies every later service time by ``F`` (the
 "latency degrades midway" scenario); ``POST /admin/hang?on=1`` makes every later
-request wait forever (a hung process that still accepts; ``on=0`` ends it);
+request wait (a hung process that still accepts; ``on=0`` ends the hang, and the
+requests caught in it are then served);
 ``--straggle-p P --straggle-s S`` adds ``S`` seconds to a fraction ``P`` of requests;
 ``GET /admin/arrivals`` lists when (``time.monotonic()``, shared by the machine's
 processes) each served request arrived, hedged copies included: where a balancer
@@ -97,13 +98,15 @@ class ServerState:
     waiting: int = 0
     busy: int = 0
     served: int = 0
-    #: While set, every request is accepted and never answered (a hung process).
+    #: While set, every request is accepted and not answered until it is cleared (a
+    #: hung process): the requests caught in the hang then go on to be served.
     hung: bool = False
     #: Arrival times of the POSTs (bounded: a benchmark run is minutes long).
     arrivals: collections.deque[float] = attrs.field(
         factory=lambda: collections.deque(maxlen=1_000_000)
     )
     _sem: asyncio.Semaphore | None = attrs.field(default=None, init=False)
+    _unhung: asyncio.Event | None = attrs.field(default=None, init=False)
 
     @property
     def semaphore(self) -> asyncio.Semaphore:
@@ -111,6 +114,18 @@ class ServerState:
         if self._sem is None:
             self._sem = asyncio.Semaphore(self.slots)
         return self._sem
+
+    def set_hung(self, on: bool) -> None:
+        """Start or end a hang. Ending it releases the requests caught in it: a hang
+        that outlived its ``on=0`` would hold every slot until the process ends, and a
+        scenario of a hang "from 30% to 60%" would measure a replica lost for good."""
+        self.hung = on
+        if self._unhung is None:
+            self._unhung = asyncio.Event()
+        if on:
+            self._unhung.clear()
+        else:
+            self._unhung.set()
 
     async def serve_one(self) -> float:
         """Queue for a slot, hold it for one service time; returns the time served."""
@@ -123,8 +138,8 @@ class ServerState:
                 self.busy += 1
                 try:
                     t = self.model.sample()
-                    if self.hung:
-                        await asyncio.sleep(3600.0)  # until the client gives up
+                    if self.hung and self._unhung is not None:
+                        await self._unhung.wait()  # until the hang ends
                     await asyncio.sleep(t)
                 finally:
                     self.busy -= 1
@@ -176,7 +191,7 @@ async def _handle(
             if url.path == "/health":
                 out = _response(200, b'{"status":"ok"}')
             elif url.path == "/admin/hang" and method == "POST":
-                state.hung = parse_qs(url.query).get("on", ["1"])[0] == "1"
+                state.set_hung(parse_qs(url.query).get("on", ["1"])[0] == "1")
                 out = _response(200, json.dumps({"hung": state.hung}).encode())
             elif url.path == "/admin/slowdown" and method == "POST":
                 factor = float(parse_qs(url.query).get("factor", ["1"])[0])

@@ -101,3 +101,28 @@ def test_arrivals_list_when_each_post_arrived() -> None:
     assert arrivals == sorted(arrivals)
     assert t0 <= arrivals[0]
     assert arrivals[-1] <= t1
+
+
+def test_a_hang_holds_requests_until_it_ends_and_then_serves_them() -> None:
+    """``/admin/hang?on=1`` holds every later request unanswered; ``on=0`` ends the hang
+    and the requests caught in it are served. If this fails, a hang outlives its end:
+    the caught requests keep every slot, and the benchmark's "hang from 30% to 60%"
+    measures a replica lost for good."""
+    state = ServerState(2, LatencyModel(mean=0.01, cv=0.0))
+
+    async def body(client: httpx.AsyncClient) -> tuple[list[int], bool, int]:
+        assert (await client.post("/admin/hang?on=1")).json() == {"hung": True}
+        caught = [asyncio.ensure_future(client.post("/embed", json={})) for _ in range(3)]
+        await asyncio.sleep(0.3)
+        still_waiting = not any(c.done() for c in caught)
+        health = (await client.get("/health")).status_code  # the process still answers
+        assert (await client.post("/admin/hang?on=0")).json() == {"hung": False}
+        answers = await asyncio.wait_for(asyncio.gather(*caught), timeout=5)
+        return [a.status_code for a in answers], still_waiting, health
+
+    codes, still_waiting, health = asyncio.run(_with_server(state, body))
+    assert still_waiting
+    assert health == 200
+    assert codes == [200, 200, 200]
+    assert state.served == 3
+    assert state.busy == 0 and state.waiting == 0
