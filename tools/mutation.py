@@ -132,6 +132,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
             "tests/transport/test_transport_parity.py",
             "tests/transport/test_async_race.py",
             "tests/transport/test_answer_check.py",
+            "tests/transport/test_race_leftovers.py",
             "tests/transport/test_routing.py",
             "tests/transport/test_inner_transports.py",
             "tests/transport/test_hedge_losers_sync.py",
