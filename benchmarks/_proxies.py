@@ -38,6 +38,7 @@ __all__ = [
     "ensure_installed",
     "find_binary",
     "free_port",
+    "free_ports",
     "haproxy_config",
     "nginx_config",
     "start_proxy",
@@ -94,11 +95,21 @@ def ensure_installed(names: Sequence[str] = ("haproxy", "nginx")) -> dict[str, s
 
 def free_port() -> int:
     """A currently free loopback TCP port (the usual bind-to-0 trick)."""
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free loopback TCP ports. Every socket stays bound until all are
+    picked: ports picked one at a time can repeat (the kernel may hand a just-closed
+    port out again), and two replicas on one port fail a run."""
+    import contextlib
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 @attrs.frozen

@@ -125,4 +125,5 @@ def test_a_hang_holds_requests_until_it_ends_and_then_serves_them() -> None:
     assert health == 200
     assert codes == [200, 200, 200]
     assert state.served == 3
-    assert state.busy == 0 and state.waiting == 0
+    assert state.busy == 0
+    assert state.waiting == 0
