@@ -191,6 +191,21 @@ class AttemptPolicy:
                 return None
         return max(p if probe else p * hedge.multiple, hedge.min_delay)
 
+    def quiet_delay(self, lease: Lease, hedge_after: float) -> float | None:
+        """Seconds after which an attempt on ``lease``'s backend may be hedged early,
+        before ``hedge_after``, if that backend has gone quiet (see
+        :meth:`~embedbalance.BackendPool.quiet`): its own recent percentile, without
+        the multiple. None where there is no earlier point (a probe, the pool-wide
+        rule, a multiple of 1 or less, too few answers)."""
+        hedge = self.hedge
+        if hedge is None or lease.probe or not hedge.per_backend or hedge.multiple <= 1.0:
+            return None
+        p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
+        if p is None:
+            return None
+        p = max(p, hedge.min_delay)
+        return p if p < hedge_after else None
+
     def _allow_retry(self) -> bool:
         if self.budget.try_withdraw():
             with self._lock:
@@ -251,6 +266,12 @@ class Flow:
     _hedge_waits: bool = False
     _declines: int = 0
     _current: Lease | None = None
+    #: The early (quiet-backend) hedge point of the step in flight, when it has one,
+    #: and when its full hedge delay ends (``policy.wall()`` time).
+    _quiet: float | None = None
+    _full: float = math.inf
+    _full_at: float = math.inf
+    _early: bool = False
 
     def _remaining(self) -> float | None:
         if self.deadline == math.inf:
@@ -331,6 +352,16 @@ class Flow:
         )
         if hedge_after is not None and timeout is not None and hedge_after >= timeout:
             hedge_after = None
+        self._quiet = None
+        if hedge_after is not None:
+            # A hung backend shows before the hedge delay: it stops answering while it
+            # holds work. From the backend's own percentile on, the step is looked at
+            # again for that (see hedge_lease); the full delay still applies otherwise.
+            quiet = self.policy.quiet_delay(lease, hedge_after)
+            if quiet is not None:
+                self._quiet, self._full = quiet, hedge_after
+                self._full_at = self.policy.wall() + hedge_after
+                hedge_after = quiet
         return Step(lease, n + 1, timeout, hedge_after)
 
     def hedge_lease(self) -> Lease | None:
@@ -339,11 +370,26 @@ class Flow:
         self._hedge_waits = False
         if not self.resendable or self._final is not None:
             return None
+        current = self._current
+        # Before the full hedge delay, only a quiet backend is hedged (it holds other
+        # work and has answered nothing for as long as this copy's whole usual time):
+        # a hung one, whose copies would otherwise wait out the whole delay. Into a
+        # free slot, as any hedge: an 8x-slow backend at high load looks as quiet, and
+        # queued copies for it raised a busy pool's median by a tenth (degrade85).
+        quiet = (
+            self._quiet is not None
+            and current is not None
+            and self.policy.pool.quiet(current, self._quiet)
+        )
+        if self._quiet is not None and not quiet and self.policy.wall() < self._full_at:
+            self._hedge_waits = True
+            self._early = True
+            return None
+        self._early = False
         # After waiting two more hedge delays for a free slot, a first copy whose
         # backend has answered nothing at all since it was sent is stuck on a hung
         # backend: take a queue place. (A backend that is only slow still answers its
         # other requests; queueing hedges for those kept a busy pool congested.)
-        current = self._current
         queue = (
             self._declines >= HEDGE_PATIENCE
             and current is not None
@@ -370,7 +416,10 @@ class Flow:
         so a request stuck on a hung backend is still rescued once a slot frees up."""
         if not self._hedge_waits or self._hedges or step.hedge_after is None:
             return math.inf
-        return now + max(step.hedge_after / 4.0, 0.001)
+        if self._early:  # before the full delay: look for quiet again, or at the delay
+            return min(now + max(step.hedge_after / 4.0, 0.001), self._full_at)
+        full = step.hedge_after if self._quiet is None else self._full
+        return now + max(full / 4.0, 0.001)
 
     @property
     def settled(self) -> bool:

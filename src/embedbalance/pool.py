@@ -1129,6 +1129,22 @@ class BackendPool:
             zone=s.backend.zone,
         )
 
+    def quiet(self, lease: Lease, quiet_for: float) -> bool:
+        """Whether ``lease``'s backend has gone quiet: it holds other requests besides
+        this one and has answered nothing for ``quiet_for`` seconds, while this one has
+        been out at least that long. A backend that works answers something within its
+        own usual latency when it holds several requests; one that holds them silently
+        is hung, and a copy stuck there is worth hedging before its full hedge delay."""
+        with self._lock:
+            s = lease._state
+            now = self._now()
+            return (
+                not lease.released
+                and s.pending >= 2
+                and now - lease.started_at >= quiet_for
+                and now - s.answered_at >= quiet_for
+            )
+
     def silent_since(self, lease: Lease) -> bool:
         """Whether ``lease``'s backend has answered nothing since the lease was taken:
         a request stuck there is on a hung backend, not a slow one (a slow backend

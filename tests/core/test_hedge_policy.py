@@ -306,3 +306,140 @@ def test_a_probe_of_a_backend_thought_slow_is_hedged_by_the_pools_percentile() -
     assert probe.backend.url == SLOW
     assert probe.probe
     assert policy.hedge_delay(probe) == pytest.approx(0.3)
+
+
+def _quiet_setup() -> tuple[eb.BackendPool, eb.ManualClock, AttemptPolicy, eb.Lease, eb.Lease]:
+    """FAST answers in 0.1 s (its p90), so its hedge delay is 0.2 s and its quiet point
+    0.1 s; SLOW is busy (no free slot under least-connections); FAST holds one other
+    request besides the flow's. Returns the flow's policy, that other lease and SLOW's."""
+    pool, clock = _pool(eb.LeastConnections())
+    _answer(pool, FAST, 0.1, 40)
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None, wall=clock)
+    busy = pool.acquire(exclude={FAST})  # SLOW is busy
+    other = pool.acquire(exclude={SLOW})  # FAST holds other work
+    return pool, clock, policy, other, busy
+
+
+def test_a_quiet_backend_is_hedged_at_its_own_percentile_into_a_free_slot_only() -> None:
+    """The first copy's backend holds other work and answers nothing for as long as its
+    p90: the step's first hedge check comes at that p90 (not the full 2 x p90) and
+    looks for a free slot; with none, it looks again a quarter of the full delay later,
+    and a queue place is taken only by the usual rule (HEDGE_PATIENCE declines, nothing
+    answered since the copy was sent). If this fails, either a request stuck on a hung
+    replica waits out the full hedge delay (the ``hang`` benchmark's worst request
+    about 2.7x the pool's p99 instead of 1.4-2.1x), or early copies queue behind a
+    merely slow replica's (``degrade85``'s median 12% up)."""
+    pool, clock, policy, _, _ = _quiet_setup()
+    clock.advance(0.0625)  # the copy goes out after FAST's last answer
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.url == FAST
+    assert policy.hedge_delay(step.lease) == pytest.approx(0.2)
+    assert step.hedge_after == pytest.approx(0.1)  # the quiet point comes first
+    clock.advance(0.125)
+    assert pool.quiet(step.lease, 0.1)
+    assert flow.hedge_lease() is None  # no free slot: SLOW is busy
+    assert policy.hedges_declined == 1
+    now = clock()
+    assert flow.next_hedge_check(now, step) == pytest.approx(now + 0.05)
+    clock.advance(0.25)  # quiet for longer than the whole delay: still a free slot only
+    for _ in range(HEDGE_PATIENCE - 1):
+        assert flow.hedge_lease() is None
+    assert policy.hedges_declined == HEDGE_PATIENCE
+    hedge = flow.hedge_lease()  # the usual rule: silent since sent, patience spent
+    assert hedge is not None
+    assert hedge.backend.url == SLOW  # queued behind SLOW's request
+    assert policy.hedges == 1
+
+
+def test_a_quiet_backend_is_hedged_early_into_a_free_slot() -> None:
+    """With a free slot elsewhere, the quiet backend's copy is hedged at the quiet point,
+    before the full delay."""
+    pool, clock, policy, _, busy = _quiet_setup()
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    pool.release(busy, eb.Outcome.SUCCESS, latency=1.0)  # SLOW is free now
+    clock.advance(0.125)
+    hedge = flow.hedge_lease()
+    assert hedge is not None
+    assert hedge.backend.url == SLOW
+    assert policy.hedges_declined == 0
+
+
+def test_a_backend_that_still_answers_waits_for_the_full_hedge_delay() -> None:
+    """The same, but the backend answered its other request just before the quiet point:
+    it works. No early hedge; the next look is a quarter of the quiet point later (or at
+    the full delay, whichever is first), and at the full delay the usual rule applies
+    (a free slot only). If this fails, every request a little past its backend's p90
+    is hedged (several per cent of a steady pool's requests)."""
+    pool, clock, policy, other, _ = _quiet_setup()
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    clock.advance(0.05)
+    pool.release(other, eb.Outcome.SUCCESS, latency=0.1)
+    pool.acquire(exclude={SLOW})  # still holds other work
+    clock.advance(0.05)
+    assert not pool.quiet(step.lease, 0.1)
+    assert flow.hedge_lease() is None
+    assert policy.hedges_declined == 0  # not declined for a slot: not looked for one
+    now = clock()
+    assert flow.next_hedge_check(now, step) == pytest.approx(now + 0.025)
+    clock.advance(0.04)  # silent 0.09 s: still not quiet
+    assert flow.hedge_lease() is None
+    assert flow.next_hedge_check(clock(), step) == pytest.approx(clock() + 0.025)
+    clock.advance(0.01)
+    third = pool.acquire(exclude={SLOW})
+    pool.release(third, eb.Outcome.SUCCESS, latency=0.1)  # answers again
+    clock.advance(0.03)
+    assert flow.hedge_lease() is None
+    assert flow.next_hedge_check(clock(), step) == pytest.approx(50.2)  # capped
+    clock.advance(0.021)  # the full delay: the usual rule, a free slot only
+    assert flow.hedge_lease() is None
+    assert policy.hedges_declined == 1
+    assert flow.next_hedge_check(clock(), step) == pytest.approx(clock() + 0.05)
+
+
+def test_a_lone_request_is_its_own_lateness_not_a_quiet_backend() -> None:
+    """A backend that holds only the flow's request and answers nothing is just late on
+    that one request: no early hedge (the full delay applies). ``quiet`` also needs the
+    request to have been out for the quiet time, and is false for a released lease."""
+    pool, clock, policy, other, _ = _quiet_setup()
+    pool.release(other, eb.Outcome.SUCCESS, latency=0.1)
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    clock.advance(0.125)
+    assert not pool.quiet(step.lease, 0.1)
+    assert flow.hedge_lease() is None
+    assert policy.hedges_declined == 0
+    second = pool.acquire(exclude={SLOW})
+    assert pool.quiet(step.lease, 0.125)  # out 0.125 s, silent as long, holds two
+    assert not pool.quiet(second, 0.125)  # just sent
+    assert not pool.quiet(step.lease, 0.1250001)
+    pool.acquire(exclude={SLOW})  # FAST holds two others once the copy is released
+    pool.release(step.lease, eb.Outcome.CANCELLED)
+    assert not pool.quiet(step.lease, 0.1)  # a released copy is stuck nowhere
+
+
+def test_the_quiet_point_needs_a_multiple_above_one_and_the_backends_own_answers() -> None:
+    """No early point where it would not be earlier: a multiple of 1, the pool-wide rule,
+    a backend with too few answers of its own, or a probe."""
+    pool, _ = _pool(eb.LeastConnections())
+    _answer(pool, FAST, 0.1, 40)
+    lease = _lease_on(pool, FAST)
+    on_slow = _lease_on(pool, SLOW)  # no answers of its own
+    assert AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None).quiet_delay(
+        lease, 0.2
+    ) == pytest.approx(0.1)
+    for hedge in (eb.Hedge(multiple=1.0), eb.Hedge(per_backend=False)):
+        assert AttemptPolicy(pool, eb.Retry(), hedge, None, None).quiet_delay(lease, 0.2) is None
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
+    assert policy.quiet_delay(on_slow, 0.2) is None
+    assert policy.quiet_delay(attrs.evolve(lease, probe=True), 0.2) is None
+    assert AttemptPolicy(pool, eb.Retry(), None, None, None).quiet_delay(lease, 0.2) is None
+    floor = AttemptPolicy(pool, eb.Retry(), eb.Hedge(min_delay=0.15), None, None)
+    assert floor.quiet_delay(lease, 0.2) == pytest.approx(0.15)
+    assert floor.quiet_delay(lease, 0.15) is None  # not earlier than the full delay
