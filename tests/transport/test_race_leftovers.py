@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 
+import anyio
 import httpx
 import pytest
 from tests.helpers.waiting import wait_until
@@ -177,3 +178,48 @@ def test_inner_transports_after_fork_are_the_childs_own() -> None:
     assert inner.take_parked() == []
     assert len(inner) == 1
     assert made == ["http://b0.test", "http://b0.test"]
+
+
+def test_async_close_cancels_a_running_loser_and_waits_only_for_it() -> None:
+    """A hedge's loser still waiting on its server when the transport closes: ``aclose``
+    cancels it, waits until it is gone (its lease released as cancelled) and returns
+    as soon as it is, not after its 5 s bound. If this fails, every close with a copy
+    in flight either leaves that copy's lease in flight or stalls for 5 s (the wake-up
+    set only while other copies remain)."""
+
+    async def main() -> tuple[int, int, int]:
+        warming = [True]
+        gate = anyio.Event()
+        calls: list[str] = []
+
+        async def handler(request: httpx.Request) -> httpx.Response:
+            if not warming[0]:
+                calls.append(request.url.host)
+                if len(calls) == 1:
+                    await gate.wait()  # the first copy waits on its server
+            return httpx.Response(200, json={})
+
+        transport = eb.AsyncBalancingTransport(
+            ["http://b0.test", "http://b1.test"],
+            balancer=eb.RoundRobin(),
+            health_check=None,
+            outlier_detection=None,
+            hedge=eb.Hedge(min_samples=1, min_delay=0.005, multiple=1.0, budget_ratio=1.0),
+            transport=httpx.MockTransport(handler),
+        )
+        request = httpx.Request("POST", "http://svc/embed", json={"inputs": ["x"]})
+        await (await transport.handle_async_request(request)).aread()
+        warming[0] = False
+        response = await transport.handle_async_request(request)
+        await response.aread()
+        assert response.status_code == 200  # the hedge answered
+        in_flight = transport.stats().pool.in_flight  # the loser, still waiting
+        with anyio.fail_after(3.0):
+            await transport.aclose()
+        loser = transport.stats().pool.by_url()[f"http://{calls[0]}"]
+        return in_flight, transport.stats().pool.in_flight, loser.cancelled
+
+    before, after, cancelled = anyio.run(main)
+    assert before == 1
+    assert after == 0
+    assert cancelled == 1
