@@ -52,9 +52,14 @@ def test_embed_returns_the_workers_embeddings(app: Flask, reference: Reference) 
     check_embeddings(response.get_json(), texts, reference)
 
 
-def test_request_threads_share_one_transport(app: Flask, reference: Reference) -> None:
+def test_request_threads_share_one_transport(
+    app: Flask, reference: Reference, urls: list[str]
+) -> None:
     """Concurrent requests from eight threads go through one shared client: its counts
-    add up to exactly the requests sent, and both workers take part."""
+    add up to exactly the requests sent, over the configured workers. (Which workers
+    take part is the balancer's business: under this light load the default may send
+    every request to the faster worker, which has free slots; its own tests pin fair
+    shares.)"""
     holder = flask_app.embedder_of(app)
     shared = holder.get()
     before = per_backend_requests(app.test_client().get("/stats").get_json())
@@ -74,7 +79,7 @@ def test_request_threads_share_one_transport(app: Flask, reference: Reference) -
     delta = {url: after[url] - before.get(url, 0) for url in after}
     assert stats["retries"] == 0
     assert sum(delta.values()) == len(jobs)  # each request of < 8 texts is one sub-batch
-    assert all(n > 0 for n in delta.values()), delta
+    assert set(delta) == set(urls), delta
 
 
 def test_metrics_count_requests_per_backend(app: Flask, urls: list[str]) -> None:
