@@ -366,7 +366,8 @@ class Flow:
 
     def hedge_lease(self) -> Lease | None:
         """A second backend for the step in flight, or None (no budget, no free slot
-        anywhere else)."""
+        anywhere else, or not yet: before the full hedge delay only a copy whose
+        backend has gone quiet is hedged)."""
         self._hedge_waits = False
         if not self.resendable or self._final is not None:
             return None

@@ -101,6 +101,9 @@ class Hedge:
     after a few of that replica's usual latencies rather than the caller's timeout.
     Until a backend has ``min_samples`` answers the transport-wide window stands in;
     ``per_backend=False`` uses only that (the classic rule, hedge at the pool's p95).
+    A hung backend shows sooner than that: from its own ``percentile`` on (before the
+    multiple), a copy whose backend holds other requests and has answered nothing for
+    that long is hedged then (into a free slot, like every hedge).
 
     Hedges spend their own budget: at most ``budget_ratio`` of requests, measured like
     the retry budget, so they cannot double the load when everything is slow at once.
