@@ -176,35 +176,31 @@ class AttemptPolicy:
         :attr:`Lease.probe`) is hedged after the transport's percentile itself: it
         re-tests a backend thought slow, so it is late by the pool's measure, not by the
         spell it tests, and a copy that goes early keeps the re-testing off the tail."""
+        return self.hedge_delays(lease)[0]
+
+    def hedge_delays(self, lease: Lease | None = None) -> tuple[float | None, float | None]:
+        """:meth:`hedge_delay`, and the earlier point from which the attempt may be
+        hedged if its backend has gone quiet (see :meth:`~embedbalance.BackendPool.quiet`):
+        the backend's own recent percentile, without the multiple. The second is None
+        where there is no earlier point (a probe, the transport's window standing in, a
+        multiple of 1 or less). One percentile lookup for both: this runs per request."""
         hedge = self.hedge
         if hedge is None:
-            return None
+            return None, None
         p = None
         probe = lease is not None and lease.probe
         if hedge.per_backend and lease is not None and not probe:
             p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
+        if p is not None:
+            full = max(p * hedge.multiple, hedge.min_delay)
+            early = max(p, hedge.min_delay)
+            return full, (early if early < full else None)
+        if len(self.latencies) < hedge.min_samples:
+            return None, None
+        p = self.latencies.percentile(hedge.percentile)
         if p is None:
-            if len(self.latencies) < hedge.min_samples:
-                return None
-            p = self.latencies.percentile(hedge.percentile)
-            if p is None:
-                return None
-        return max(p if probe else p * hedge.multiple, hedge.min_delay)
-
-    def quiet_delay(self, lease: Lease, hedge_after: float) -> float | None:
-        """Seconds after which an attempt on ``lease``'s backend may be hedged early,
-        before ``hedge_after``, if that backend has gone quiet (see
-        :meth:`~embedbalance.BackendPool.quiet`): its own recent percentile, without
-        the multiple. None where there is no earlier point (a probe, the pool-wide
-        rule, a multiple of 1 or less, too few answers)."""
-        hedge = self.hedge
-        if hedge is None or lease.probe or not hedge.per_backend or hedge.multiple <= 1.0:
-            return None
-        p = self.pool.recent_latency(lease.backend, hedge.percentile, hedge.min_samples)
-        if p is None:
-            return None
-        p = max(p, hedge.min_delay)
-        return p if p < hedge_after else None
+            return None, None
+        return max(p if probe else p * hedge.multiple, hedge.min_delay), None
 
     def _allow_retry(self) -> bool:
         if self.budget.try_withdraw():
@@ -345,23 +341,21 @@ class Flow:
                 self.attempts[-1],
             )
         # A lone backend has no one to take a copy: no race, the direct path.
-        hedge_after = (
-            self.policy.hedge_delay(lease)
+        hedge_after, quiet = (
+            self.policy.hedge_delays(lease)
             if n == 0 and self.resendable and lease.choices > 1
-            else None
+            else (None, None)
         )
         if hedge_after is not None and timeout is not None and hedge_after >= timeout:
             hedge_after = None
         self._quiet = None
-        if hedge_after is not None:
+        if hedge_after is not None and quiet is not None:
             # A hung backend shows before the hedge delay: it stops answering while it
             # holds work. From the backend's own percentile on, the step is looked at
             # again for that (see hedge_lease); the full delay still applies otherwise.
-            quiet = self.policy.quiet_delay(lease, hedge_after)
-            if quiet is not None:
-                self._quiet, self._full = quiet, hedge_after
-                self._full_at = self.policy.wall() + hedge_after
-                hedge_after = quiet
+            self._quiet, self._full = quiet, hedge_after
+            self._full_at = self.policy.wall() + hedge_after
+            hedge_after = quiet
         return Step(lease, n + 1, timeout, hedge_after)
 
     def hedge_lease(self) -> Lease | None:

@@ -431,15 +431,35 @@ def test_the_quiet_point_needs_a_multiple_above_one_and_the_backends_own_answers
     _answer(pool, FAST, 0.1, 40)
     lease = _lease_on(pool, FAST)
     on_slow = _lease_on(pool, SLOW)  # no answers of its own
-    assert AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None).quiet_delay(
-        lease, 0.2
-    ) == pytest.approx(0.1)
+    full, early = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None).hedge_delays(lease)
+    assert full == pytest.approx(0.2)
+    assert early == pytest.approx(0.1)
     for hedge in (eb.Hedge(multiple=1.0), eb.Hedge(per_backend=False)):
-        assert AttemptPolicy(pool, eb.Retry(), hedge, None, None).quiet_delay(lease, 0.2) is None
-    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
-    assert policy.quiet_delay(on_slow, 0.2) is None
-    assert policy.quiet_delay(attrs.evolve(lease, probe=True), 0.2) is None
-    assert AttemptPolicy(pool, eb.Retry(), None, None, None).quiet_delay(lease, 0.2) is None
+        assert AttemptPolicy(pool, eb.Retry(), hedge, None, None).hedge_delays(lease)[1] is None
+    policy = _policy(pool, eb.Hedge(), [0.3] * 30)  # the transport's window stands in
+    assert policy.hedge_delays(on_slow) == (pytest.approx(0.6), None)
+    assert policy.hedge_delays(attrs.evolve(lease, probe=True)) == (pytest.approx(0.3), None)
+    assert AttemptPolicy(pool, eb.Retry(), None, None, None).hedge_delays(lease) == (None, None)
     floor = AttemptPolicy(pool, eb.Retry(), eb.Hedge(min_delay=0.15), None, None)
-    assert floor.quiet_delay(lease, 0.2) == pytest.approx(0.15)
-    assert floor.quiet_delay(lease, 0.15) is None  # not earlier than the full delay
+    assert floor.hedge_delays(lease)[1] == pytest.approx(0.15)
+    level = AttemptPolicy(pool, eb.Retry(), eb.Hedge(min_delay=0.2), None, None)
+    assert level.hedge_delays(lease) == (
+        pytest.approx(0.2),
+        None,
+    )  # not earlier than the full delay
+
+
+def test_an_attempt_deadline_before_the_hedge_delay_leaves_no_early_hedge_either() -> None:
+    """An attempt whose own deadline comes before its hedge delay is not hedged at all —
+    not at the quiet point either, though that one comes before the deadline: the
+    deadline retries it elsewhere. If this fails, a copy goes out that the per-attempt
+    timeout was set to make unnecessary."""
+    pool, _, _, _, _ = _quiet_setup()
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), 0.15, None)
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.url == FAST
+    assert policy.hedge_delays(step.lease) == (pytest.approx(0.2), pytest.approx(0.1))
+    assert step.timeout == pytest.approx(0.15)
+    assert step.hedge_after is None

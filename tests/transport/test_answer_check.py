@@ -13,6 +13,7 @@ mock transports, where the answer is the subject, not the socket.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -50,6 +51,18 @@ def _options(raced: bool) -> dict[str, Any]:
         "outlier_detection": None,
         "hedge": hedge,
     }
+
+
+def _answer_once(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.Response:
+    """One checked request through a direct-path sync transport over mock backends that
+    all answer with ``handler``; the answer read, the transport closed."""
+    transport = eb.BalancingTransport(
+        BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
+    )
+    response = transport.handle_request(_embed())
+    response.read()
+    transport.close()
+    return response
 
 
 def _refusing(port: int) -> Any:
@@ -164,13 +177,7 @@ def test_every_answer_refused_names_the_checks_reason() -> None:
     def wrong(request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"rows": 0})
 
-    transport = eb.BalancingTransport(
-        BACKENDS, transport=httpx.MockTransport(wrong), **_options(False)
-    )
-    request = _embed()
-    response = transport.handle_request(request)
-    response.read()
-    transport.close()
+    response = _answer_once(wrong)
     attempts = response.extensions[eb.ATTEMPTS_EXTENSION]
     assert attempts
     for attempt in attempts:
@@ -242,13 +249,7 @@ def test_only_a_2xx_answer_is_checked(status: int) -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(status, content=b"not json")
 
-    transport = eb.BalancingTransport(
-        BACKENDS, transport=httpx.MockTransport(handler), **_options(False)
-    )
-    request = _embed()
-    response = transport.handle_request(request)
-    response.read()
-    transport.close()
+    response = _answer_once(handler)
     assert response.status_code == status
     checked = eb.ATTEMPTS_EXTENSION in response.extensions
     assert checked == (status == 204)
