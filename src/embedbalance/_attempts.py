@@ -212,13 +212,20 @@ class AttemptPolicy:
         return False
 
     def _hedge_lease(
-        self, cost: float, exclude: set[str], model: str | None, bulk: bool, queue: bool
+        self,
+        cost: float,
+        exclude: set[str],
+        model: str | None,
+        bulk: bool,
+        queue: bool,
+        near: Lease | None = None,
     ) -> tuple[Lease | None, bool]:
         """A lease for a hedge copy, and whether it was refused for want of a free slot
-        (not of budget): within the hedge budget, and only onto a free slot unless
+        (not of budget): within the hedge budget, and only onto a free slot in the zone
+        of ``near`` (the attempt it copies, where the pool has a zone preference) unless
         ``queue`` (a copy queued behind others adds load to a busy pool and raises
-        everyone's median for one request's tail); the budget is refunded when there
-        is no slot."""
+        everyone's median for one request's tail; a hung replica's copy may cross
+        zones); the budget is refunded when there is no slot."""
         if not self.hedge_budget.try_withdraw():
             return None, False
         if queue:
@@ -227,7 +234,7 @@ class AttemptPolicy:
             except NoBackendAvailable:
                 lease = None
         else:
-            lease = self.pool.acquire_spare(cost, exclude, model=model, bulk=bulk)
+            lease = self.pool.acquire_spare(cost, exclude, model=model, bulk=bulk, near=near)
         with self._lock:
             if lease is None:
                 self.hedges_declined += 1
@@ -391,7 +398,7 @@ class Flow:
             and self.policy.pool.silent_since(current)
         )
         lease, no_slot = self.policy._hedge_lease(
-            self.cost, self.exclude, self.model, self.bulk, queue
+            self.cost, self.exclude, self.model, self.bulk, queue, current
         )
         if lease is None:
             # No free slot elsewhere (not the budget): look again a little later.

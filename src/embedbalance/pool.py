@@ -552,16 +552,21 @@ class BackendPool:
         *,
         model: str | None = None,
         bulk: bool = False,
+        near: Lease | None = None,
     ) -> Lease | None:
         """Like :meth:`acquire`, but only onto a free slot: None (and nothing leased)
         when the backend the balancer picks has no room for ``cost`` — by its learned
         concurrency where the balancer learns one (the default does), else when it
         already has a request in flight. For hedges: a copy placed in a queue adds load
         to a busy pool, so at high utilisation hedging raised everyone's median for a
-        shorter tail; into spare capacity it costs nobody anything.
+        shorter tail; into spare capacity it costs nobody anything. With ``near`` (the
+        attempt a hedge copies) and a zone preference, only in that attempt's zone: a
+        hedge is extra traffic, and with one replica per zone every late answer would
+        otherwise cross zones.
         """
+        zone = near.backend.zone if near is not None and self.locality is not None else None
         try:
-            return self._acquire(cost, exclude, model, bulk, spare=True)
+            return self._acquire(cost, exclude, model, bulk, spare=True, zone=zone)
         except NoBackendAvailable:
             return None
 
@@ -601,6 +606,7 @@ class BackendPool:
         model: str | None,
         bulk: bool,
         spare: bool = False,
+        zone: str | None = None,
     ) -> Lease | None:
         if not 0.0 <= cost < math.inf:
             raise ValueError(f"cost must be a finite number >= 0, got {cost!r}")
@@ -619,6 +625,8 @@ class BackendPool:
                 candidates = [s for s in candidates if s.url not in exclude]
             if bulk:
                 candidates = [s for s in candidates if not _bulk_overloaded(s, now)]
+            if zone is not None:
+                candidates = [s for s in candidates if s.backend.zone == zone]
             if not candidates:
                 if model is None:
                     error = NoBackendAvailable(self._unavailability(now, exclude, bulk=bulk))

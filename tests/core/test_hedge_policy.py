@@ -463,3 +463,57 @@ def test_an_attempt_deadline_before_the_hedge_delay_leaves_no_early_hedge_either
     assert policy.hedge_delays(step.lease) == (pytest.approx(0.2), pytest.approx(0.1))
     assert step.timeout == pytest.approx(0.15)
     assert step.hedge_after is None
+
+
+def _zoned(zone: str | None) -> tuple[eb.BackendPool, eb.ManualClock]:
+    clock = eb.ManualClock(50.0)
+    pool = eb.BackendPool(
+        [
+            eb.Backend("http://a1.test", zone="a"),
+            eb.Backend("http://b1.test", zone="b"),
+            eb.Backend("http://b2.test", zone="b"),
+        ],
+        balancer=eb.LeastConnections(),
+        clock=clock,
+        rng=random.Random(2),
+        outlier_detection=None,
+        zone=zone,
+    )
+    return pool, clock
+
+
+def test_a_hedge_stays_in_the_zone_of_the_attempt_it_copies() -> None:
+    """With a zone preference, a late first attempt is hedged only within its own zone: with one replica per zone, every late answer would otherwise cross zones (extra traffic the preference exists to avoid). An attempt that spilled to another zone is hedged there; without a preference, anywhere."""
+    pool, clock = _zoned("a")
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.url == "http://a1.test"
+    clock.advance(1.0)
+    assert flow.hedge_lease() is None  # nobody else in zone a
+    assert policy.hedges_declined == 1
+    spilled = pool.acquire(exclude={"http://a1.test", "http://b2.test"})
+    assert pool.acquire_spare(exclude={spilled.backend.url}, near=spilled) is not None
+
+    anywhere, _ = _zoned(None)
+    home = anywhere.acquire(exclude={"http://b1.test", "http://b2.test"})
+    hedge = anywhere.acquire_spare(exclude={home.backend.url}, near=home)
+    assert hedge is not None
+    assert hedge.backend.zone == "b"
+
+
+def test_a_hedge_for_a_hung_replica_may_cross_zones() -> None:
+    """After HEDGE_PATIENCE checks with nothing answered by the first copy's replica, the hedge takes a queue place anywhere: a hung replica alone in its zone is still rescued."""
+    pool, clock = _zoned("a")
+    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
+    flow = policy.begin(1.0, resendable=True)
+    step = flow.next_step()
+    assert step is not None
+    assert step.lease.backend.zone == "a"
+    clock.advance(1.0)
+    for _ in range(HEDGE_PATIENCE):
+        assert flow.hedge_lease() is None
+    hedge = flow.hedge_lease()
+    assert hedge is not None
+    assert hedge.backend.zone == "b"
