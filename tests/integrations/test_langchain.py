@@ -48,7 +48,8 @@ def test_embed_documents_survives_a_replica_killed_mid_run(
         assert_rows_equal(emb.embed_documents(TEXTS[:5]), TEXTS[:5], reference)
 
 
-@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+# trio in the slow suite, as the client tests do: the default run keeps its time budget.
+@pytest.mark.parametrize("loop", ["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
 def test_aembed_documents_survives_a_replica_killed_mid_run(
     urls: list[str], reference: Reference, victim: WorkerProcess, loop: str
 ) -> None:
