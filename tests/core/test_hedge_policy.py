@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 import embedbalance as eb
-from embedbalance._attempts import HEDGE_PATIENCE, AttemptPolicy
+from embedbalance._attempts import HEDGE_PATIENCE, AttemptPolicy, Flow
 
 FAST, SLOW = "http://fast.test", "http://slow.test"
 
@@ -482,8 +482,9 @@ def _zoned(zone: str | None) -> tuple[eb.BackendPool, eb.ManualClock]:
     return pool, clock
 
 
-def test_a_hedge_stays_in_the_zone_of_the_attempt_it_copies() -> None:
-    """With a zone preference, a late first attempt is hedged only within its own zone: with one replica per zone, every late answer would otherwise cross zones (extra traffic the preference exists to avoid). An attempt that spilled to another zone is hedged there; without a preference, anywhere."""
+def _late_in_zone_a() -> tuple[eb.BackendPool, AttemptPolicy, Flow]:
+    """A caller in zone a whose first attempt (on the zone's one replica) is a second
+    late."""
     pool, clock = _zoned("a")
     policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
     flow = policy.begin(1.0, resendable=True)
@@ -491,6 +492,12 @@ def test_a_hedge_stays_in_the_zone_of_the_attempt_it_copies() -> None:
     assert step is not None
     assert step.lease.backend.url == "http://a1.test"
     clock.advance(1.0)
+    return pool, policy, flow
+
+
+def test_a_hedge_stays_in_the_zone_of_the_attempt_it_copies() -> None:
+    """With a zone preference, a late first attempt is hedged only within its own zone: with one replica per zone, every late answer would otherwise cross zones (extra traffic the preference exists to avoid). An attempt that spilled to another zone is hedged there; without a preference, anywhere."""
+    pool, policy, flow = _late_in_zone_a()
     assert flow.hedge_lease() is None  # nobody else in zone a
     assert policy.hedges_declined == 1
     spilled = pool.acquire(exclude={"http://a1.test", "http://b2.test"})
@@ -505,13 +512,7 @@ def test_a_hedge_stays_in_the_zone_of_the_attempt_it_copies() -> None:
 
 def test_a_hedge_for_a_hung_replica_may_cross_zones() -> None:
     """After HEDGE_PATIENCE checks with nothing answered by the first copy's replica, the hedge takes a queue place anywhere: a hung replica alone in its zone is still rescued."""
-    pool, clock = _zoned("a")
-    policy = AttemptPolicy(pool, eb.Retry(), eb.Hedge(), None, None)
-    flow = policy.begin(1.0, resendable=True)
-    step = flow.next_step()
-    assert step is not None
-    assert step.lease.backend.zone == "a"
-    clock.advance(1.0)
+    _, _, flow = _late_in_zone_a()
     for _ in range(HEDGE_PATIENCE):
         assert flow.hedge_lease() is None
     hedge = flow.hedge_lease()
