@@ -31,7 +31,9 @@ def _sdk(transport: BalancingTransport, max_retries: int) -> openai.OpenAI:
     )
 
 
-@pytest.mark.parametrize("encoding_format", ["float", None])
+# The SDK's default (base64) in the default run; "float" in the slow suite (each
+# variant starts a replica of its own to kill, and the default run keeps its budget).
+@pytest.mark.parametrize("encoding_format", [pytest.param("float", marks=pytest.mark.slow), None])
 def test_sdk_embeddings_survive_a_replica_killed_mid_run(
     urls: list[str], reference: Reference, victim: WorkerProcess, encoding_format: str | None
 ) -> None:

@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 from tests.helpers.worker_proc import LISTENING, OFFLINE_ENV, start_worker
 
 
@@ -137,6 +138,7 @@ def test_sigterm_while_the_model_loads_exits_promptly() -> None:
             proc.wait(timeout=10)
 
 
+@pytest.mark.slow  # ~12 s, most of it the bound itself; the drain test stays in the default run
 def test_sigterm_with_a_forward_pass_that_never_ends_is_bounded() -> None:
     """A forward pass that hangs past the drain timeout cannot hold the process: it exits
     within drain timeout + 5 s of SIGTERM."""
