@@ -92,7 +92,8 @@ def test_one_client_per_process_shared_by_threads(
     """Concurrent requests from six threads all use the one client of the process: its
     counts add up to exactly the requests sent, over the process's pool of workers."""
     shared = embedder.get()
-    before = per_backend_requests(client().get("/stats").json())
+    earlier = client().get("/stats").json()
+    before = per_backend_requests(earlier)
     jobs = [TEXTS[i : i + 1 + i % 2] for i in range(10, 46)]  # 36 requests of 1-2 texts
 
     def one(texts: list[str]) -> None:
@@ -108,7 +109,8 @@ def test_one_client_per_process_shared_by_threads(
     after = per_backend_requests(stats)
     delta = {url: after[url] - before.get(url, 0) for url in after}
     assert stats["retries"] == 0
-    assert sum(delta.values()) == len(jobs)
+    # One attempt per request, plus any hedge (a late answer on a busy machine).
+    assert sum(delta.values()) == len(jobs) + stats["hedges"] - earlier["hedges"]
     # Which workers take part is the balancer's business (its own tests pin fair
     # shares); here it is enough that every request went through the one client, over
     # the configured workers.

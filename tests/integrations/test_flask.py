@@ -62,7 +62,8 @@ def test_request_threads_share_one_transport(
     shares.)"""
     holder = flask_app.embedder_of(app)
     shared = holder.get()
-    before = per_backend_requests(app.test_client().get("/stats").get_json())
+    earlier = app.test_client().get("/stats").get_json()
+    before = per_backend_requests(earlier)
     jobs = [TEXTS[i : i + 1 + i % 3] for i in range(8, 56)]  # 48 requests of 1-3 texts
 
     def one(texts: list[str]) -> None:
@@ -78,7 +79,9 @@ def test_request_threads_share_one_transport(
     after = per_backend_requests(stats)
     delta = {url: after[url] - before.get(url, 0) for url in after}
     assert stats["retries"] == 0
-    assert sum(delta.values()) == len(jobs)  # each request of < 8 texts is one sub-batch
+    # Each request of < 8 texts is one sub-batch: one attempt, plus any hedge (a late
+    # answer on a busy machine).
+    assert sum(delta.values()) == len(jobs) + stats["hedges"] - earlier["hedges"]
     assert set(delta) == set(urls), delta
 
 
