@@ -425,6 +425,39 @@ def phases(
     return out
 
 
+#: Regain: the degraded backend's share over a sliding window of this many seconds, and
+#: the fraction of its fair share that counts as regained.
+REGAIN_WINDOW, REGAIN_FRACTION = 1.0, 0.8
+
+
+def regain_time(
+    parts: Sequence[dict[str, Any]],
+    window_start: float,
+    port: int,
+    fair: float,
+    step: float = 0.05,
+    horizon: float = 5.0,
+) -> float:
+    """Seconds from the end of the slow spell until the degraded backend's share of the
+    requests started in the next ``REGAIN_WINDOW`` seconds first reaches
+    ``REGAIN_FRACTION`` of ``fair`` (nan if not within ``horizon``).
+
+    Why beside the 0-2 s share: that share averages the wait for the first sign of the
+    recovery with the service after it, so it cannot tell a backend shunned for the
+    whole 2 s from one back at full share after 0.6 s. This is the "how long is it
+    shunned" figure; the 0-2 s share stays the "capacity lost meanwhile" one."""
+    starts = _concat(parts, "starts") - window_start
+    oks = _concat(parts, "ok", bool)
+    served = _concat(parts, "served_by", int)
+    end = DEGRADE_AT + DEGRADE_FOR
+    for t in np.arange(0.0, horizon, step):
+        sel = (starts >= end + t) & (starts < end + t + REGAIN_WINDOW) & oks
+        n = int(sel.sum())
+        if n and (served[sel] == port).sum() / n >= REGAIN_FRACTION * fair:
+            return float(t)
+    return float("nan")
+
+
 def timeline(
     parts: Sequence[dict[str, Any]], t0: float, horizon: float, step: float = 0.5
 ) -> dict[str, list[float]]:
@@ -513,6 +546,9 @@ def run_one(name: str, config: str, settings: Settings, seed: int) -> dict[str, 
                 httpx.get(f"{url}/admin/arrivals", timeout=10).json() for url in backends.urls()
             ]
             row["phases"] = phases(parts, window_start, backends.ports, arrivals)
+            row["regain_s"] = regain_time(
+                parts, window_start, backends.ports[0], 1.0 / len(backends.ports)
+            )
         row["timeline"] = timeline(parts, window_start, window)
         return row
     finally:
@@ -564,8 +600,10 @@ def table(name: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
         out += (
             "\nPer phase (by start time): the degraded backend's share of the answers (the "
             "other three's range) / p50 / its share of the copies that arrived (hedges "
-            "included).\n\n| configuration | before | during | after 0-2 s "
-            "| after 2-5 s |\n|---|---|---|---|---|\n"
+            "included); regained: seconds after the spell until its share of the next "
+            f"{REGAIN_WINDOW:g} s first reaches {REGAIN_FRACTION:g}x fair.\n\n"
+            "| configuration | before | during | after 0-2 s "
+            "| after 2-5 s | regained |\n|---|---|---|---|---|---:|\n"
         )
         for config, r in rows.items():
             cells = []
@@ -576,6 +614,7 @@ def table(name: str, rows: dict[str, dict[str, Any]], ideal: float) -> str:
                     f"{100 * sh[0]:.1f}% ({100 * min(sh[1:]):.0f}-{100 * max(sh[1:]):.0f}%) "
                     f"/ {_fmt_s(phase['p50'])} / {100 * placed[0]:.1f}%"
                 )
+            cells.append(f"{r.get('regain_s', float('nan')):.2f} s")
             out += f"| {config} | " + " | ".join(cells) + " |\n"
     return out
 
@@ -634,6 +673,12 @@ def goals(results: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 ph["after 0-2 s"]["shares"][0] / 0.25,
                 0.8,
                 above=True,
+            )
+            check(
+                f"{name} seconds until the recovered backend is back to "
+                f"{REGAIN_FRACTION:g}x fair ({REGAIN_WINDOW:g}-s window)",
+                ours.get("regain_s", float("nan")),
+                2.0,
             )
             check(
                 f"{name} share 2-5 s after recovery / fair",

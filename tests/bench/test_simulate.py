@@ -92,3 +92,20 @@ def test_phases_split_shares_and_p50_by_start_time() -> None:
     assert out["during"]["shares"] == [0.0, 1.0]
     assert out["after 2-5 s"]["shares"] == [1.0, 0.0]
     assert out["after 0-2 s"]["requests"] == 0
+
+
+def test_regain_time_is_when_the_sliding_share_first_reaches_the_fraction() -> None:
+    """The recovered backend counts as back once its share of the next second's requests
+    reaches 0.8x fair; a shunned stretch before that delays it, and never is nan."""
+    from bench_balance import DEGRADE_AT, DEGRADE_FOR, regain_time
+
+    end = DEGRADE_AT + DEGRADE_FOR
+    # two backends, fair 0.5: for 0.7 s only the other serves, then they alternate
+    starts = [end + 0.02 * k for k in range(150)]
+    served = [7001 if s < end + 0.7 else (7000 if k % 2 else 7001) for k, s in enumerate(starts)]
+    part = {"starts": starts, "ok": [True] * 150, "served_by": served}
+    t = regain_time([part], window_start=0.0, port=7000, fair=0.5)
+    # the share of [t, t+1) is (1 - (0.7 - t)) / 2 / 1: it reaches 0.4 once t >= 0.5
+    assert 0.45 <= t <= 0.55
+    never = dict(part, served_by=[7001] * 150)
+    assert np.isnan(regain_time([never], window_start=0.0, port=7000, fair=0.5))
