@@ -40,6 +40,8 @@ def stubs() -> Iterator[Callable[..., list[TeiStub]]]:
 
     yield start
     for stub in started:
+        stub.signal_stop()
+    for stub in started:
         stub.stop()
 
 

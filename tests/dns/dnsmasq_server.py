@@ -122,17 +122,19 @@ class Dnsmasq:
             proc.kill()
             proc.wait(timeout=5)
 
-    def resolver(self) -> dns.resolver.Resolver:
+    def resolver(self, lifetime: float = 0.5) -> dns.resolver.Resolver:
         resolver = dns.resolver.Resolver(configure=False)
         resolver.nameservers = [dns.nameserver.Do53Nameserver("127.0.0.1", self.port)]
-        resolver.lifetime = 0.5
+        resolver.lifetime = lifetime
         return resolver
 
     def _responding(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"dnsmasq exited: {self.log.read_text()[-2000:]}")
         try:
-            self.resolver().resolve(f"probe.{DOMAIN}.", "A", raise_on_no_answer=False)
+            # A short lifetime: a query sent before dnsmasq binds is lost, not refused,
+            # and waiting the full half second for it made every start cost that much.
+            self.resolver(lifetime=0.05).resolve(f"probe.{DOMAIN}.", "A", raise_on_no_answer=False)
         except dns.resolver.NXDOMAIN:
             return True
         except dns.exception.DNSException:

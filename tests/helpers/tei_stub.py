@@ -261,10 +261,15 @@ class TeiStub:
             "docker_label": None,
         }
 
-    def stop(self) -> None:
-        """Stop serving and free the port (a later connection is refused)."""
+    def signal_stop(self) -> None:
+        """Ask the server to stop without waiting: a fixture stopping several stubs
+        signals them all first, so their shutdowns (a 0.1 s tick each) overlap."""
         self._stopping = True
         self._server.should_exit = True
+
+    def stop(self) -> None:
+        """Stop serving and free the port (a later connection is refused)."""
+        self.signal_stop()
         self._thread.join(timeout=10)
         if self._tmp is not None:
             self._tmp.cleanup()

@@ -10,7 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "helpers"))
 
-from control_proc import ControlServer
+from control_proc import ControlServer, stop_all
 
 
 @pytest.fixture(params=["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
@@ -25,10 +25,9 @@ def servers() -> Iterator[Callable[..., list[ControlServer]]]:
     started: list[ControlServer] = []
 
     def start(n: int, **kwargs: object) -> list[ControlServer]:
-        new = [ControlServer(**kwargs) for _ in range(n)]  # type: ignore[arg-type]
+        new = ControlServer.start_many(n, **kwargs)
         started.extend(new)
         return new
 
     yield start
-    for server in started:
-        server.stop()
+    stop_all(started)
