@@ -21,9 +21,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from tests.client.fake_server import FakeBackend  # noqa: E402
-from tests.helpers.worker_proc import WorkerProcess, start_workers  # noqa: E402
-
-WORKER_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
+from tests.helpers.worker_proc import WorkerProcess  # noqa: E402
 
 
 @pytest.fixture(params=["asyncio", pytest.param("trio", marks=pytest.mark.slow)])
@@ -35,14 +33,11 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
-def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess, WorkerProcess]]:
-    """Three real workers, started in parallel: two for traffic, one to kill."""
-    started = start_workers(3, *WORKER_ARGS)
-    try:
-        yield (started[0], started[1], started[2])
-    finally:
-        for worker in started:
-            worker.stop()
+def workers(
+    standard_workers: tuple[WorkerProcess, WorkerProcess, WorkerProcess],
+) -> tuple[WorkerProcess, WorkerProcess, WorkerProcess]:
+    """Three real workers (the suite's, tests/conftest.py): two for traffic, one to kill."""
+    return standard_workers
 
 
 @pytest.fixture(scope="session")

@@ -183,3 +183,56 @@ def start_workers(n: int, *cli_args: str, timeout: float = 120.0) -> list[Worker
                     fut.result().kill()
             raise
     return started
+
+
+#: The arguments of the suite's ordinary workers (one torch thread each, so that
+#: several share two cores; a short batching wait).
+STANDARD_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
+
+
+class WorkerSupply:
+    """Fresh workers handed out one at a time, the next ones starting in the background
+    while the last is in use.
+
+    Why: tests that kill a replica need a fresh one each, and a worker takes ~6 s to
+    start (interpreter, torch, the model) — time the tests before it mostly spend
+    waiting on sockets, and often longer than one such test runs, so ``ahead`` (2)
+    start at once. ``count`` is how many will be taken (the tests that ask for one,
+    counted at collection), so no spare is started that nobody uses. Workers started
+    and not taken by :meth:`close` are killed.
+    """
+
+    def __init__(self, count: int, *cli_args: str, ahead: int = 2, timeout: float = 120.0) -> None:
+        from concurrent.futures import Future, ThreadPoolExecutor
+
+        self._left = count
+        self._args = cli_args
+        self._ahead = max(1, ahead)
+        self._timeout = timeout
+        self._pool = ThreadPoolExecutor(self._ahead, thread_name_prefix="worker-supply")
+        self._ready: list[Future[WorkerProcess]] = []
+        self._prefetch()
+
+    def _prefetch(self) -> None:
+        while len(self._ready) < min(self._ahead, self._left):
+            self._ready.append(self._pool.submit(start_worker, *self._args, timeout=self._timeout))
+
+    def take(self) -> WorkerProcess:
+        """The next worker (waiting for its start if it is not up yet)."""
+        if self._ready:
+            future = self._ready.pop(0)
+        else:  # more taken than counted (a test run twice)
+            future = self._pool.submit(start_worker, *self._args, timeout=self._timeout)
+        self._left -= 1
+        try:
+            return future.result()
+        finally:
+            self._prefetch()
+
+    def close(self) -> None:
+        """Kill the workers started and not taken; stop the starter threads."""
+        ready, self._ready = self._ready, []
+        for future in ready:
+            if future.exception() is None:
+                future.result().kill()
+        self._pool.shutdown(wait=True)

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from tests.helpers.worker_proc import WorkerProcess, start_worker
-from tests.integrations._checks import WORKER_ARGS, Reference
+from tests.helpers.worker_proc import WorkerProcess, WorkerSupply
+from tests.integrations._checks import Reference
 
 from embedbalance import BatchEvent
 
@@ -19,9 +19,9 @@ BATCH = {"batch_size": 8, "batch_tokens": 256, "truncate": True}
 
 
 @pytest.fixture
-def victim() -> Iterator[WorkerProcess]:
+def victim(victims: WorkerSupply) -> Iterator[WorkerProcess]:
     """A fresh third worker that the test kills; stopped by PID if it is still alive."""
-    worker = start_worker(*WORKER_ARGS, timeout=120.0)
+    worker = victims.take()
     try:
         yield worker
     finally:

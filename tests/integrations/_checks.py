@@ -15,8 +15,9 @@ from typing import Any
 
 import httpx
 import numpy as np
+from tests.helpers.worker_proc import STANDARD_ARGS
 
-WORKER_ARGS = ("--torch-threads", "1", "--max-wait-ms", "2")
+WORKER_ARGS = STANDARD_ARGS
 DIMENSION = 384
 BACKENDS_ENV = "EMBEDBALANCE_BACKENDS"
 #: Distinct texts of four lengths.

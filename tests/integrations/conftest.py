@@ -21,19 +21,30 @@ if str(ROOT) not in sys.path:
     # does from the repository root.
     sys.path.insert(0, str(ROOT))
 
-from tests.helpers.worker_proc import WorkerProcess, start_workers  # noqa: E402
+from tests.helpers.worker_proc import WorkerProcess, WorkerSupply  # noqa: E402
 from tests.integrations._checks import WORKER_ARGS, Reference  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def workers() -> Iterator[tuple[WorkerProcess, WorkerProcess]]:
-    """Two real workers, started in parallel and stopped by PID at the end."""
-    started = start_workers(2, *WORKER_ARGS)
+def workers(
+    standard_workers: tuple[WorkerProcess, WorkerProcess, WorkerProcess],
+    victims: WorkerSupply,
+) -> tuple[WorkerProcess, WorkerProcess]:
+    """Two real workers: the suite's traffic pair (tests/conftest.py). Asking for
+    ``victims`` here starts the first killable worker while the frameworks' tests run."""
+    return (standard_workers[0], standard_workers[1])
+
+
+@pytest.fixture(scope="session")
+def victims(request: pytest.FixtureRequest) -> Iterator[WorkerSupply]:
+    """Fresh workers for the tests that kill one (``victim``), each started while the
+    test before it runs; as many as the collected tests ask for."""
+    wanted = sum("victim" in getattr(item, "fixturenames", ()) for item in request.session.items)
+    supply = WorkerSupply(wanted, *WORKER_ARGS)
     try:
-        yield (started[0], started[1])
+        yield supply
     finally:
-        for worker in started:
-            worker.stop()
+        supply.close()
 
 
 @pytest.fixture(scope="session")
