@@ -22,10 +22,9 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="module")
-def roomy() -> Iterator[WorkerProcess]:
-    """A worker with default limits."""
-    with start_worker("--torch-threads", "1") as worker:
-        yield worker
+def roomy(standard_workers: tuple[WorkerProcess, ...]) -> WorkerProcess:
+    """A worker with default limits: the suite's shared one (tests/conftest.py)."""
+    return standard_workers[0]
 
 
 @pytest.fixture(scope="module")
