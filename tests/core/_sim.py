@@ -102,6 +102,29 @@ def shares(records: Sequence[Placement], n: int) -> list[float]:
     return [c / total for c in counts]
 
 
+def regain_time(
+    records: Sequence[Placement],
+    since: float,
+    backend: int,
+    fair: float,
+    width: float = 1.0,
+    step: float = 0.05,
+    horizon: float = 5.0,
+) -> float:
+    """Seconds after ``since`` until ``backend``'s share of the requests placed in the
+    next ``width`` seconds first reaches 0.8 of ``fair`` (inf if not within
+    ``horizon``): how long a recovered backend stays shunned, the figure the loopback
+    benchmark reports as "regained"."""
+    n = 1 + max(r.backend for r in records)
+    t = 0.0
+    while t < horizon:
+        window = [r for r in records if since + t <= r.at < since + t + width]
+        if window and shares(window, n)[backend] >= 0.8 * fair:
+            return t
+        t += step
+    return math.inf
+
+
 Service = Callable[[int, float, random.Random], float]
 
 
