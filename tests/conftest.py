@@ -22,9 +22,10 @@ from tests.helpers.worker_proc import STANDARD_ARGS, WorkerProcess, start_worker
 @pytest.fixture(scope="session")
 def standard_workers() -> Iterator[tuple[WorkerProcess, WorkerProcess, WorkerProcess]]:
     """Three real workers with :data:`STANDARD_ARGS`, started in parallel and stopped by
-    PID at the end: the first two serve traffic for tests/client and tests/integrations
-    alike (each checks its own counters' changes, never their totals), the third is the
-    client suite's to kill. Sharing them saves a start-up of ~6 s per folder."""
+    PID at the end: the first two serve traffic for tests/client, tests/integrations and
+    tests/contract alike (each checks its own counters' changes, never their totals),
+    the third is the client suite's to kill. Sharing them saves a start-up of ~6 s per
+    folder."""
     started = start_workers(3, *STANDARD_ARGS)
     try:
         yield (started[0], started[1], started[2])

@@ -37,7 +37,7 @@ class ControlServer:
     def start_many(cls, n: int, **kwargs: Any) -> list[ControlServer]:
         """``n`` servers whose start-ups overlap: each is an interpreter importing
         uvicorn (~0.2 s of CPU), and the suite starts hundreds of them. If one fails,
-        the others are stopped before raising."""
+        the others are killed before raising."""
         servers = [cls(**kwargs, start=False) for _ in range(n)]
         try:
             for server in servers:
