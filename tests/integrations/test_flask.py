@@ -86,19 +86,30 @@ def test_request_threads_share_one_transport(
 
 
 def test_metrics_count_requests_per_backend(app: Flask, urls: list[str]) -> None:
-    """GET /metrics exposes the app's own registry: a health gauge for both workers and
-    successes per worker used. (Not successes for both: under light load the default
-    may send every request to the faster worker, as test_request_threads_share_one_
-    transport says.)"""
+    """GET /metrics exposes the app's own registry: a health gauge for both workers, and
+    success counters over the workers that rose by the requests sent (a hedge's copy
+    may add one). Not successes on both: under light load the default may send every
+    request to the faster worker, as test_request_threads_share_one_transport says."""
     client = app.test_client()
+
+    def successes() -> float:
+        text = client.get("/metrics").get_data(as_text=True)
+        for url in urls:
+            assert f'embedbalance_backend_healthy{{backend="{url}"}} 1.0' in text
+        total = 0.0
+        for line in text.splitlines():
+            for url in urls:
+                prefix = f'embedbalance_requests_total{{backend="{url}",outcome="success"}} '
+                if line.startswith(prefix):
+                    total += float(line[len(prefix) :])
+        return total
+
+    hedges_before = client.get("/stats").get_json()["hedges"]
+    before = successes()
     for i in range(4):
         assert client.post("/embed", json={"texts": [TEXTS[i]]}).status_code == 200
-    text = client.get("/metrics").get_data(as_text=True)
-    for url in urls:
-        assert f'embedbalance_backend_healthy{{backend="{url}"}} 1.0' in text
-    assert any(
-        f'embedbalance_requests_total{{backend="{url}",outcome="success"}}' in text for url in urls
-    )
+    hedges = client.get("/stats").get_json()["hedges"] - hedges_before
+    assert 4 <= successes() - before <= 4 + hedges
 
 
 @pytest.mark.parametrize(
